@@ -1,0 +1,1 @@
+"""Shared wire schemas and pure reward math (no torch, no fastapi)."""

@@ -1,0 +1,338 @@
+"""Wire schemas shared by the service, the client and the trainer.
+
+Pydantic only: this module must import without torch, transformers, open_clip or fastapi, so
+that a client on a laptop can talk to a remote GPU box. Every request model forbids unknown
+fields, so a typo in a field name is a 422 that names the field rather than a silent default.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+LanguageScore = Literal["prob", "mean_logprob", "sum_logprob"]
+Strategy = Literal["diverse_beam", "beam", "sample", "greedy"]
+StopMode = Literal["sentence", "eos"]
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class _Response(BaseModel):
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+
+# --------------------------------------------------------------------------- common
+
+
+class ImageRef(_Request):
+    """An image: the sha256 id returned by `POST /v1/images`, or the bytes inline as base64."""
+
+    id: str | None = Field(None, description="sha256 hex id from POST /v1/images")
+    base64: str | None = Field(None, description="image file bytes (PNG/JPEG/...), base64")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> ImageRef:
+        if (self.id is None) == (self.base64 is None):
+            raise ValueError("give exactly one of 'id' or 'base64'")
+        return self
+
+
+class Usage(_Response):
+    """Work a request cost. `tokens_forwarded / tokens_scored` near 1.0 means no token was
+    pushed through the model twice."""
+
+    tokens_scored: int = Field(0, description="tokens whose log-prob the response reports")
+    tokens_forwarded: int = Field(0, description="tokens pushed through the language model")
+    tokens_cached: int = Field(0, description="tokens served from the prefix KV cache")
+    image_cache_hits: int = Field(0, description="image encodings served from cache")
+    image_encodes: int = Field(0, description="images encoded by the vision tower or CLIP")
+
+
+class ErrorDetail(_Response):
+    type: str
+    message: str
+    field: str | None = None
+
+
+class ErrorResponse(_Response):
+    """The one error shape of the service: `{"error": {"type", "message", "field"}}`."""
+
+    error: ErrorDetail
+
+
+# --------------------------------------------------------------------------- images
+
+
+class ImageUploadResponse(_Response):
+    id: str
+    width: int
+    height: int
+
+
+# --------------------------------------------------------------------------- logprobs
+
+
+class LogprobsRequest(_Request):
+    """Per-token log-probs of each continuation after image + prompt (+ prefix).
+
+    The prompt goes through the model's chat template (with the image, if any); prefix +
+    continuation is the assistant text.
+    """
+
+    model: str = Field("base", description="adapter name; 'base' = no adapter")
+    image: ImageRef | None = None
+    prompt: str
+    prefix: str = ""
+    continuations: list[str] = Field(..., min_length=1)
+
+
+class TokenLogprobs(_Response):
+    text: str
+    token_ids: list[int]
+    tokens: list[str]
+    token_logprobs: list[float]
+    sum_logprob: float
+    mean_logprob: float
+    num_tokens: int
+
+
+class LogprobsResponse(_Response):
+    model: str
+    results: list[TokenLogprobs]
+    usage: Usage
+
+
+# --------------------------------------------------------------------------- clip
+
+
+class ClipRequest(_Request):
+    image: ImageRef
+    texts: list[str] = Field(..., min_length=1)
+    scale: float = Field(100.0, gt=0, description="R_I = max(scale * cos, 0)")
+
+
+class ClipScore(_Response):
+    text: str
+    cosine: float
+    relevance: float
+    truncated: bool = Field(description="the text was cut to CLIP's context length")
+
+
+class ClipResponse(_Response):
+    results: list[ClipScore]
+    usage: Usage
+
+
+# --------------------------------------------------------------------------- reward
+
+
+class RewardRequest(_Request):
+    """Calibrated reward (CSR eq. 2-4) of candidate next sentences after prompt + prefix."""
+
+    model: str = "base"
+    image: ImageRef
+    prompt: str
+    prefix: str = ""
+    candidates: list[str] = Field(..., min_length=1)
+    lambda_: float = Field(0.9, alias="lambda", ge=0.0, le=1.0, description="weight of R_I")
+    language_score: LanguageScore = "prob"
+    scale: float = Field(100.0, gt=0)
+
+
+class RewardScore(_Response):
+    text: str
+    r_t: float
+    r_i: float
+    reward: float
+    cosine: float
+    sum_logprob: float
+    mean_logprob: float
+    num_tokens: int
+    truncated: bool
+
+
+class RewardResponse(_Response):
+    model: str
+    lambda_: float = Field(alias="lambda")
+    language_score: LanguageScore
+    results: list[RewardScore]
+    usage: Usage
+
+
+# --------------------------------------------------------------------------- implicit reward
+
+
+class ImplicitRewardRequest(_Request):
+    """DPO implicit reward β·(log π_policy(y|x) − log π_ref(y|x)) (SBSPO eq. 2-3)."""
+
+    policy: str = Field(..., description="adapter name of the policy ('base' allowed)")
+    reference: str = Field("base", description="adapter name of the reference")
+    beta: float = Field(0.1, gt=0.0)
+    image: ImageRef | None = None
+    prompt: str
+    responses: list[str] = Field(..., min_length=1)
+
+
+class ImplicitReward(_Response):
+    text: str
+    reward_sum: float
+    reward_avg: float
+    policy_logprob: float
+    reference_logprob: float
+    num_tokens: int
+
+
+class ImplicitRewardResponse(_Response):
+    policy: str
+    reference: str
+    beta: float
+    results: list[ImplicitReward]
+    usage: Usage
+
+
+# --------------------------------------------------------------------------- generate
+
+
+class GenerateRequest(_Request):
+    """Candidate next sentences (stop='sentence') or whole responses (stop='eos')."""
+
+    model: str = "base"
+    image: ImageRef | None = None
+    prompt: str
+    prefix: str = ""
+    strategy: Strategy = "diverse_beam"
+    n: int = Field(5, ge=1)
+    num_beam_groups: int | None = Field(None, ge=1, description="default: n (diverse_beam)")
+    diversity_penalty: float = Field(3.0, ge=0.0)
+    temperature: float = Field(0.7, gt=0.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    seed: int | None = Field(None, description="candidate i samples with seed + i")
+    stop: StopMode = "sentence"
+    stop_text: str = Field(".", min_length=1, description="sentence delimiter")
+    max_new_tokens: int = Field(74, ge=1)
+
+
+class Candidate(_Response):
+    text: str
+    token_ids: list[int]
+    token_logprobs: list[float] = Field(description="raw log-softmax, no penalty/temperature")
+    finished: bool = Field(description="the model emitted EOS")
+    stop_reason: Literal["sentence", "eos", "length"]
+
+
+class GenerateResponse(_Response):
+    model: str
+    candidates: list[Candidate]
+    usage: Usage
+
+
+# --------------------------------------------------------------------------- pairs
+
+
+class SentenceScore(_Response):
+    """One sentence of a searched response with the scores it was chosen by."""
+
+    text: str
+    r_t: float | None = None
+    r_i: float | None = None
+    reward: float | None = None
+    extra: dict[str, float] = Field(default_factory=dict)
+
+
+class ResponseScore(_Response):
+    """A whole response's score and its per-sentence breakdown."""
+
+    reward: float
+    sentences: list[SentenceScore] = Field(default_factory=list)
+    extra: dict[str, float] = Field(default_factory=dict)
+
+
+class PreferencePair(BaseModel):
+    """A scored preference pair: TRL's vision preference columns plus provenance.
+
+    `prompt`, `chosen`, `rejected`, `images` are what TRL's DPOTrainer reads (`images` holds
+    image ids; the trainer fetches their bytes). The rest lets a pair be audited.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(..., min_length=1, max_length=200, description="stable id: upserts dedupe")
+    prompt_id: str
+    prompt: str
+    chosen: str
+    rejected: str
+    images: list[str] = Field(default_factory=list, description="image sha256 ids")
+    method: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    model: str = Field("base", description="adapter the pair was generated with")
+    reference: str | None = Field(None, description="reference adapter, where one was used")
+    iteration: int = 0
+    chosen_score: ResponseScore
+    rejected_score: ResponseScore
+
+
+class PairsUpsertRequest(_Request):
+    pairs: list[PreferencePair] = Field(..., min_length=1)
+
+
+class PairsUpsertResponse(_Response):
+    dataset: str
+    inserted: int
+    duplicates: int
+    total: int
+
+
+class PairsPage(_Response):
+    dataset: str
+    pairs: list[PreferencePair]
+    next_cursor: str | None = Field(description="pass as ?after= for the next page; null at end")
+
+
+class DatasetInfo(_Response):
+    name: str
+    count: int
+
+
+class DatasetList(_Response):
+    datasets: list[DatasetInfo]
+
+
+# --------------------------------------------------------------------------- adapters
+
+
+class AdapterInfo(_Response):
+    name: str
+    rank: int | None = None
+    alpha: float | None = None
+    target_modules: list[str] | str | None = None
+    size_bytes: int = 0
+    source: Literal["startup", "upload"] = "upload"
+
+
+class AdapterList(_Response):
+    adapters: list[AdapterInfo]
+
+
+# --------------------------------------------------------------------------- info
+
+
+class ModelInfo(_Response):
+    model: str
+    kind: Literal["vlm", "causal_lm"]
+    clip: str | None
+    clip_context_length: int | None
+    device: str
+    dtype: str
+    eos_token: str | None
+
+
+class InfoResponse(_Response):
+    version: str
+    model: ModelInfo
+    adapters: list[str]
+    limits: dict[str, int | float]
+    naive_mode: bool
+    versions: dict[str, str]

@@ -1,0 +1,10 @@
+"""The model layer: policy LM/VLM with LoRA adapters, CLIP, caches and micro-batching.
+
+Public surface used by the HTTP layer:
+
+- `load_models(settings) -> Models` (blocking; the lifespan runs it in a thread)
+- `Models.engine` (`LanguageEngine`): `.kind`, `.adapters` (`AdapterRegistry`: `names()`,
+  `load(name, path, source)`, `delete(name)`, `info(name)`), scoring and generation
+- `Models.clip` (`ClipScorer | None`)
+- `Models.info() -> core.schemas.ModelInfo`, `Models.warmup()`
+"""

@@ -1,0 +1,149 @@
+"""Named LoRA adapters on the one base model (PEFT), switched per batch.
+
+`base` means no adapter. Loading, replacing and deleting take the engine's lock, so a batch in
+flight finishes on the weights it started with; a replaced adapter gets a new version number,
+which is part of every cache key, so no stale KV state or image feature is ever served.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from core.schemas import AdapterInfo
+from service.errors import InvalidRequestError, NotFoundError
+
+if TYPE_CHECKING:
+    from service.engine.lm import LanguageEngine
+
+BASE = "base"
+
+
+class AdapterRegistry:
+    """The adapters loaded on an engine's model."""
+
+    def __init__(self, engine: LanguageEngine):
+        self._engine = engine
+        self._peft: Any = None  # PeftModel wrapping engine.hf, created with the first adapter
+        self._info: dict[str, AdapterInfo] = {}
+        self._versions: dict[str, int] = {}
+        self._touches_vision: set[str] = set()
+        self._active = BASE
+        self._counter = 0
+
+    def names(self) -> list[str]:
+        return [BASE, *sorted(self._info)]
+
+    def info(self, name: str) -> AdapterInfo:
+        if name == BASE:
+            return AdapterInfo(name=BASE, source="startup")
+        self.check(name)
+        return self._info[name]
+
+    def check(self, name: str, field: str = "model") -> None:
+        """Raise a 404 naming `field` unless `name` is loaded."""
+        if name != BASE and name not in self._info:
+            raise NotFoundError(
+                f"unknown adapter {name!r}; loaded: {', '.join(self.names())}", field=field
+            )
+
+    def version(self, name: str) -> int:
+        return self._versions.get(name, 0)
+
+    def vision_scope(self) -> str:
+        """Cache scope of image features: adapters that touch the vision tower get their own."""
+        name = self._active
+        return f"{name}@{self.version(name)}" if name in self._touches_vision else "*"
+
+    def load(self, name: str, path: str | Path, source: str = "upload") -> AdapterInfo:
+        """Load (or replace) adapter `name` from a PEFT directory of safetensors weights."""
+        from peft import PeftModel
+
+        path = Path(path)
+        if name == BASE:
+            raise InvalidRequestError("'base' is reserved for the model without adapter", "name")
+        config = json.loads((path / "adapter_config.json").read_text())
+        engine = self._engine
+        with engine.lock:
+            if name in self._info:
+                self._peft.delete_adapter(name)
+            try:
+                if self._peft is None:
+                    self._peft = PeftModel.from_pretrained(
+                        engine.hf, str(path), adapter_name=name, is_trainable=False
+                    )
+                else:
+                    self._peft.load_adapter(str(path), adapter_name=name, is_trainable=False)
+            except Exception as exc:  # a shape mismatch, a wrong base: the caller's input
+                raise InvalidRequestError(f"adapter does not fit the model: {exc}", "files") from exc
+            self._peft.eval()
+            self._counter += 1
+            self._versions[name] = self._counter
+            targets = config.get("target_modules")
+            if _touches_vision(self._peft, name):
+                self._touches_vision.add(name)
+            size = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
+            info = AdapterInfo(
+                name=name,
+                rank=config.get("r"),
+                alpha=config.get("lora_alpha"),
+                target_modules=targets if isinstance(targets, (str, list)) else None,
+                size_bytes=size,
+                source="startup" if source == "startup" else "upload",
+            )
+            self._info[name] = info
+            engine.prefix_cache.clear(lambda ns: ns[0] == name)
+            self._activate(BASE)
+        return info
+
+    def delete(self, name: str) -> None:
+        if name == BASE:
+            raise InvalidRequestError("the base model cannot be deleted", "name")
+        self.check(name, field="name")
+        with self._engine.lock:
+            self._peft.delete_adapter(name)
+            del self._info[name]
+            self._touches_vision.discard(name)
+            self._versions[name] = self.version(name) + 1
+            self._engine.prefix_cache.clear(lambda ns: ns[0] == name)
+            self._active = BASE
+
+    @contextlib.contextmanager
+    def active(self, name: str) -> Iterator[None]:
+        """Run the body with adapter `name` active (`base`: all adapters disabled)."""
+        self.check(name)
+        with self._engine.lock:
+            self._activate(name)
+            yield
+
+    def _activate(self, name: str) -> None:
+        if self._peft is None:
+            return
+        if name == BASE:
+            _set_disabled(self._peft, True)
+        else:
+            _set_disabled(self._peft, False)
+            if self._active != name:
+                self._peft.base_model.set_adapter(name)
+        self._active = name
+
+
+def _set_disabled(peft_model: Any, disabled: bool) -> None:
+    """Switch every LoRA layer off/on (what PEFT's `disable_adapter()` context does)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for module in peft_model.base_model.model.modules():
+        if isinstance(module, BaseTunerLayer):
+            module.enable_adapters(not disabled)
+
+
+def _touches_vision(peft_model: Any, name: str) -> bool:
+    """Whether adapter `name` put LoRA layers into the vision tower or the projector."""
+    for path, module in peft_model.base_model.model.named_modules():
+        lora_a = getattr(module, "lora_A", None)
+        if lora_a is not None and name in lora_a and ("vision" in path or "projector" in path):
+            return True
+    return False

@@ -1,0 +1,168 @@
+"""Micro-batching: concurrent requests meet in one bounded queue; one worker thread drains it in
+batches (max size, max wait, token budget) and runs each batch's scoring work as one forward per
+adapter. A full queue is a 429 with Retry-After, never an unbounded backlog.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from collections import defaultdict
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from core.schemas import Usage
+from service.engine.decoding import GenerateItem, generate
+from service.engine.lm import ScoreItem
+from service.errors import NotReadyError, QueueFullError, ServiceError
+
+if TYPE_CHECKING:
+    from service.engine.loader import Models
+    from service.settings import ServiceSettings
+
+log = logging.getLogger("selfreward.batcher")
+
+
+@dataclass
+class ClipItem:
+    image_id: str | None
+    image: Any
+    texts: list[str]
+    usage: Any
+
+
+@dataclass
+class Work:
+    """One unit of queued work and its timings (for the x-queue/inference-time headers)."""
+
+    item: ScoreItem | GenerateItem | ClipItem
+    future: Future = field(default_factory=Future)
+    enqueued: float = field(default_factory=time.perf_counter)
+    queue_s: float = 0.0
+    infer_s: float = 0.0
+    batch_size: int = 1
+
+    @property
+    def tokens(self) -> int:
+        """Rough size for the batch token budget (characters / 4; exact counts need the
+        tokenizer, which would put tokenization on the event loop)."""
+        item = self.item
+        if isinstance(item, ScoreItem):
+            return sum(len(c) for c in item.continuations) // 4 + len(item.continuations)
+        return 1
+
+
+class Batcher:
+    """Runs model work on one thread; `await submit(item)` from the event loop."""
+
+    def __init__(self, models: Models, settings: ServiceSettings, metrics: Any = None):
+        self.models, self.settings, self.metrics = models, settings, metrics
+        self.max_batch = 1 if settings.naive_mode else settings.max_batch_size
+        self._queue: queue.Queue[Work | None] = queue.Queue(maxsize=settings.max_queue)
+        self._thread: threading.Thread | None = None
+        self.batch_sizes: list[int] = []  # recent batch sizes, for /metrics and tests
+
+    async def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="selfreward-batcher", daemon=True)
+        self._thread.start()
+
+    async def stop(self) -> None:
+        if self._thread is not None:
+            self._queue.put(None)
+            await asyncio.to_thread(self._thread.join, 30)
+            self._thread = None
+
+    async def submit(self, item: ScoreItem | GenerateItem | ClipItem) -> tuple[Any, Work]:
+        """Queue `item`; returns (result, work) once a batch has run it."""
+        if self._thread is None:
+            raise NotReadyError("the model worker is not running")
+        work = Work(item)
+        try:
+            self._queue.put_nowait(work)
+        except queue.Full:
+            raise QueueFullError(
+                f"the request queue is full ({self.settings.max_queue} waiting); retry later",
+                retry_after=1.0,
+            ) from None
+        result = await asyncio.wrap_future(work.future)
+        return result, work
+
+    # ------------------------------------------------------------------ worker thread
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            budget = self.settings.max_batch_tokens - first.tokens
+            deadline = time.perf_counter() + self.settings.max_wait_ms / 1000
+            while len(batch) < self.max_batch and budget > 0:
+                try:
+                    nxt = self._queue.get(timeout=max(deadline - time.perf_counter(), 0))
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    self._queue.put(None)
+                    break
+                batch.append(nxt)
+                budget -= nxt.tokens
+            self._run_batch(batch)
+
+    def _run_batch(self, batch: list[Work]) -> None:
+        start = time.perf_counter()
+        for work in batch:
+            work.queue_s = start - work.enqueued
+            work.batch_size = len(batch)
+        by_adapter: dict[str, list[Work]] = defaultdict(list)
+        for work in batch:
+            if isinstance(work.item, ScoreItem):
+                by_adapter[work.item.adapter].append(work)
+            else:
+                self._run_one(work)
+        for works in by_adapter.values():
+            self._run_scores(works)
+        infer_s = time.perf_counter() - start
+        for work in batch:
+            work.infer_s = infer_s
+        self.batch_sizes = [*self.batch_sizes[-999:], len(batch)]
+        if self.metrics is not None:
+            self.metrics.observe_batch(len(batch), batch[0].queue_s, infer_s)
+
+    def _run_scores(self, works: list[Work]) -> None:
+        """One forward for all scoring work of an adapter; on failure, isolate the bad item."""
+        try:
+            results = self.models.engine.score([w.item for w in works])  # type: ignore[misc]
+        except Exception as exc:
+            if len(works) == 1:
+                self._fail(works[0], exc)
+                return
+            for work in works:  # isolate the failing item; the others still get answers
+                work.item.usage = Usage()  # type: ignore[union-attr]
+                self._run_scores([work])
+            return
+        for work, result in zip(works, results):
+            work.future.set_result(result)
+
+    def _run_one(self, work: Work) -> None:
+        item = work.item
+        try:
+            if isinstance(item, GenerateItem):
+                result: Any = generate(self.models.engine, item)
+            else:
+                assert isinstance(item, ClipItem) and self.models.clip is not None
+                result = self.models.clip.cosines(item.image_id, item.image, item.texts, item.usage)
+        except Exception as exc:
+            self._fail(work, exc)
+            return
+        work.future.set_result(result)
+
+    @staticmethod
+    def _fail(work: Work, exc: Exception) -> None:
+        if not isinstance(exc, ServiceError):
+            log.error("model work failed", exc_info=exc)
+        work.future.set_exception(exc)

@@ -1,0 +1,234 @@
+"""Candidate generation from a cached prefix state: group (diverse) beam search, beam, sampling,
+greedy. Every candidate carries its raw token log-probs (log-softmax, no penalty, no temperature),
+so a search needs no second forward to score what it generated.
+
+Group beam search follows Vijayakumar et al. (2016) as transformers implemented it before it moved
+to hub code: beams split into groups; group g's scores are penalised by `diversity_penalty` times
+how often each token was chosen by groups < g at the same step (Hamming diversity); a beam's score
+is its cumulative penalised log-prob; finished hypotheses are ranked by score / length.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from core.schemas import Usage
+from service.engine.cache import PrefixState
+from service.engine.lm import LanguageEngine
+from service.errors import InvalidRequestError
+
+NEG_INF = float("-inf")
+
+
+@dataclass
+class GenerateItem:
+    adapter: str
+    prompt: str
+    prefix: str = ""
+    image_id: str | None = None
+    image: Any = None
+    strategy: str = "diverse_beam"
+    n: int = 5
+    num_beam_groups: int | None = None
+    diversity_penalty: float = 3.0
+    temperature: float = 0.7
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: str = "sentence"
+    stop_text: str = "."
+    max_new_tokens: int = 74
+    usage: Usage = field(default_factory=Usage)
+
+
+@dataclass
+class Generated:
+    token_ids: list[int]
+    token_logprobs: list[float]
+    stop_reason: str  # "sentence" | "eos" | "length"
+    score: float = 0.0
+
+
+class _Rows:
+    """Running decoder rows that share one prefix state; `step` feeds each row one token."""
+
+    def __init__(self, engine: LanguageEngine, state: PrefixState, n: int, usage: Usage):
+        self.engine, self.usage, self.state = engine, usage, state
+        self.kv = [(k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1)) for k, v in state.kv]
+        self.length = state.length
+        self.cacheable = True  # generate() clears it for an image that has no id
+
+    def step(self, parents: list[int], tokens: list[int]) -> torch.Tensor:
+        """Reorder rows to `parents`, append `tokens`; returns next-token log-probs (R, V)."""
+        dev = self.engine.device
+        idx = torch.tensor(parents, device=dev)
+        past = [(k.index_select(0, idx), v.index_select(0, idx)) for k, v in self.kv]
+        embeds = self.engine.embed(torch.tensor(tokens, device=dev)[:, None])
+        pos = torch.full((len(tokens), 1), self.length, device=dev)
+        hidden, self.kv = self.engine.run_decoder(embeds, past, None, pos)
+        self.length += 1
+        self.usage.tokens_forwarded += len(tokens)
+        return self.engine.logprobs(hidden[:, -1])
+
+    def remember(self, row: int, ids: list[int], next_logprobs: torch.Tensor) -> None:
+        """Cache the state of a finished candidate (all its tokens but the last are in the KV),
+        so that the next search step, whose prefix ends with this candidate, reuses it."""
+        engine = self.engine
+        if engine.naive or not ids[:-1] or not self.cacheable:
+            return
+        kv = [(k[row : row + 1], v[row : row + 1]) for k, v in self.kv]
+        token_ids = self.state.token_ids + tuple(ids[:-1])
+        engine.prefix_cache.put(PrefixState(self.state.namespace, token_ids, kv, next_logprobs))
+
+
+def generate(engine: LanguageEngine, item: GenerateItem) -> list[Generated]:
+    """Generate `item.n` candidates after image + prompt + prefix."""
+    with torch.inference_mode(), engine.lock, engine.adapters.active(item.adapter):
+        prompt_ids = engine.encode_prompt(item.prompt, item.image_id, item.image)
+        prefix_ids = engine.encode_text(item.prefix)
+        engine.check_no_image_tokens(prefix_ids, "prefix")
+        ids = prompt_ids + prefix_ids
+        if len(ids) + item.max_new_tokens > engine.settings.max_text_tokens:
+            raise InvalidRequestError(
+                f"prompt + prefix ({len(ids)} tokens) + max_new_tokens exceeds the limit of "
+                f"{engine.settings.max_text_tokens} tokens", field="max_new_tokens",
+            )
+        state = engine.prefix_state(
+            item.adapter, item.image_id, item.image, ids, len(prompt_ids), item.usage
+        )
+        stops = engine.stop_token_ids(item.stop, item.stop_text)
+        if item.strategy in ("beam", "diverse_beam"):
+            groups = (item.num_beam_groups or item.n) if item.strategy == "diverse_beam" else 1
+            penalty = item.diversity_penalty if item.strategy == "diverse_beam" else 0.0
+            return group_beam_search(engine, state, item, groups, penalty, stops)
+        return sample(engine, state, item, stops, greedy=item.strategy == "greedy")
+
+
+def _suppress(engine: LanguageEngine, logp: torch.Tensor) -> torch.Tensor:
+    """Processed scores: placeholder tokens (image, pad) are never generated."""
+    out = logp.clone()
+    for tok in engine.never_generate:
+        out[..., tok] = NEG_INF
+    return out
+
+
+def group_beam_search(
+    engine: LanguageEngine, state: PrefixState, item: GenerateItem, groups: int,
+    penalty: float, stops: frozenset[int],
+) -> list[Generated]:
+    """Group beam search with Hamming diversity; `groups == 1` is plain beam search."""
+    if item.n % groups:
+        raise InvalidRequestError("n must be a multiple of num_beam_groups", "num_beam_groups")
+    k = item.n // groups
+    rows = _Rows(engine, state, 1, item.usage)
+    rows.cacheable = item.image is None or item.image_id is not None
+    # Each group starts from the one prefix row; its beams fan out after the first step.
+    live: list[list[tuple[float, list[int], list[float], int]]] = [
+        [(0.0, [], [], 0)] for _ in range(groups)
+    ]  # per group: (score, tokens, raw logprobs, row index)
+    hyps: list[list[Generated]] = [[] for _ in range(groups)]
+    logp = state.next_logprobs[None]
+    for step in range(item.max_new_tokens):
+        proc_all = _suppress(engine, logp)
+        freq = torch.zeros(logp.shape[-1], device=logp.device)
+        parents: list[int] = []
+        tokens: list[int] = []
+        new_live: list[list[tuple[float, list[int], list[float], int]]] = []
+        for g in range(groups):
+            beams = live[g]
+            if not beams:
+                new_live.append([])
+                continue
+            rows_g = torch.tensor([b[3] for b in beams], device=logp.device)
+            base = torch.tensor([b[0] for b in beams], device=logp.device)
+            scores = base[:, None] + proc_all[rows_g] - penalty * freq  # (beams, V)
+            top_s, top_i = scores.view(-1).topk(min(2 * k, scores.numel()))
+            vocab = scores.shape[-1]
+            nxt: list[tuple[float, list[int], list[float], int]] = []
+            for rank, (s, flat) in enumerate(zip(top_s.tolist(), top_i.tolist())):
+                if s == NEG_INF:
+                    break
+                b, tok = divmod(flat, vocab)
+                beam = beams[b]
+                seq, lps = [*beam[1], tok], [*beam[2], float(logp[beam[3], tok])]
+                if tok in stops:
+                    if rank < k:
+                        reason = "eos" if tok == engine.eos_token_id else "sentence"
+                        hyps[g].append(Generated(seq, lps, reason, s / len(seq)))
+                        rows.remember(beam[3], seq, logp[beam[3]])
+                    continue
+                nxt.append((s, seq, lps, len(parents)))
+                parents.append(beam[3])
+                tokens.append(tok)
+                if len(nxt) == k:
+                    break
+            for s, seq, _, _ in nxt:
+                freq[seq[-1]] += 1
+            done = len(hyps[g]) >= k and (
+                not nxt or min(h.score for h in _best(hyps[g], k)) >= nxt[0][0] / (step + 1)
+            )
+            new_live.append([] if done else nxt)
+        live = new_live
+        keep = [b for group in live for b in group]
+        if not keep or step == item.max_new_tokens - 1:
+            break
+        # Rows of finished groups were appended to `parents`; drop them before the forward.
+        order = {b[3]: i for i, b in enumerate(keep)}
+        live = [[(s, q, lp, order[r]) for s, q, lp, r in group] for group in live]
+        logp = rows.step([parents[b[3]] for b in keep], [tokens[b[3]] for b in keep])
+    for g in range(groups):
+        for s, seq, lps, _ in live[g]:
+            hyps[g].append(Generated(seq, lps, "length", s / max(len(seq), 1)))
+    return [h for g in range(groups) for h in _best(hyps[g], k)]
+
+
+def _best(hyps: list[Generated], k: int) -> list[Generated]:
+    return sorted(hyps, key=lambda h: h.score, reverse=True)[:k]
+
+
+def sample(
+    engine: LanguageEngine, state: PrefixState, item: GenerateItem, stops: frozenset[int],
+    greedy: bool,
+) -> list[Generated]:
+    """Independent rows: ancestral sampling (temperature, top-p, a seed per row) or greedy."""
+    n = 1 if greedy else item.n
+    seeds = [None if item.seed is None else item.seed + i for i in range(n)]
+    gens = [torch.Generator().manual_seed(s) if s is not None else None for s in seeds]
+    rows = _Rows(engine, state, 1, item.usage)
+    rows.cacheable = item.image is None or item.image_id is not None
+    running: list[tuple[int, list[int], list[float], int]] = [(i, [], [], 0) for i in range(n)]
+    out: dict[int, Generated] = {}
+    logp = state.next_logprobs[None]
+    for step in range(item.max_new_tokens):
+        proc = _suppress(engine, logp)
+        nxt: list[tuple[int, list[int], list[float], int]] = []
+        for cand, seq, lps, row in running:
+            tok = int(proc[row].argmax()) if greedy else _draw(proc[row], item, gens[cand])
+            seq, lps = [*seq, tok], [*lps, float(logp[row, tok])]
+            if tok in stops:
+                reason = "eos" if tok == engine.eos_token_id else "sentence"
+                out[cand] = Generated(seq, lps, reason)
+                rows.remember(row, seq, logp[row])
+            else:
+                nxt.append((cand, seq, lps, row))
+        running = nxt
+        if not nxt or step == item.max_new_tokens - 1:
+            break
+        logp = rows.step([r for *_, r in nxt], [s[-1] for _, s, _, _ in nxt])
+        running = [(c, s, lp, i) for i, (c, s, lp, _) in enumerate(nxt)]
+    for cand, seq, lps, _ in running:
+        out[cand] = Generated(seq, lps, "length")
+    result = [out[i] for i in range(n)]
+    return result * item.n if greedy else result
+
+
+def _draw(logp: torch.Tensor, item: GenerateItem, gen: torch.Generator | None) -> int:
+    """One token from softmax(logp / T), restricted to the top-p nucleus."""
+    probs = torch.softmax(logp.float().cpu() / item.temperature, dim=-1)
+    if item.top_p < 1.0:
+        sorted_p, order = probs.sort(descending=True)
+        cut = int((sorted_p.cumsum(0) < item.top_p).sum()) + 1
+        probs = torch.zeros_like(probs).scatter(0, order[:cut], sorted_p[:cut])
+    return int(torch.multinomial(probs, 1, generator=gen))

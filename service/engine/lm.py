@@ -1,0 +1,343 @@
+"""The policy model: tokenization, image features, prefix KV states and continuation scoring.
+
+Every scoring path runs the decoder on `inputs_embeds` that this module builds itself, so that
+image features (vision tower + projector) can be cached per image and a prompt+prefix KV state
+can be shared by all continuations and extended one sentence at a time. A test checks the
+numbers against the plain `model(**processor(...))` forward.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import DynamicCache
+
+from core.schemas import Usage
+from service.engine.adapters import AdapterRegistry
+from service.engine.cache import LRUCache, PrefixCache, PrefixState
+from service.errors import InvalidRequestError
+from service.settings import ServiceSettings
+
+
+@dataclass
+class ScoreItem:
+    """Continuations to score after one image + prompt + prefix, under one adapter."""
+
+    adapter: str
+    prompt: str
+    continuations: Sequence[str]
+    prefix: str = ""
+    image_id: str | None = None
+    image: Any = None  # PIL image (only needed on a feature-cache miss)
+    append_eos: bool = False
+    usage: Usage = field(default_factory=Usage)
+
+
+@dataclass
+class ScoredTokens:
+    token_ids: list[int]
+    token_logprobs: list[float]
+
+
+class LanguageEngine:
+    """A causal LM or LLaVA-style VLM with LoRA adapters, caches and batched scoring."""
+
+    def __init__(self, model: Any, processor: Any, kind: str, settings: ServiceSettings):
+        self.hf = model  # the transformers model; PEFT injects LoRA layers into it in place
+        self.processor = processor
+        self.tokenizer = getattr(processor, "tokenizer", processor)
+        self.kind = kind
+        self.settings = settings
+        self.naive = settings.naive_mode
+        self.device = next(model.parameters()).device
+        self.dtype = next(model.parameters()).dtype
+        self.lock = threading.RLock()  # one forward at a time; adapter swaps wait for it
+        self.adapters = AdapterRegistry(self)
+        self.decoder = model.get_decoder()
+        self.lm_head = model.get_output_embeddings()
+        self.embed = model.get_input_embeddings()
+        cfg = model.config
+        self.image_token_id = getattr(cfg, "image_token_id", None) or getattr(
+            cfg, "image_token_index", None
+        )
+        self.eos_token_id = self.tokenizer.eos_token_id
+        self.pad_token_id = self.tokenizer.pad_token_id or 0
+        n_img = 0 if self.naive else settings.image_cache_size
+        n_pfx = 0 if self.naive else settings.prefix_cache_size
+        self.image_features: LRUCache[torch.Tensor] = LRUCache(n_img)
+        self.prompt_ids: LRUCache[list[int]] = LRUCache(4 * n_img)
+        self.prefix_cache = PrefixCache(n_pfx, settings.prefix_cache_tokens)
+        self._stop_sets: dict[tuple[str, str], frozenset[int]] = {}
+        self.never_generate = [
+            t for t in (self.image_token_id, self.tokenizer.pad_token_id)
+            if t is not None and t != self.eos_token_id
+        ]
+
+    # ------------------------------------------------------------------ tokenization
+
+    def render_prompt(self, prompt: str, with_image: bool) -> str:
+        """The chat-templated user turn plus the generation prompt (assistant tag)."""
+        if self.kind == "vlm":
+            content: Any = [{"type": "text", "text": prompt}]
+            if with_image:
+                content = [{"type": "image"}, *content]
+        else:
+            content = prompt
+        messages = [{"role": "user", "content": content}]
+        template_owner = self.processor if self.kind == "vlm" else self.tokenizer
+        if getattr(template_owner, "chat_template", None):
+            return str(
+                template_owner.apply_chat_template(
+                    messages, add_generation_prompt=True, tokenize=False
+                )
+            )
+        return prompt
+
+    def encode_prompt(self, prompt: str, image_id: str | None, image: Any) -> list[int]:
+        """Token ids of the templated prompt, image placeholders expanded (cached)."""
+        key = (prompt, image_id, image is not None)
+        hit = self.prompt_ids.get(key) if image is None or image_id is not None else None
+        if hit is not None:
+            return hit
+        text = self.render_prompt(prompt, image is not None or image_id is not None)
+        if self.kind == "vlm" and image is not None:
+            ids = self.processor(text=text, images=image, return_tensors="pt")["input_ids"][0].tolist()
+        else:
+            ids = self.tokenizer(text)["input_ids"]
+        self.prompt_ids.put(key, ids)
+        return ids
+
+    def encode_text(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
+
+    def check_no_image_tokens(self, ids: Sequence[int], field: str) -> None:
+        """Placeholder tokens belong to the prompt only: in assistant text they would desync the
+        image features from their slots (WORLD-NOTES: a generated `<image>` crashed a round)."""
+        if self.image_token_id is not None and self.image_token_id in ids:
+            raise InvalidRequestError("the image placeholder token may appear only in the "
+                                      "prompt's image slot", field=field)
+
+    def stop_token_ids(self, stop: str, stop_text: str) -> frozenset[int]:
+        """Token ids that end a candidate: EOS, plus (stop='sentence') every token whose text
+        contains the delimiter."""
+        key = (stop, stop_text)
+        if key not in self._stop_sets:
+            ids = {self.eos_token_id}
+            if stop == "sentence":
+                texts = self.tokenizer.batch_decode([[i] for i in range(len(self.tokenizer))])
+                ids |= {i for i, t in enumerate(texts) if stop_text in t}
+            self._stop_sets[key] = frozenset(i for i in ids if i is not None)
+        return self._stop_sets[key]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return str(self.tokenizer.decode(list(ids), skip_special_tokens=True))
+
+    # ------------------------------------------------------------------ image features
+
+    def image_embeds(self, image_id: str | None, image: Any, usage: Usage) -> torch.Tensor:
+        """(N_img_tokens, H) projected image features, cached per image (and adapter scope)."""
+        key = (self.adapters.vision_scope(), image_id)
+        hit = self.image_features.get(key) if image_id is not None else None
+        if hit is not None:
+            usage.image_cache_hits += 1
+            return hit
+        pixel_values = self.processor.image_processor(image, return_tensors="pt")["pixel_values"]
+        cfg = self.hf.config
+        out = self.hf.get_image_features(
+            pixel_values=pixel_values.to(self.device, self.dtype),
+            vision_feature_layer=cfg.vision_feature_layer,
+            vision_feature_select_strategy=cfg.vision_feature_select_strategy,
+        )
+        feats = out.pooler_output if hasattr(out, "pooler_output") else out
+        feats = torch.cat(list(feats), dim=0) if isinstance(feats, (list, tuple)) else feats
+        feats = feats.reshape(-1, feats.shape[-1])
+        usage.image_encodes += 1
+        if image_id is not None:
+            self.image_features.put(key, feats)
+        return feats
+
+    def embed_ids(
+        self, ids: Sequence[int], image_id: str | None, image: Any, usage: Usage
+    ) -> torch.Tensor:
+        """(1, T, H) input embeddings with image features scattered into the placeholders."""
+        ids_t = torch.tensor([list(ids)], device=self.device)
+        embeds = self.embed(ids_t)
+        if self.image_token_id is not None and (image is not None or image_id is not None):
+            mask = ids_t[0] == self.image_token_id
+            if bool(mask.any()):
+                feats = self.image_embeds(image_id, image, usage).to(embeds.dtype)
+                embeds[0, mask] = feats
+        return embeds
+
+    # ------------------------------------------------------------------ forward
+
+    def run_decoder(
+        self,
+        embeds: torch.Tensor,
+        past: list[tuple[torch.Tensor, torch.Tensor]] | None,
+        attention_mask: torch.Tensor | None,
+        position_ids: torch.Tensor,
+    ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+        """Run the decoder stack; returns last hidden states (B, T, H) and the new per-layer KV."""
+        cache = DynamicCache(ddp_cache_data=past) if past else DynamicCache()
+        out = self.decoder(
+            inputs_embeds=embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=cache,
+            use_cache=True,
+        )
+        kv = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+        return out.last_hidden_state, kv
+
+    def logprobs(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Raw log-softmax over the vocabulary, in float32."""
+        return torch.log_softmax(self.lm_head(hidden).float(), dim=-1)
+
+    # ------------------------------------------------------------------ prefix states
+
+    def namespace(self, adapter: str, image_id: str | None) -> Hashable:
+        return (adapter, self.adapters.version(adapter), image_id)
+
+    def prefix_state(
+        self, adapter: str, image_id: str | None, image: Any, ids: list[int], min_reuse: int,
+        usage: Usage,
+    ) -> PrefixState:
+        """The KV state after `ids`, reusing the longest cached prefix of at least `min_reuse`."""
+        ns = self.namespace(adapter, image_id)
+        # An image without an id cannot be told apart from another one: never cache its state.
+        cacheable = not self.naive and (image is None or image_id is not None)
+        hit = self.prefix_cache.longest_prefix(ns, ids, min_reuse) if cacheable else None
+        if hit is not None and hit.length == len(ids):
+            usage.tokens_cached += hit.length
+            return hit
+        if hit is not None:
+            start, past = hit.length, hit.kv
+            usage.tokens_cached += start
+            embeds = self.embed(torch.tensor([ids[start:]], device=self.device))
+        else:
+            start, past = 0, None
+            embeds = self.embed_ids(ids, image_id, image, usage)
+        positions = torch.arange(start, len(ids), device=self.device)[None]
+        hidden, kv = self.run_decoder(embeds, past, None, positions)
+        usage.tokens_forwarded += len(ids) - start
+        state = PrefixState(ns, tuple(ids), kv, self.logprobs(hidden[0, -1]))
+        if cacheable:
+            self.prefix_cache.put(state)
+        return state
+
+    def item_state(self, item: ScoreItem) -> tuple[PrefixState, list[list[int]]]:
+        """Prefix state of an item and the token ids of its continuations (limits checked)."""
+        prompt_ids = self.encode_prompt(item.prompt, item.image_id, item.image)
+        ids = prompt_ids + self.encode_text(item.prefix)
+        self.check_no_image_tokens(ids[len(prompt_ids) :], "prefix")
+        conts = [self.encode_text(c) for c in item.continuations]
+        for i, c in enumerate(conts):
+            self.check_no_image_tokens(c, f"continuations[{i}]")
+        if item.append_eos:
+            conts = [c + [self.eos_token_id] for c in conts]
+        limit = self.settings.max_text_tokens
+        for i, c in enumerate(conts):
+            if len(ids) + len(c) > limit:
+                raise InvalidRequestError(
+                    f"prompt + prefix + continuation is {len(ids) + len(c)} tokens, over the "
+                    f"limit of {limit}", field=f"continuations[{i}]",
+                )
+        state = self.prefix_state(
+            item.adapter, item.image_id, item.image, ids, len(prompt_ids), item.usage
+        )
+        return state, conts
+
+    # ------------------------------------------------------------------ scoring
+
+    @torch.inference_mode()
+    def score(self, items: Sequence[ScoreItem]) -> list[list[ScoredTokens]]:
+        """Token log-probs of every continuation of every item (items share one adapter)."""
+        if not items:
+            return []
+        adapter = items[0].adapter
+        with self.lock, self.adapters.active(adapter):
+            if self.naive:
+                return [self._score_naive(item) for item in items]
+            rows: list[tuple[PrefixState, list[int], Usage]] = []
+            for item in items:
+                state, conts = self.item_state(item)
+                rows.extend((state, c, item.usage) for c in conts)
+            flat = self.score_rows(rows)
+        out: list[list[ScoredTokens]] = []
+        k = 0
+        for item in items:
+            out.append(flat[k : k + len(item.continuations)])
+            k += len(item.continuations)
+        return out
+
+    def _score_naive(self, item: ScoreItem) -> list[ScoredTokens]:
+        """The published code's way: image + prompt + prefix + continuation, one at a time."""
+        prompt_ids = self.encode_prompt(item.prompt, item.image_id, item.image)
+        ids = prompt_ids + self.encode_text(item.prefix)
+        results = []
+        for text in item.continuations:
+            cont = self.encode_text(text) + ([self.eos_token_id] if item.append_eos else [])
+            if len(ids) + len(cont) > self.settings.max_text_tokens:
+                raise InvalidRequestError("text over the token limit", field="continuations")
+            state = self.prefix_state(item.adapter, item.image_id, item.image, ids, 0, item.usage)
+            results.append(self.score_rows([(state, cont, item.usage)])[0])
+        return results
+
+    def score_rows(self, rows: Sequence[tuple[PrefixState, list[int], Usage]]) -> list[ScoredTokens]:
+        """Score continuation rows, each after its own prefix state, in one padded forward.
+
+        Prefix KVs of different lengths are left-padded with masked zeros; continuations are
+        right-padded. Position ids are explicit, so padding never shifts a real token.
+        """
+        results = [ScoredTokens(c, []) for _, c, _ in rows]
+        width = max(len(c) for _, c, _ in rows)
+        for (state, cont, usage), res in zip(rows, results):
+            if cont:
+                res.token_logprobs.append(float(state.next_logprobs[cont[0]]))
+            usage.tokens_scored += len(cont)
+        if width <= 1:
+            return results
+        past, mask = self._batch_past([s for s, _, _ in rows], width)
+        ids = torch.full((len(rows), width), self.pad_token_id, device=self.device)
+        pos = torch.zeros((len(rows), width), dtype=torch.long, device=self.device)
+        for i, (state, cont, usage) in enumerate(rows):
+            ids[i, : len(cont)] = torch.tensor(cont, device=self.device)
+            mask[i, -width : -width + len(cont) or None] = 1
+            pos[i] = torch.arange(state.length, state.length + width, device=self.device)
+            usage.tokens_forwarded += max(len(cont) - 1, 0)
+        hidden, _ = self.run_decoder(self.embed(ids[:, :-1]), past, mask[:, :-1], pos[:, :-1])
+        logp = self.logprobs(hidden)  # (B, width-1, V): predicts tokens 1..width-1
+        for i, (_, cont, _) in enumerate(rows):
+            if len(cont) > 1:
+                tgt = torch.tensor(cont[1:], device=self.device)
+                picked = logp[i, : len(cont) - 1].gather(-1, tgt[:, None])[:, 0]
+                results[i].token_logprobs.extend(picked.tolist())
+        return results
+
+    def _batch_past(
+        self, states: Sequence[PrefixState], width: int
+    ) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
+        """Stack prefix KVs into one batch (left-padded) and an attention mask (B, L + width)."""
+        longest = max(s.length for s in states)
+        mask = torch.zeros((len(states), longest + width), dtype=torch.long, device=self.device)
+        if all(s is states[0] for s in states):
+            past = [(k.expand(len(states), -1, -1, -1), v.expand(len(states), -1, -1, -1)) for k, v in states[0].kv]
+            mask[:, :longest] = 1
+            return past, mask
+        past = []
+        for layer in range(len(states[0].kv)):
+            ks, vs = [], []
+            for s in states:
+                k, v = s.kv[layer]
+                pad = longest - s.length
+                ks.append(torch.nn.functional.pad(k, (0, 0, pad, 0)))
+                vs.append(torch.nn.functional.pad(v, (0, 0, pad, 0)))
+            past.append((torch.cat(ks), torch.cat(vs)))
+        for i, s in enumerate(states):
+            mask[i, longest - s.length : longest] = 1
+        return past, mask

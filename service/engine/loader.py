@@ -1,0 +1,100 @@
+"""Loading: one code path for hub ids and local directories (the demo's models included)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from core.schemas import ModelInfo, Usage
+from service.engine.clip import ClipScorer
+from service.engine.lm import LanguageEngine, ScoreItem
+from service.settings import ServiceSettings
+
+log = logging.getLogger("selfreward.engine")
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was asked for but CUDA is not available")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype != "auto":
+        return _DTYPES[dtype]
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+@dataclass
+class Models:
+    """Everything the service serves: the policy engine and, optionally, CLIP."""
+
+    engine: LanguageEngine
+    clip: ClipScorer | None
+    settings: ServiceSettings
+
+    def info(self) -> ModelInfo:
+        e = self.engine
+        return ModelInfo(
+            model=self.settings.model,
+            kind="vlm" if e.kind == "vlm" else "causal_lm",
+            clip=self.clip.name if self.clip else None,
+            clip_context_length=self.clip.context_length if self.clip else None,
+            device=str(e.device),
+            dtype=str(e.dtype).removeprefix("torch."),
+            eos_token=e.tokenizer.eos_token,
+        )
+
+    def warmup(self) -> None:
+        """One small request through every model, so the first user request is not the slow one."""
+        from PIL import Image
+
+        image = Image.new("RGB", (32, 32), (128, 128, 128)) if self.engine.kind == "vlm" else None
+        item = ScoreItem("base", "Describe the image.", ["A test."], image=image)
+        self.engine.score([item])
+        if self.clip is not None:
+            self.clip.cosines(None, image or Image.new("RGB", (32, 32)), ["a test"], Usage())
+        # Warm-up must not leave entries that later requests would count as cache hits.
+        self.engine.prefix_cache.clear()
+
+
+def load_models(settings: ServiceSettings) -> Models:
+    """Load the policy (VLM or causal LM), its start-up adapters and CLIP."""
+    from transformers import (
+        AutoConfig,
+        AutoModelForCausalLM,
+        AutoModelForImageTextToText,
+        AutoProcessor,
+        AutoTokenizer,
+    )
+
+    device = resolve_device(settings.device)
+    dtype = resolve_dtype(settings.dtype, device)
+    config = AutoConfig.from_pretrained(settings.model)
+    if getattr(config, "vision_config", None) is not None:
+        kind = "vlm"
+        model = AutoModelForImageTextToText.from_pretrained(settings.model, dtype=dtype)
+        processor = AutoProcessor.from_pretrained(settings.model)
+    else:
+        kind = "causal_lm"
+        model = AutoModelForCausalLM.from_pretrained(settings.model, dtype=dtype)
+        processor = AutoTokenizer.from_pretrained(settings.model)
+    model = model.to(device).eval()
+    model.requires_grad_(False)
+    engine = LanguageEngine(model, processor, kind, settings)
+    for name, path in settings.adapters.items():
+        engine.adapters.load(name, path, source="startup")
+    clip = None
+    if settings.clip:
+        size = 0 if settings.naive_mode else settings.clip_cache_size
+        clip = ClipScorer.load(settings.clip, device, size)
+    log.info("loaded %s (%s) on %s/%s; clip=%s", settings.model, kind, device, dtype, settings.clip)
+    return Models(engine, clip, settings)

@@ -1,0 +1,91 @@
+"""Shared fixtures: tiny offline models, an in-process app, a real server on loopback."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Tiny random VLM, text LM and open_clip model, built offline into a temp dir."""
+    from selfreward.tiny import build_all
+
+    return build_all(tmp_path_factory.mktemp("tiny-models"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_ready(base_url: str, proc: subprocess.Popen | None = None, timeout: float = 120) -> None:
+    """Poll GET /ready until 200 (or fail with the server's output)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            out = proc.stdout.read() if proc.stdout else ""
+            raise RuntimeError(f"server exited with {proc.returncode}:\n{out}")
+        try:
+            if httpx.get(f"{base_url}/ready", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"{base_url} not ready after {timeout}s")
+
+
+def start_server(
+    tiny_models: dict[str, Path], data_dir: Path, *extra: str, model_key: str = "vlm"
+) -> tuple[subprocess.Popen, str]:
+    """Start `python -m service` on loopback with the tiny models; return (process, base_url)."""
+    port = free_port()
+    cmd = [
+        sys.executable, "-m", "service",
+        "--model", str(tiny_models[model_key]),
+        "--clip", str(tiny_models["clip"]),
+        "--host", "127.0.0.1", "--port", str(port),
+        "--data-dir", str(data_dir),
+        *extra,
+    ]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    base_url = f"http://127.0.0.1:{port}"
+    wait_ready(base_url, proc)
+    return proc, base_url
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture(scope="session")
+def live_server(
+    tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """A real uvicorn server on loopback serving the tiny VLM + tiny CLIP; yields its URL."""
+    proc, base_url = start_server(tiny_models, tmp_path_factory.mktemp("live-data"))
+    try:
+        yield base_url
+    finally:
+        stop_server(proc)
