@@ -8,3 +8,7 @@ Public surface used by the HTTP layer:
 - `Models.clip` (`ClipScorer | None`)
 - `Models.info() -> core.schemas.ModelInfo`, `Models.warmup()`
 """
+
+from service.engine.loader import Models, load_models
+
+__all__ = ["Models", "load_models"]

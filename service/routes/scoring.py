@@ -90,7 +90,7 @@ async def score(state: AppState, item: ScoreItem) -> tuple[list[ScoredTokens], W
 
 
 def record(state: AppState, usage: Usage) -> Usage:
-    metrics = state.extra.get("metrics")
+    metrics = getattr(state, "metrics", None)
     if metrics is not None:
         metrics.add_usage(usage)
     return usage

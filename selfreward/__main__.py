@@ -1,0 +1,3 @@
+from selfreward.cli import main
+
+main()

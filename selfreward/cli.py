@@ -1,0 +1,65 @@
+"""`selfreward`: one command line for the service, the client, the trainer and the demo.
+
+Each sub-command lives beside the code it drives; this module only mounts them. A client-only
+install (no torch, no fastapi) still gets a working `selfreward pairs`: commands whose extras are
+missing are replaced by a stub that names the extra to install.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+import typer
+
+app = typer.Typer(
+    name="selfreward",
+    help="Self-rewarding preference optimization for VLMs (CSR, SBSPO): serve, search, train.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+# (command, module, function, extra that provides it, one-line help)
+COMMANDS: list[tuple[str, str, str, str, str]] = [
+    ("serve", "service.cli", "serve_command", "service", "Run the scoring service."),
+    ("pairs", "client.cli", "pairs_command", "", "Search preference pairs through a service."),
+    ("train", "trainer.cli", "train_command", "train", "Train a LoRA adapter by DPO."),
+    ("iterate", "trainer.cli", "iterate_command", "train", "Iterative DPO: pairs, train, upload."),
+    ("world", "world.cli", "world_command", "demo", "Build the miniature world of the demo."),
+    ("demo", "world.demo", "demo_command", "demo", "Run the end-to-end demo."),
+]
+
+
+def _stub(name: str, extra: str, error: Exception) -> Callable[..., Any]:
+    def command() -> None:
+        typer.echo(
+            f"`selfreward {name}` needs the '{extra}' extra: pip install 'selfreward[{extra}]' "
+            f"({type(error).__name__}: {error})",
+            err=True,
+        )
+        raise typer.Exit(2)
+
+    return command
+
+
+def _mount() -> None:
+    for name, module, func, extra, help_text in COMMANDS:
+        try:
+            command = getattr(importlib.import_module(module), func)
+        except ImportError as exc:
+            command = _stub(name, extra or "service", exc)
+        app.command(name, help=help_text)(command)
+
+
+_mount()
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

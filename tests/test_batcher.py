@@ -1,0 +1,98 @@
+"""Micro-batching: concurrent work meets in one batch, each caller gets its own result."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from service.engine.batcher import Batcher
+from service.engine.lm import ScoreItem
+from service.engine.loader import load_models
+from service.errors import QueueFullError
+from service.settings import ServiceSettings
+
+
+def _image(shade: int) -> Image.Image:
+    return Image.new("RGB", (32, 32), (shade, 255 - shade, 128))
+
+
+@pytest.fixture(scope="module")
+def models(tiny_models: dict[str, Path]):
+    return load_models(ServiceSettings(model=str(tiny_models["vlm"])))
+
+
+def test_concurrent_requests_are_batched_and_each_gets_its_result(models, tiny_models) -> None:
+    settings = ServiceSettings(model=str(tiny_models["vlm"]), max_wait_ms=200, max_batch_size=16)
+    items = [
+        ScoreItem("base", f"Describe image {k}.", ["There is a red circle.", " blue"][: 1 + k % 2],
+                  "There is" if k % 3 else "", f"img{k % 3}", _image(40 * (k % 3)))
+        for k in range(8)
+    ]  # fmt: skip
+    expected = [
+        [r.token_logprobs for r in models.engine.score([ScoreItem(
+            it.adapter, it.prompt, it.continuations, it.prefix, it.image_id, it.image)])[0]]
+        for it in items
+    ]  # fmt: skip
+
+    async def run() -> tuple[list, list[int]]:
+        batcher = Batcher(models, settings)
+        await batcher.start()
+        try:
+            results = await asyncio.gather(*(batcher.submit(it) for it in items))
+        finally:
+            await batcher.stop()
+        return results, batcher.batch_sizes
+
+    results, sizes = asyncio.run(run())
+    assert max(sizes) > 1
+    for (scored, work), want in zip(results, expected):
+        assert work.batch_size > 1
+        for s, w in zip(scored, want):
+            assert s.token_logprobs == pytest.approx(w, abs=1e-4)
+
+
+class _SlowEngine:
+    """Blocks in `score` until released, so the queue fills up behind it."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+
+    def score(self, items):  # noqa: ANN001, ANN201
+        self.release.wait(10)
+        return [[] for _ in items]
+
+
+class _SlowModels:
+    def __init__(self) -> None:
+        self.engine = _SlowEngine()
+        self.clip = None
+
+
+def test_full_queue_answers_queue_full(tiny_models) -> None:
+    settings = ServiceSettings(model="unused", max_queue=2, max_batch_size=1, max_wait_ms=0)
+    slow = _SlowModels()
+
+    async def run() -> list:
+        batcher = Batcher(slow, settings)  # type: ignore[arg-type]
+        await batcher.start()
+        first = asyncio.ensure_future(batcher.submit(ScoreItem("base", "p", ["a"])))
+        await asyncio.sleep(0.2)  # the worker now blocks on the first item
+        queued = [asyncio.ensure_future(batcher.submit(ScoreItem("base", "p", ["a"])))
+                  for _ in range(2)]
+        await asyncio.sleep(0.05)
+        with pytest.raises(QueueFullError) as info:
+            await batcher.submit(ScoreItem("base", "p", ["a"]))
+        assert info.value.retry_after > 0
+        slow.engine.release.set()
+        done = await asyncio.gather(first, *queued)
+        await batcher.stop()
+        return done
+
+    t0 = time.perf_counter()
+    assert len(asyncio.run(run())) == 3
+    assert time.perf_counter() - t0 < 10
