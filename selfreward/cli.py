@@ -27,8 +27,8 @@ COMMANDS: list[tuple[str, str, str, str, str]] = [
     ("pairs", "client.cli", "pairs_command", "", "Search preference pairs through a service."),
     ("train", "trainer.cli", "train_command", "train", "Train a LoRA adapter by DPO."),
     ("iterate", "trainer.cli", "iterate_command", "train", "Iterative DPO: pairs, train, upload."),
-    ("world", "world.cli", "world_command", "demo", "Build the miniature world of the demo."),
-    ("demo", "world.demo", "demo_command", "demo", "Run the end-to-end demo."),
+    ("world", "selfreward.demo", "world_command", "demo", "Build the miniature world of the demo."),
+    ("demo", "selfreward.demo", "demo_command", "demo", "Run the end-to-end demo."),
 ]
 
 

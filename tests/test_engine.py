@@ -72,7 +72,9 @@ def test_text_only_lm_logprobs_match_direct_forward(lm) -> None:
         )
 
 
-def test_batch_of_items_with_different_prefixes_matches_one_by_one(vlm) -> None:
+@pytest.mark.parametrize("cross", [True, False])
+def test_batch_of_items_with_different_prefixes_matches_one_by_one(vlm, cross: bool) -> None:
+    vlm.engine.cross_prefix_batching = cross
     items = [
         ScoreItem("base", PROMPT, CONTS[:2], "There is", "img-a", image()),
         ScoreItem("base", "What is shown?", CONTS[1:], "", "img-b", image((20, 20, 200))),

@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 from core.schemas import Usage
 from service.engine.adapters import AdapterRegistry
@@ -72,6 +74,8 @@ class LanguageEngine:
         self.prompt_ids: LRUCache[list[int]] = LRUCache(4 * n_img)
         self.prefix_cache = PrefixCache(n_pfx, settings.prefix_cache_tokens)
         self._stop_sets: dict[tuple[str, str], frozenset[int]] = {}
+        mode = settings.cross_prefix_batching
+        self.cross_prefix_batching = mode == "on" or (mode == "auto" and self.device.type == "cuda")
         self.never_generate = [
             t for t in (self.image_token_id, self.tokenizer.pad_token_id)
             if t is not None and t != self.eos_token_id
@@ -183,7 +187,11 @@ class LanguageEngine:
         position_ids: torch.Tensor,
     ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
         """Run the decoder stack; returns last hidden states (B, T, H) and the new per-layer KV."""
-        cache = DynamicCache(ddp_cache_data=past) if past else DynamicCache()
+        cache = DynamicCache()
+        if past:
+            # Hand the tensors over as they are: DynamicCache(ddp_cache_data=...) would copy
+            # every prefix KV once more before the forward concatenates it anyway.
+            cache.layers = [_layer(k, v) for k, v in past]
         out = self.decoder(
             inputs_embeds=embeds,
             attention_mask=attention_mask,
@@ -267,7 +275,7 @@ class LanguageEngine:
             for item in items:
                 state, conts = self.item_state(item)
                 rows.extend((state, c, item.usage) for c in conts)
-            flat = self.score_rows(rows)
+            flat = self._score_grouped(rows)
         out: list[list[ScoredTokens]] = []
         k = 0
         for item in items:
@@ -287,6 +295,22 @@ class LanguageEngine:
             state = self.prefix_state(item.adapter, item.image_id, item.image, ids, 0, item.usage)
             results.append(self.score_rows([(state, cont, item.usage)])[0])
         return results
+
+    def _score_grouped(
+        self, rows: list[tuple[PrefixState, list[int], Usage]]
+    ) -> list[ScoredTokens]:
+        """One padded forward for all rows, or (cross-prefix batching off) one forward per
+        distinct prefix state: on a CPU the padded batch costs more than it saves."""
+        if self.cross_prefix_batching:
+            return self.score_rows(rows)
+        groups: dict[int, list[int]] = {}
+        for i, (state, _, _) in enumerate(rows):
+            groups.setdefault(id(state), []).append(i)
+        out: list[ScoredTokens | None] = [None] * len(rows)
+        for idx in groups.values():
+            for i, res in zip(idx, self.score_rows([rows[i] for i in idx])):
+                out[i] = res
+        return out  # type: ignore[return-value]
 
     def score_rows(self, rows: Sequence[tuple[PrefixState, list[int], Usage]]) -> list[ScoredTokens]:
         """Score continuation rows, each after its own prefix state, in one padded forward.
@@ -322,22 +346,33 @@ class LanguageEngine:
     def _batch_past(
         self, states: Sequence[PrefixState], width: int
     ) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
-        """Stack prefix KVs into one batch (left-padded) and an attention mask (B, L + width)."""
+        """Stack prefix KVs into one batch (left-padded) and an attention mask (B, L + width).
+
+        Each distinct state is padded once; rows that share a state are views of it.
+        """
         longest = max(s.length for s in states)
         mask = torch.zeros((len(states), longest + width), dtype=torch.long, device=self.device)
-        if all(s is states[0] for s in states):
-            past = [(k.expand(len(states), -1, -1, -1), v.expand(len(states), -1, -1, -1)) for k, v in states[0].kv]
-            mask[:, :longest] = 1
-            return past, mask
+        unique: dict[int, int] = {}
+        for s in states:
+            unique.setdefault(id(s), len(unique))
+        distinct = list({id(s): s for s in states}.values())
+        rows = torch.tensor([unique[id(s)] for s in states], device=self.device)
         past = []
-        for layer in range(len(states[0].kv)):
-            ks, vs = [], []
-            for s in states:
-                k, v = s.kv[layer]
-                pad = longest - s.length
-                ks.append(torch.nn.functional.pad(k, (0, 0, pad, 0)))
-                vs.append(torch.nn.functional.pad(v, (0, 0, pad, 0)))
-            past.append((torch.cat(ks), torch.cat(vs)))
+        for layer in range(len(distinct[0].kv)):
+            ks = [F.pad(s.kv[layer][0], (0, 0, longest - s.length, 0)) for s in distinct]
+            vs = [F.pad(s.kv[layer][1], (0, 0, longest - s.length, 0)) for s in distinct]
+            k, v = (torch.cat(ks), torch.cat(vs)) if len(distinct) > 1 else (ks[0], vs[0])
+            if len(distinct) == 1:
+                past.append((k.expand(len(states), -1, -1, -1), v.expand(len(states), -1, -1, -1)))
+            else:
+                past.append((k.index_select(0, rows), v.index_select(0, rows)))
         for i, s in enumerate(states):
             mask[i, longest - s.length : longest] = 1
         return past, mask
+
+
+def _layer(keys: torch.Tensor, values: torch.Tensor) -> DynamicLayer:
+    layer = DynamicLayer()
+    layer.lazy_initialization(keys, values)
+    layer.keys, layer.values = keys, values
+    return layer

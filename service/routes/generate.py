@@ -52,6 +52,7 @@ async def generate(
     )  # fmt: skip
     generated, work = await state.batcher.submit(item)  # type: ignore[union-attr]
     set_timing(response, work)
+    item.usage.tokens_scored = sum(len(g.token_ids) for g in generated)
     engine = state.models.engine  # type: ignore[union-attr]
     return GenerateResponse(
         model=req.model,
