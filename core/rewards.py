@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Literal
 
 from core.schemas import LanguageScore
 
@@ -53,3 +54,30 @@ def implicit_reward(
     total = beta * (math.fsum(policy_logprobs) - math.fsum(reference_logprobs))
     n = len(policy_logprobs)
     return total, (total / n if n else 0.0)
+
+
+PathScore = Literal["sum", "mean"]
+StopRelevance = Literal["zero", "path"]
+
+
+def path_reward(rewards: Sequence[float], mode: PathScore = "sum") -> float:
+    """A response's reward from its sentences' rewards: the sum (CSR paper, R(y) = Σ R(s_i))
+    or the mean (what the official code's averaging amounts to). An empty path scores 0."""
+    if mode == "sum":
+        return math.fsum(rewards)
+    if mode == "mean":
+        return math.fsum(rewards) / len(rewards) if rewards else 0.0
+    raise ValueError(f"unknown path_score {mode!r}")
+
+
+def stop_relevance(policy: StopRelevance, path_relevances: Sequence[float]) -> float:
+    """R_I of the end-of-response candidate, which has no text for CLIP to score.
+
+    `zero`: 0, so stopping must beat adding a sentence on R_T alone (lets CLIP veto a weak
+    sentence); `path`: the mean R_I of the path's sentences so far (0 for an empty path).
+    """
+    if policy == "zero":
+        return 0.0
+    if policy == "path":
+        return math.fsum(path_relevances) / len(path_relevances) if path_relevances else 0.0
+    raise ValueError(f"unknown stop_r_i policy {policy!r}")

@@ -221,6 +221,11 @@ class Candidate(_Response):
     token_logprobs: list[float] = Field(description="raw log-softmax, no penalty/temperature")
     finished: bool = Field(description="the model emitted EOS")
     stop_reason: Literal["sentence", "eos", "length"]
+    score: float | None = Field(
+        None,
+        description="beam strategies: the hypothesis score as HF ranks it, the cumulative "
+        "processed log-prob (diversity penalty included) over the length; null for sampling",
+    )
 
 
 class GenerateResponse(_Response):

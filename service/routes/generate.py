@@ -56,13 +56,16 @@ async def generate(
     engine = state.models.engine  # type: ignore[union-attr]
     return GenerateResponse(
         model=req.model,
-        candidates=[_candidate(engine, g) for g in generated],
+        candidates=[
+            _candidate(engine, g, req.strategy in ("beam", "diverse_beam")) for g in generated
+        ],
         usage=record(state, item.usage),
     )
 
 
-def _candidate(engine, g: Generated) -> Candidate:  # noqa: ANN001
+def _candidate(engine, g: Generated, beam: bool) -> Candidate:  # noqa: ANN001
     return Candidate(
+        score=g.score if beam else None,
         text=engine.decode(g.token_ids),
         token_ids=g.token_ids,
         token_logprobs=g.token_logprobs,

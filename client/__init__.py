@@ -1,0 +1,42 @@
+"""selfreward client: typed sync/async HTTP clients of the scoring service, the pair-building
+methods (CSR, CSR-official, SBSPO, self-judge) and the `pairs` command.
+
+Imports no torch, transformers, open_clip or fastapi: a laptop installs only this and talks to a
+remote GPU box.
+"""
+
+from client._async import AsyncScoringClient
+from client._sync import ScoringClient
+from client.errors import (
+    APIConnectionError,
+    APIStatusError,
+    APITimeoutError,
+    AuthenticationError,
+    BadRequestError,
+    ConflictError,
+    InternalServerError,
+    InvalidRequestError,
+    NotFoundError,
+    NotReadyError,
+    PayloadTooLargeError,
+    QueueFullError,
+    SelfRewardError,
+)
+
+__all__ = [
+    "APIConnectionError",
+    "APIStatusError",
+    "APITimeoutError",
+    "AsyncScoringClient",
+    "AuthenticationError",
+    "BadRequestError",
+    "ConflictError",
+    "InternalServerError",
+    "InvalidRequestError",
+    "NotFoundError",
+    "NotReadyError",
+    "PayloadTooLargeError",
+    "QueueFullError",
+    "ScoringClient",
+    "SelfRewardError",
+]

@@ -1,0 +1,297 @@
+"""`AsyncScoringClient`: the asyncio twin of `ScoringClient`, over the same `client._base`.
+
+Many prompts searched concurrently through one AsyncScoringClient overlap their requests, so the
+service can batch them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import httpx
+import tenacity
+
+from client import _base as b
+from client.errors import APIConnectionError, APITimeoutError, NotReadyError, SelfRewardError
+from core.schemas import (
+    AdapterInfo,
+    AdapterList,
+    ClipRequest,
+    ClipResponse,
+    DatasetList,
+    GenerateRequest,
+    GenerateResponse,
+    ImageUploadResponse,
+    ImplicitRewardRequest,
+    ImplicitRewardResponse,
+    InfoResponse,
+    LanguageScore,
+    LogprobsRequest,
+    LogprobsResponse,
+    PairsPage,
+    PairsUpsertRequest,
+    PairsUpsertResponse,
+    PreferencePair,
+    RewardRequest,
+    RewardResponse,
+)
+
+
+class AsyncScoringClient(b.BaseClient):
+    """Typed asyncio client of the selfreward service: ScoringClient's API and behaviour
+    (replicas, failover, retries), every call awaited."""
+
+    def __init__(
+        self,
+        base_url: str | Sequence[str],
+        *,
+        timeout: float | httpx.Timeout = b.DEFAULT_TIMEOUT,
+        api_key: str | None = None,
+        max_retries: int = 3,
+        transport: httpx.AsyncBaseTransport | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(base_url, api_key=api_key, max_retries=max_retries, headers=headers)
+        self._http = httpx.AsyncClient(timeout=timeout, transport=transport, headers=self.headers)
+        self._sleep = asyncio.sleep  # tests patch this to skip backoff
+        self._image_locks: dict[str, asyncio.Lock] = {}
+
+    # ------------------------------------------------------------------ plumbing
+
+    async def _attempt(self, spec: b.RequestSpec) -> httpx.Response:
+        """One attempt: the rotation's first URL, failing over on connection errors."""
+        error: SelfRewardError | None = None
+        for base in self.url_order(spec):
+            try:
+                response = await self._http.send(self.build(self._http, spec, base))
+            except httpx.TransportError as exc:
+                error = b.transport_error(exc, base)
+                if isinstance(error, APIConnectionError):
+                    continue
+                raise error from exc
+            return b.check(response)
+        assert error is not None
+        raise error
+
+    async def _send(self, spec: b.RequestSpec) -> httpx.Response:
+        if not spec.retry:
+            return await self._attempt(spec)
+        retrying = tenacity.AsyncRetrying(sleep=self._sleep, **self.retry_policy())
+        return await retrying(self._attempt, spec)
+
+    async def _post(self, path: str, request: Any, model: type[b.M]) -> b.M:
+        return b.parse(await self._send(b.post_json(path, request)), model)
+
+    async def _get(self, path: str, model: type[b.M]) -> b.M:
+        return b.parse(await self._send(b.RequestSpec("GET", path)), model)
+
+    async def close(self) -> None:
+        """Close the connection pool."""
+        await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncScoringClient:
+        return self
+
+    async def __aexit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    # ------------------------------------------------------------------ images
+
+    async def upload_image(self, data: bytes | str | Path) -> str:
+        """Store an image (bytes or a file path) once; returns its id. Cached by sha256, so the
+        same bytes are uploaded once per client, even by concurrent callers."""
+        raw = b.read_image(data)
+        digest, known = self.cached_image_id(raw)
+        if known is not None:
+            return known
+        lock = self._image_locks.setdefault(digest, asyncio.Lock())
+        async with lock:
+            _, known = self.cached_image_id(raw)
+            if known is None:
+                out = b.parse(await self._send(b.upload_image_spec(raw)), ImageUploadResponse)
+                self.remember_image(digest, known := out.id)
+        return known
+
+    async def get_image(self, image_id: str) -> bytes:
+        """The stored bytes of an image."""
+        return (await self._send(b.RequestSpec("GET", f"/v1/images/{image_id}"))).content
+
+    # ------------------------------------------------------------------ scoring
+
+    async def logprobs(
+        self,
+        prompt: str,
+        continuations: Sequence[str],
+        *,
+        image: b.ImageLike = None,
+        prefix: str = "",
+        model: str = "base",
+    ) -> LogprobsResponse:
+        """Per-token log-probs of each continuation after image + prompt (+ prefix)."""
+        req = LogprobsRequest(
+            model=model,
+            image=b.image_ref(image),
+            prompt=prompt,
+            prefix=prefix,
+            continuations=list(continuations),
+        )
+        return await self._post("/v1/logprobs", req, LogprobsResponse)
+
+    async def clip(
+        self, image: b.ImageLike, texts: Sequence[str], *, scale: float = 100.0
+    ) -> ClipResponse:
+        """CLIP cosine and relevance R_I = max(scale·cos, 0) of each text against the image."""
+        req = ClipRequest(image=b.require_image(image), texts=list(texts), scale=scale)
+        return await self._post("/v1/clip", req, ClipResponse)
+
+    async def reward(
+        self,
+        prompt: str,
+        candidates: Sequence[str],
+        *,
+        image: b.ImageLike,
+        prefix: str = "",
+        model: str = "base",
+        lam: float = 0.9,
+        language_score: LanguageScore = "prob",
+        scale: float = 100.0,
+    ) -> RewardResponse:
+        """Calibrated reward R = λ·R_I + (1−λ)·R_T of candidate next sentences (CSR eq. 4)."""
+        req = RewardRequest.model_validate(
+            {
+                "model": model, "image": b.require_image(image), "prompt": prompt,
+                "prefix": prefix, "candidates": list(candidates), "lambda": lam,
+                "language_score": language_score, "scale": scale,
+            }
+        )  # fmt: skip
+        return await self._post("/v1/reward", req, RewardResponse)
+
+    async def implicit_reward(
+        self,
+        prompt: str,
+        responses: Sequence[str],
+        *,
+        policy: str,
+        reference: str = "base",
+        beta: float = 0.1,
+        image: b.ImageLike = None,
+    ) -> ImplicitRewardResponse:
+        """DPO implicit reward β·(log π_policy − log π_ref) of whole responses, sum and avg."""
+        req = ImplicitRewardRequest(
+            policy=policy,
+            reference=reference,
+            beta=beta,
+            image=b.image_ref(image),
+            prompt=prompt,
+            responses=list(responses),
+        )
+        return await self._post("/v1/implicit-reward", req, ImplicitRewardResponse)
+
+    async def generate(
+        self,
+        prompt: str,
+        *,
+        image: b.ImageLike = None,
+        prefix: str = "",
+        model: str = "base",
+        **options: Any,
+    ) -> GenerateResponse:
+        """Candidates with raw token log-probs. `options` are the other GenerateRequest fields:
+        strategy, n, num_beam_groups, diversity_penalty, temperature, top_p, seed, stop,
+        stop_text, max_new_tokens."""
+        req = GenerateRequest(
+            model=model, image=b.image_ref(image), prompt=prompt, prefix=prefix, **options
+        )
+        return await self._post("/v1/generate", req, GenerateResponse)
+
+    # ------------------------------------------------------------------ pairs store
+
+    async def upsert_pairs(
+        self, dataset: str, pairs: Sequence[PreferencePair]
+    ) -> PairsUpsertResponse:
+        """Idempotent upsert (by pair id), in batches; the counts are summed over batches."""
+        total: PairsUpsertResponse | None = None
+        for i in range(0, len(pairs), b.PAIRS_BATCH):
+            req = PairsUpsertRequest(pairs=list(pairs[i : i + b.PAIRS_BATCH]))
+            out = await self._post(f"/v1/datasets/{dataset}/pairs", req, PairsUpsertResponse)
+            total = out if total is None else b.add_counts(total, out)
+        if total is None:
+            return PairsUpsertResponse(dataset=dataset, inserted=0, duplicates=0, total=0)
+        return total
+
+    async def pairs_page(
+        self, dataset: str, after: str | None = None, limit: int = 100
+    ) -> PairsPage:
+        """One cursor page of a dataset's pairs."""
+        return b.parse(await self._send(b.pairs_page_spec(dataset, after, limit)), PairsPage)
+
+    async def iter_pairs(self, dataset: str, page_size: int = 100) -> AsyncIterator[PreferencePair]:
+        """Every pair of a dataset, following the cursor page by page (`async for`)."""
+        cursor: str | None = None
+        while True:
+            page = await self.pairs_page(dataset, cursor, page_size)
+            for pair in page.pairs:
+                yield pair
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
+
+    async def list_datasets(self) -> DatasetList:
+        """Datasets in the store with their pair counts."""
+        return await self._get("/v1/datasets", DatasetList)
+
+    # ------------------------------------------------------------------ adapters
+
+    async def upload_adapter(self, name: str, directory: str | Path) -> AdapterInfo:
+        """Upload a PEFT LoRA folder (adapter_config.json + adapter_model.safetensors)."""
+        return b.parse(await self._send(b.adapter_upload_spec(name, directory)), AdapterInfo)
+
+    async def list_adapters(self) -> AdapterList:
+        return await self._get("/v1/adapters", AdapterList)
+
+    async def delete_adapter(self, name: str) -> None:
+        """Unload and forget an adapter."""
+        await self._send(b.RequestSpec("DELETE", f"/v1/adapters/{name}"))
+
+    # ------------------------------------------------------------------ operations
+
+    async def health(self) -> dict[str, Any]:
+        """Liveness body of GET /health."""
+        return dict((await self._send(b.RequestSpec("GET", "/health"))).json())
+
+    async def info(self) -> InfoResponse:
+        """Models, adapters, limits and versions the service runs."""
+        return await self._get("/info", InfoResponse)
+
+    async def metrics(self) -> str:
+        """Prometheus exposition text."""
+        return (await self._send(b.RequestSpec("GET", "/metrics"))).text
+
+    async def ready(self) -> bool:
+        """True when every base URL answers /ready with 200 (503 = still warming)."""
+        for base in self.base_urls:
+            try:
+                await self._send(b.RequestSpec("GET", "/ready", retry=False, url=base))
+            except NotReadyError:
+                return False
+        return True
+
+    async def wait_until_ready(self, timeout: float = 300.0, interval: float = 0.5) -> None:
+        """Poll ready() until True; connection errors count as not ready yet."""
+        deadline = time.monotonic() + timeout
+        last: Exception | None = None
+        while time.monotonic() < deadline:
+            try:
+                if await self.ready():
+                    return
+            except APIConnectionError as exc:
+                last = exc
+            await asyncio.sleep(interval)
+        raise APITimeoutError(f"service not ready after {timeout}s (last error: {last})")

@@ -1,0 +1,80 @@
+"""Pair-building methods: `csr` (paper), `csr-official` (the published code), `sbspo`,
+`self-judge`. Each is `async def method(client, item, ctx=None, config=None) -> MethodResult`
+over an AsyncScoringClient (or any object with its generate/clip/logprobs/implicit_reward), with
+its settings in a frozen config dataclass. Run one prompt from sync code with `asyncio.run`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from client.methods.base import AsyncScorer, MethodResult, PromptItem, RunContext, pair_id
+from client.methods.csr import CSRConfig, csr
+from client.methods.csr_official import CSROfficialConfig, csr_official
+from client.methods.sbspo import SBSPOConfig, sbspo
+from client.methods.self_judge import JUDGE_PROMPT, SelfJudgeConfig, self_judge
+
+MethodFn = Callable[[AsyncScorer, PromptItem, RunContext, Any], Awaitable[MethodResult]]
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A registered method: its runner and its config class."""
+
+    name: str
+    run: MethodFn
+    config_cls: type
+    needs_image: bool
+
+
+METHODS: dict[str, MethodSpec] = {
+    "csr": MethodSpec("csr", csr, CSRConfig, True),
+    "csr-official": MethodSpec("csr-official", csr_official, CSROfficialConfig, True),
+    "sbspo": MethodSpec("sbspo", sbspo, SBSPOConfig, False),
+    "self-judge": MethodSpec("self-judge", self_judge, SelfJudgeConfig, False),
+}
+
+
+def get_method(name: str) -> MethodSpec:
+    """The registered method `name`, or a ValueError listing the known ones."""
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise ValueError(f"unknown method {name!r}; choose from {sorted(METHODS)}") from None
+
+
+def build_config(method: str, **overrides: Any) -> Any:
+    """The method's config with `overrides` applied; None means 'keep the default'. An option
+    the method does not have is a ValueError naming it (a typo must not be a silent default)."""
+    cls = get_method(method).config_cls
+    fields = {f.name for f in dataclasses.fields(cls)}
+    given = {k: v for k, v in overrides.items() if v is not None}
+    unknown = sorted(set(given) - fields)
+    if unknown:
+        raise ValueError(f"{method} has no option(s) {unknown}; it takes {sorted(fields)}")
+    return cls(**given)
+
+
+__all__ = [
+    "JUDGE_PROMPT",
+    "METHODS",
+    "AsyncScorer",
+    "CSRConfig",
+    "CSROfficialConfig",
+    "MethodResult",
+    "MethodSpec",
+    "PromptItem",
+    "RunContext",
+    "SBSPOConfig",
+    "SelfJudgeConfig",
+    "build_config",
+    "csr",
+    "csr_official",
+    "get_method",
+    "pair_id",
+    "sbspo",
+    "self_judge",
+]

@@ -1,0 +1,185 @@
+"""Pure pair-selection math of the search methods (plain Python, no I/O, no torch).
+
+- CSR: prune a pool of paths to its `keep_top` best and `keep_bottom` worst; pick the chosen
+  (highest score) and rejected (lowest score) response among distinct texts.
+- CSR official code: sibling ranks (i+1)/n by descending score, fused (1−α)·rank_T + α·rank_I,
+  a path's mean fused rank (lower is better).
+- SBSPO: the reward union of the top/bottom ⌈λm⌉ under the sum and the average rankings.
+- Self-judge: the judge's pick from its log-probs, or parsed from its text.
+
+Ties are broken by position (stable sorts), so every function is deterministic.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+def normalize_sentence(text: str) -> str:
+    """A sentence as CLIP and duplicate checks see it: no leading/trailing space, single
+    spaces inside."""
+    return " ".join(text.split())
+
+
+def rank_desc(scores: Sequence[float]) -> list[int]:
+    """Indices ordered by descending score; equal scores keep their input order."""
+    return sorted(range(len(scores)), key=lambda i: -scores[i])
+
+
+def keep_extremes(
+    scores: Sequence[float], top: int, bottom: int, keep_all_below: int | None = None
+) -> list[int]:
+    """Indices of the `top` highest and `bottom` lowest scores, best first.
+
+    A pool smaller than `keep_all_below` (default top + bottom + 1, i.e. nothing to prune) is
+    kept whole; the official CSR code passes its beam width 5 here, so it keeps 3 or 4 paths
+    whole rather than pruning them to 3.
+    """
+    if top < 0 or bottom < 0:
+        raise ValueError("top and bottom must be >= 0")
+    threshold = top + bottom + 1 if keep_all_below is None else keep_all_below
+    order = rank_desc(scores)
+    if len(order) < threshold or len(order) <= top + bottom:
+        return order
+    return order[:top] + (order[len(order) - bottom :] if bottom else [])
+
+
+def pick_chosen_rejected(texts: Sequence[str], scores: Sequence[float]) -> tuple[int, int] | None:
+    """(chosen, rejected) indices: the highest score, and the lowest-scoring response whose text
+    differs from the chosen one. None when fewer than two distinct texts exist."""
+    if len(texts) != len(scores):
+        raise ValueError("texts and scores must have the same length")
+    order = rank_desc(scores)
+    if not order:
+        return None
+    chosen = order[0]
+    for i in reversed(order):
+        if texts[i] != texts[chosen]:
+            return chosen, i
+    return None
+
+
+def first_occurrences(texts: Sequence[str]) -> list[int]:
+    """Indices of the first occurrence of each distinct text (dedupes identical samples)."""
+    seen: set[str] = set()
+    keep = []
+    for i, t in enumerate(texts):
+        if t not in seen:
+            seen.add(t)
+            keep.append(i)
+    return keep
+
+
+# ---------------------------------------------------------------------- CSR official code
+
+
+def sibling_ranks(scores: Sequence[float]) -> list[float]:
+    """Rank (position + 1) / n of each sibling by descending score: the best gets 1/n, the worst
+    1 (the official code's `calculate_ranks`; lower is better)."""
+    n = len(scores)
+    ranks = [0.0] * n
+    for pos, i in enumerate(rank_desc(scores)):
+        ranks[i] = (pos + 1) / n
+    return ranks
+
+
+def fused_rank(rank_t: float, rank_i: float, alpha: float = 0.9) -> float:
+    """(1−α)·rank_T + α·rank_I: the official code's per-sentence score (lower is better)."""
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
+    return (1.0 - alpha) * rank_t + alpha * rank_i
+
+
+def mean_fused_rank(fused: Sequence[float], count_root: bool = True) -> float:
+    """A path's value: the sum of its sentences' fused ranks over its length. The official code
+    divides by the number of tree nodes on the path, the (empty) root included, i.e. by
+    sentences + 1 (`count_root=True`); lower is better."""
+    denom = len(fused) + (1 if count_root else 0)
+    return math.fsum(fused) / denom if denom else 0.0
+
+
+# ---------------------------------------------------------------------- SBSPO
+
+
+def union_size(m: int, lam: float) -> int:
+    """⌈λ·m⌉, robust to float noise (0.3·10 must be 3, not 4)."""
+    if not 0.0 <= lam < 0.5:
+        raise ValueError(f"SBSPO lambda must lie in [0, 0.5), got {lam}")
+    return math.ceil(round(lam * m, 9))
+
+
+@dataclass(frozen=True)
+class UnionSelection:
+    """Result of the SBSPO reward union; indices into the scored responses, ascending."""
+
+    chosen: list[int]
+    rejected: list[int]
+    dropped: list[int]  # in both unions, so in neither set
+    k: int
+
+
+def reward_union(sums: Sequence[float], avgs: Sequence[float], lam: float = 0.3) -> UnionSelection:
+    """SBSPO eq. 5: chosen = top ⌈λm⌉ by sum ∪ top ⌈λm⌉ by average; rejected = the bottom ones
+    likewise; a response in both unions is dropped from both."""
+    if len(sums) != len(avgs):
+        raise ValueError("sums and avgs must have the same length")
+    m = len(sums)
+    k = union_size(m, lam)
+    by_sum, by_avg = rank_desc(sums), rank_desc(avgs)
+    top = set(by_sum[:k]) | set(by_avg[:k])
+    bottom = set(by_sum[m - k :]) | set(by_avg[m - k :]) if k else set()
+    both = top & bottom
+    return UnionSelection(sorted(top - both), sorted(bottom - both), sorted(both), k)
+
+
+def union_pairs(
+    chosen: Sequence[int], rejected: Sequence[int], texts: Sequence[str]
+) -> list[tuple[int, int]]:
+    """Every chosen × rejected combination, skipping pairs with identical text."""
+    return [(c, r) for c in chosen for r in rejected if texts[c] != texts[r]]
+
+
+# ---------------------------------------------------------------------- self-judge
+
+_JUDGE_RE = re.compile(r"response\s*([12])", re.IGNORECASE)
+
+
+def judge_pick(score_1: float, score_2: float) -> int:
+    """0 if the judge prefers response 1 (ties too), else 1."""
+    return 0 if score_1 >= score_2 else 1
+
+
+def parse_judge_output(text: str) -> int | None:
+    """0/1 from a judge's free text ("response 1" / "Response 2."), None if it names neither
+    or both."""
+    found = {m.group(1) for m in _JUDGE_RE.finditer(text)}
+    if len(found) != 1:
+        return None
+    return 0 if found == {"1"} else 1
+
+
+# ---------------------------------------------------------------------- text filters
+
+_SCRIPTS = re.compile(
+    "[\u3130-\u318f\uac00-\ud7af\u0400-\u04ff\u3040-\u309f\u30a0-\u30ff"
+    "\U0001f300-\U0001f6ff\U0001f700-\U0001f77f]"
+)
+_WORD_REPEAT = re.compile(r"\b(\w+)\b(?:\s+\1\b){5,}")  # a word 6+ times in a row
+_CHAR_REPEAT = re.compile(r"(\S)(?:\s*\1){10,}")  # a character 11+ times in a row
+
+
+def is_degenerate(text: str, max_newlines: int = 5) -> bool:
+    """The official code's tree cleaning: drop a sentence in Korean/Cyrillic/Japanese script or
+    with emoji, with a word or a character repeated in a long run, with runs of `&nbsp;`, or with
+    more than `max_newlines` line breaks."""
+    return bool(
+        _SCRIPTS.search(text)
+        or _WORD_REPEAT.search(text)
+        or _CHAR_REPEAT.search(text)
+        or "&nbsp;&nbsp;" in text
+        or ", , , , , ," in text
+        or text.count("\n") > max_newlines
+    )
