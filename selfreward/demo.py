@@ -37,9 +37,9 @@ class DemoConfig:
     eval_images: int | None = None
     ablation_prompts: int | None = None
     method: dict[str, Any] = field(default_factory=lambda: {
-        "lambda": 0.9, "language_score": "mean_logprob", "path_score": "mean",
+        "lam": 0.9, "language_score": "mean_logprob", "path_score": "mean",
         "num_candidates": 5, "keep_top": 1, "keep_bottom": 2, "max_new_tokens": 12,
-        "max_steps": 5, "concurrency": 8,
+        "max_steps": 5,
     })  # fmt: skip
     train: dict[str, Any] = field(default_factory=lambda: {
         "lr": 2e-4, "loss_type": ["sigmoid", "sft"], "lora_r": 16, "lora_alpha": 32,
@@ -104,16 +104,17 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
     evaluate = Evaluator(world, config.eval_images)
     console.rule("evaluation: base model")
     evaluate("base (SFT)", None)
-    report: dict[str, Any] = {"config": _jsonable(asdict(config)), "world": str(world)}
+    report: dict[str, Any] = {"config": json.loads(json.dumps(asdict(config), default=str)),
+                              "world": str(world)}
     with local_service(world / "vlm", world / "clip", work / "service",
                        log_file=work / "service.log") as url:  # fmt: skip
         runs = {
             "csr": (prompts, config.iterations, {**config.method}),
-            "csr-lambda0": (ablation_prompts, 1, {**config.method, "lambda": 0.0}),
-            "csr-lambda1": (ablation_prompts, 1, {**config.method, "lambda": 1.0}),
+            "csr-lambda0": (ablation_prompts, 1, {**config.method, "lam": 0.0}),
+            "csr-lambda1": (ablation_prompts, 1, {**config.method, "lam": 1.0}),
         }
         for run, (prompt_file, iterations, options) in runs.items():
-            console.rule(f"{run}: {iterations} iteration(s), λ = {options['lambda']}")
+            console.rule(f"{run}: {iterations} iteration(s), λ = {options['lam']}")
             records = iterate(url, "csr", prompt_file, world / "images", iterations, work / run,
                               model=str(world / "vlm"), train_overrides=dict(config.train),
                               method_options=options, run=run)  # fmt: skip
@@ -136,7 +137,8 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
 def run_sbspo(url: str, world: Path, prompts: Path, work: Path, config: DemoConfig) -> dict:
     """SBSPO from the CSR iteration-1 model: implicit reward (CSR-1 vs base) picks the pairs,
     then DPO continues CSR-1 with CSR-1 as the reference."""
-    from client.cli import run_pairs
+    from client.methods import build_config
+    from client.pairs import run_pairs
     from trainer.config import DPOTrainConfig
     from trainer.dpo import train
 
@@ -144,23 +146,15 @@ def run_sbspo(url: str, world: Path, prompts: Path, work: Path, config: DemoConf
     out.mkdir(parents=True, exist_ok=True)
     csr1 = work / "csr" / "iter1" / "train" / "adapter"
     summary = run_pairs(
-        service=url, method="sbspo", prompts=prompts, images=world / "images",
-        out=out / "pairs.jsonl", model="csr-iter1", reference="base", iteration=1,
-        options={"max_new_tokens": 40, "concurrency": config.method["concurrency"]},
+        url, "sbspo", prompts, world / "images", out / "pairs.jsonl",
+        config=build_config("sbspo", max_new_tokens=40), model="csr-iter1", reference="base",
+        iteration=1,
     )  # fmt: skip
     result = train(DPOTrainConfig(model=str(world / "vlm"), pairs=str(out / "pairs.jsonl"),
                                   out=str(out / "train"), images=str(world / "images"),
                                   init_adapter=str(csr1), reference=str(csr1),
                                   **config.train))  # fmt: skip
-    return {"pairs": _jsonable(summary), "train": _jsonable(result)}
-
-
-def _jsonable(value: Any) -> Any:
-    try:
-        return json.loads(json.dumps(value if not hasattr(value, "__dict__") else vars(value),
-                                     default=str))  # fmt: skip
-    except (TypeError, ValueError):
-        return str(value)
+    return {"pairs": summary.as_dict(), "train": result.to_dict()}
 
 
 def print_tables(report: dict[str, Any]) -> None:

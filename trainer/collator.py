@@ -1,0 +1,133 @@
+"""Batches tokenized exactly the way the service's `POST /v1/logprobs` tokenizes.
+
+TRL's `DataCollatorForVisionPreference` tokenizes the rendered prompt with
+`add_special_tokens=False`, so for a tokenizer that adds BOS (LLaVA-1.5's Llama tokenizer) its
+sequences lack the BOS the service scores with, and log-probs from the service would not be the
+trainer's. This collator makes the trainer's tokenization the service's, by construction:
+
+- prompt: the chat template with `add_generation_prompt=True` over
+  `[{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]`
+  (text-only: content is the plain prompt string), tokenized by the processor WITH its default
+  special tokens; the processor expands the image placeholder;
+- completion: `tokenizer(response + eos_token, add_special_tokens=False)` -- the service's
+  continuation `response + "</s>"` with `prefix=""`.
+
+Batch layout is TRL's: rows [chosen..., rejected...], right padded, `completion_mask` marking
+completion tokens; with service reference log-probs, `ref_chosen_logps`/`ref_rejected_logps`
+are the sums of the service's per-token log-probs over the completion tokens that fit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from trainer.data import message_text
+
+IMAGE_KEYS_SKIP = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def render_prompt(processing_class: Any, prompt: str, num_images: int) -> str:
+    """The service's prompt rendering: the chat template with a generation prompt.
+
+    A VLM processor gets a list of content parts (image placeholders first), a text-only
+    tokenizer the plain string; without a chat template the prompt is used as is.
+    """
+    content: Any = prompt
+    if hasattr(processing_class, "tokenizer"):  # a processor: the VLM content-parts form
+        content = [{"type": "image"}] * num_images + [{"type": "text", "text": prompt}]
+    if not getattr(processing_class, "chat_template", None):
+        return prompt
+    messages = [{"role": "user", "content": content}]
+    return str(
+        processing_class.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    )
+
+
+def tokenizer_of(processing_class: Any) -> Any:
+    return getattr(processing_class, "tokenizer", processing_class)
+
+
+@dataclass
+class ServiceAlignedCollator:
+    """Collates TRL conversational preference rows into DPO batches (see the module doc)."""
+
+    processing_class: Any
+    max_length: int | None = None
+
+    @property
+    def eos_text(self) -> str:
+        return str(tokenizer_of(self.processing_class).eos_token)
+
+    def encode_prompt(self, prompt: str, images: list[Any]) -> tuple[list[int], dict[str, Any]]:
+        """Prompt token ids (special tokens included) and the image tensors for the model."""
+        text = render_prompt(self.processing_class, prompt, len(images))
+        if images:
+            out = self.processing_class(text=[text], images=images, return_tensors="pt")
+        else:  # as the service: no image, the tokenizer alone
+            out = tokenizer_of(self.processing_class)([text], return_tensors="pt")
+        extras = {k: v for k, v in out.items() if k not in IMAGE_KEYS_SKIP}
+        return out["input_ids"][0].tolist(), extras
+
+    def encode_completion(self, response: str) -> list[int]:
+        """Response + EOS, no special tokens added (the EOS text maps to the EOS id)."""
+        tokenizer = tokenizer_of(self.processing_class)
+        return list(tokenizer(response + self.eos_text, add_special_tokens=False)["input_ids"])
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        import torch
+
+        prompts, extras = [], []
+        for ex in examples:
+            ids, extra = self.encode_prompt(message_text(ex["prompt"]), ex.get("images") or [])
+            if self.max_length is not None and len(ids) >= self.max_length:
+                raise ValueError(
+                    f"max_length {self.max_length} leaves no room for a response after a prompt "
+                    f"of {len(ids)} tokens (image tokens included): raise max_length"
+                )
+            prompts.append(ids)
+            extras.append(extra)
+        rows, masks, kept = [], [], []
+        for side in ("chosen", "rejected"):
+            for ids, ex in zip(prompts, examples, strict=True):
+                completion = self.encode_completion(message_text(ex[side]))
+                room = len(completion) if self.max_length is None else self.max_length - len(ids)
+                completion = completion[:room]
+                rows.append(ids + completion)
+                masks.append([0] * len(ids) + [1] * len(completion))
+                kept.append(len(completion))
+        batch = self._pad(rows, masks)
+        batch.update(_stack_image_tensors(extras + extras))  # the rejected half repeats them
+        if "ref_chosen_token_logps" in examples[0]:
+            n = len(examples)
+            for side, offset in (("chosen", 0), ("rejected", n)):
+                sums = [
+                    sum(ex[f"ref_{side}_token_logps"][: kept[offset + i]])
+                    for i, ex in enumerate(examples)
+                ]
+                batch[f"ref_{side}_logps"] = torch.tensor(sums, dtype=torch.float32)
+        return batch
+
+    def _pad(self, rows: list[list[int]], masks: list[list[int]]) -> dict[str, Any]:
+        import torch
+
+        tokenizer = tokenizer_of(self.processing_class)
+        pad_id = tokenizer.pad_token_id
+        pad_id = tokenizer.eos_token_id if pad_id is None else pad_id
+        width = max(len(r) for r in rows)
+        input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+        attention = torch.zeros((len(rows), width), dtype=torch.long)
+        completion = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, (row, mask) in enumerate(zip(rows, masks, strict=True)):
+            input_ids[i, : len(row)] = torch.tensor(row)
+            attention[i, : len(row)] = 1
+            completion[i, : len(mask)] = torch.tensor(mask)
+        return {"input_ids": input_ids, "attention_mask": attention, "completion_mask": completion}
+
+
+def _stack_image_tensors(extras: list[dict[str, Any]]) -> dict[str, Any]:
+    """Concatenate per-example image tensors (`pixel_values`, `image_sizes`, ...) in row order."""
+    import torch
+
+    keys = sorted({k for extra in extras for k in extra})
+    return {k: torch.cat([extra[k] for extra in extras if k in extra], dim=0) for k in keys}

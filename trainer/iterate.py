@@ -1,0 +1,219 @@
+"""Iterative DPO: pairs with adapter t−1, train adapter t against it, upload, repeat.
+
+Per iteration t = 1..T (DESIGN.md "Iterative DPO"):
+1. pairs   -- `client.pairs.run_pairs` with policy `{run}-iter{t-1}` (`base` for t = 1) writes
+              `work/iter{t}/pairs.jsonl` and publishes dataset `{run}-iter{t}` on the service
+              (reference for implicit rewards, SBSPO: `{run}-iter{t-2}`, base for t <= 2);
+2. trained -- `trainer.dpo.train` on that dataset's URL, init_adapter = reference = adapter t−1
+              (base for t = 1), output `work/iter{t}/train/`;
+3. uploaded -- adapter t goes to the service as `{run}-iter{t}`.
+
+`work/state.json` records the finished stages and each iteration's table row, so a rerun
+skips what is done (an unfinished stage resumes: run_pairs from its output file, training from
+its last checkpoint; an upload is idempotent and is redone if the service lost the adapter).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from trainer.report import IterationRecord, build_record, render_table
+
+
+class IterationState:
+    """`work/state.json`: finished stages and rows per iteration, written atomically."""
+
+    def __init__(self, work: Path) -> None:
+        self.path = work / "state.json"
+        self.data: dict[str, Any] = {"iterations": {}}
+        if self.path.exists():
+            self.data = json.loads(self.path.read_text())
+
+    def entry(self, t: int) -> dict[str, Any]:
+        return dict(self.data["iterations"].setdefault(str(t), {"done": []}))
+
+    def done(self, t: int, stage: str) -> bool:
+        return stage in self.entry(t)["done"]
+
+    def mark(self, t: int, stage: str, **info: Any) -> None:
+        entry = self.data["iterations"].setdefault(str(t), {"done": []})
+        if stage not in entry["done"]:
+            entry["done"].append(stage)
+        entry.update(info)
+        tmp = self.path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.data, indent=2))
+        os.replace(tmp, self.path)  # a crash never leaves half a state file
+
+
+def _write_if_changed(path: Path, text: str) -> None:
+    """A rerun with nothing to do leaves every file untouched."""
+    if not path.exists() or path.read_text() != text:
+        path.write_text(text)
+
+
+def adapter_name(run: str, t: int) -> str:
+    return "base" if t == 0 else f"{run}-iter{t}"
+
+
+def _generate_pairs(
+    service_url: str, method: str, prompts: str, images: str, out: Path, dataset: str,
+    policy: str, reference: str, t: int, method_options: dict[str, Any],
+) -> dict[str, Any]:  # fmt: skip
+    """Stage 1 through the client's search runner; returns its summary as a dict.
+
+    `method_options` are fields of the method's config dataclass (num_candidates, ...); an
+    unknown one is a ValueError from the client, not a silent default.
+    """
+    from client.methods import build_config as method_config
+    from client.pairs import run_pairs
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    summary = run_pairs(
+        service_url, method, prompts, images, out,
+        config=method_config(method, **method_options), publish=dataset, model=policy,
+        reference=reference, iteration=t, api_key=os.environ.get("SELFREWARD_API_KEY"),
+    )  # fmt: skip
+    result = dict(summary.as_dict())
+    if result.get("prompts_failed"):
+        # transient errors are not in the journal: a rerun retries them, so stage 1 stays open
+        raise RuntimeError(
+            f"{result['prompts_failed']} prompt(s) failed ({result.get('failed')}); "
+            "rerun iterate to retry them"
+        )
+    return result
+
+
+def _train(
+    service_url: str, model: str, dataset: str, out: Path, previous: Path | None,
+    previous_name: str, overrides: dict[str, Any],
+) -> dict[str, Any]:  # fmt: skip
+    """Stage 2: LoRA DPO on the published dataset, reference = adapter t−1 (or base)."""
+    from trainer.config import build_config
+    from trainer.dpo import train
+
+    values: dict[str, Any] = {
+        "model": model,
+        "pairs": f"{service_url}/v1/datasets/{dataset}",
+        "out": str(out),
+        "init_adapter": str(previous) if previous else None,
+        "reference": str(previous) if previous else "base",
+        "reference_name": previous_name,
+        "service": service_url,
+        **overrides,
+    }
+    config_file = values.pop("config", None)
+    result = train(build_config(config_file, **values))
+    return {k: v for k, v in result.to_dict().items() if k != "config"}
+
+
+def _upload(client: Any, name: str, adapter_dir: Path, already: bool) -> bool:
+    """Stage 3, idempotent: skipped only when recorded done AND the service still has it."""
+    if already and name in {a.name for a in client.list_adapters().adapters}:
+        return False
+    client.upload_adapter(name, adapter_dir)
+    return True
+
+
+@dataclass
+class _Loop:
+    """Everything one `iterate` call shares across its iterations."""
+
+    service_url: str
+    method: str
+    prompts: str
+    images: str
+    work: Path
+    run: str
+    model: str
+    train_overrides: dict[str, Any]
+    method_options: dict[str, Any]
+    state: IterationState
+    client: Any
+
+    def step(self, t: int) -> bool:
+        """Finish iteration t's missing stages; True when any work was done."""
+        folder, state = self.work / f"iter{t}", self.state
+        previous = self.work / f"iter{t - 1}" / "train" / "adapter" if t > 1 else None
+        worked = False
+        if not state.done(t, "pairs"):
+            started = time.perf_counter()
+            options = dict(self.method_options)
+            # the implicit reward of policy t-1 is measured against the reference it was
+            # trained with (t-2; base early on), unless the caller names one
+            reference = options.pop("reference", adapter_name(self.run, max(t - 2, 0)))
+            summary = _generate_pairs(
+                self.service_url, self.method, self.prompts, self.images,
+                folder / "pairs.jsonl", adapter_name(self.run, t),
+                adapter_name(self.run, t - 1), reference, t, options,
+            )  # fmt: skip
+            seconds = round(time.perf_counter() - started, 3)
+            state.mark(t, "pairs", pairs_summary=summary, pairs_seconds=seconds)
+            worked = True
+        if not state.done(t, "trained"):
+            summary = _train(
+                self.service_url, self.model, adapter_name(self.run, t), folder / "train",
+                previous, adapter_name(self.run, t - 1), dict(self.train_overrides),
+            )  # fmt: skip
+            state.mark(t, "trained", train=summary)
+            worked = True
+        uploaded = state.done(t, "uploaded")
+        name = adapter_name(self.run, t)
+        worked |= _upload(self.client, name, folder / "train" / "adapter", uploaded)
+        if not uploaded:
+            state.mark(t, "uploaded")
+        return worked
+
+
+def iterate(
+    service_url: str,
+    method: str,
+    prompts: str | Path,
+    images: str | Path,
+    iterations: int,
+    work_dir: str | Path,
+    model: str | None = None,
+    train_overrides: dict[str, Any] | None = None,
+    method_options: dict[str, Any] | None = None,
+    run: str | None = None,
+) -> list[IterationRecord]:
+    """Run (or resume) `iterations` rounds of pairs -> DPO -> upload; see the module doc.
+
+    `model`: the base model for training (default: the one the service reports it serves).
+    `train_overrides`: DPOTrainConfig fields (e.g. lr, max_steps, or `config`: a config file).
+    `method_options`: fields of the method's client config (num_candidates, max_new_tokens,
+    ...), plus `reference` (the implicit-reward reference adapter name).
+    `run`: prefix of dataset and adapter names (default: the work dir's name).
+    Prints the table after each iteration; writes work/iterations.json.
+    """
+    from rich.console import Console
+
+    from client import ScoringClient
+
+    work = Path(work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    client = ScoringClient(service_url, api_key=os.environ.get("SELFREWARD_API_KEY"))
+    loop = _Loop(
+        service_url.rstrip("/"), method, str(prompts), str(images), work,
+        run or work.resolve().name, model or client.info().model.model,
+        dict(train_overrides or {}), dict(method_options or {}), IterationState(work), client,
+    )  # fmt: skip
+    console, records = Console(), []
+    table_file = work / "iterations.json"
+    try:
+        for t in range(1, iterations + 1):
+            worked = loop.step(t)
+            names = adapter_name(loop.run, t - 1), adapter_name(loop.run, t)
+            entry = loop.state.entry(t)
+            records.append(build_record(t, *names, entry, work / f"iter{t}" / "pairs.jsonl"))
+            if worked:  # a rerun with nothing to do rewrites nothing
+                table_file.write_text(json.dumps([asdict(r) for r in records], indent=2))
+            console.print(render_table(records))
+    finally:
+        client.close()
+    _write_if_changed(table_file, json.dumps([asdict(r) for r in records], indent=2))
+    return records
