@@ -1,0 +1,134 @@
+"""`selfreward serve` / `python -m service`: settings from flags, then the `SELFREWARD_*` env.
+
+Only the flags actually given are passed to `ServiceSettings`, so every flag left out falls back
+to its environment variable, then to the field's default. Logging is configured here, in the
+entry point, and nowhere at import time.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydantic import ValidationError
+
+from service.settings import ServiceSettings
+
+logger = logging.getLogger("service")
+
+
+def _parse_adapters(specs: list[str]) -> dict[str, str]:
+    adapters: dict[str, str] = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            raise typer.BadParameter(f"expected NAME=DIR, got {spec!r}", param_hint="--adapter")
+        adapters[name] = path
+    return adapters
+
+
+def build_settings(flags: dict[str, Any], tiny: bool = False) -> ServiceSettings:
+    """`ServiceSettings` from the given flags (None = not given) over the env; with `tiny`,
+    build the tiny models under `data_dir/tiny-models` and serve them (unless --model/--clip
+    say otherwise)."""
+    given = {k: v for k, v in flags.items() if v is not None}
+    if not tiny:
+        return ServiceSettings(**given)
+    from selfreward.tiny import build_all
+
+    settings = ServiceSettings(**{"model": "tiny", **given})
+    paths = build_all(settings.data_dir / "tiny-models")
+    update = {"model": given.get("model", str(paths["vlm"])), "clip": given.get("clip")}
+    update["clip"] = update["clip"] or str(paths["clip"])
+    return settings.model_copy(update=update)
+
+
+def serve_command(
+    model: Annotated[
+        str | None, typer.Option(help="policy model: Hugging Face id or local directory")
+    ] = None,
+    clip: Annotated[
+        str | None, typer.Option(help="CLIP: NAME:PRETRAINED (open_clip) or a local directory")
+    ] = None,
+    adapter: Annotated[
+        list[str] | None,
+        typer.Option(help="LoRA adapter loaded at start-up, NAME=DIR (repeatable)"),
+    ] = None,
+    host: Annotated[str | None, typer.Option(help="bind address [127.0.0.1]")] = None,
+    port: Annotated[int | None, typer.Option(help="port [8000]")] = None,
+    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda")] = None,
+    dtype: Annotated[str | None, typer.Option(help="auto | float32 | bfloat16 | float16")] = None,
+    api_key: Annotated[
+        str | None, typer.Option(help="bearer token required on /v1/* (better: the env var)")
+    ] = None,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="SQLite store and uploaded adapters")
+    ] = None,
+    naive: Annotated[
+        bool | None,
+        typer.Option("--naive/--no-naive", help="benchmark baseline: no caches, no batching"),
+    ] = None,
+    warmup: Annotated[
+        bool | None, typer.Option("--warmup/--no-warmup", help="warm up before /ready")
+    ] = None,
+    tiny: Annotated[
+        bool, typer.Option(help="build and serve tiny random models (no download; for demos)")
+    ] = False,
+    log_level: Annotated[str, typer.Option(help="debug | info | warning | error")] = "info",
+) -> None:
+    """Serve the reward-scoring API (FastAPI + uvicorn)."""
+    import uvicorn
+
+    from service.app import build_app
+
+    _configure_logging(log_level)
+    flags: dict[str, Any] = {
+        "model": model,
+        "clip": clip,
+        "adapters": _parse_adapters(adapter) if adapter else None,
+        "host": host,
+        "port": port,
+        "device": device,
+        "dtype": dtype,
+        "api_key": api_key,
+        "data_dir": data_dir,
+        "naive_mode": naive,
+        "warmup": warmup,
+    }
+    try:
+        settings = build_settings(flags, tiny=tiny)
+    except ValidationError as e:
+        problems = "; ".join(
+            f"{'.'.join(map(str, err['loc'])) or 'settings'}: {err['msg']}" for err in e.errors()
+        )
+        typer.echo(f"error: invalid settings: {problems}", err=True)
+        typer.echo("(give the flag, or set SELFREWARD_<FIELD>; see --help)", err=True)
+        raise typer.Exit(2) from None
+    logger.info(
+        "serving %s (clip %s) on http://%s:%d", settings.model, settings.clip,
+        settings.host, settings.port,
+    )  # fmt: skip
+    uvicorn.run(
+        build_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_config=None,  # keep the logging configured above
+        log_level=log_level.lower(),
+        timeout_graceful_shutdown=10,
+    )
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+    )
+
+
+def main() -> None:
+    """Entry point of `python -m service`."""
+    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    app.command()(serve_command)
+    app()

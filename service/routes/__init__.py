@@ -1,0 +1,48 @@
+"""HTTP routes, one module per feature; `include_routers` mounts them all on an app."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from fastapi import FastAPI
+
+_ERROR_REF = {"$ref": "#/components/schemas/ErrorResponse"}
+
+
+def include_routers(app: FastAPI, v1_dependencies: Sequence[Any] = ()) -> None:
+    """Mount every router. `v1_dependencies` are added to the `/v1/*` routers (the bearer
+    security scheme, so OpenAPI documents it)."""
+    from service.routes import adapters, datasets, generate, health, images, scoring
+
+    app.include_router(health.router)
+    for module in (images, datasets, adapters, scoring, generate):
+        app.include_router(module.router, dependencies=list(v1_dependencies))
+    _document_error_shape(app)
+
+
+def _document_error_shape(app: FastAPI) -> None:
+    """Make the OpenAPI document tell the truth about errors: FastAPI documents 422 as its own
+    `HTTPValidationError`, but this service answers `ErrorResponse` (see `service.app`); and
+    every route behind the bearer token may answer 401."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = build()
+        error = {"content": {"application/json": {"schema": _ERROR_REF}}}
+        for operations in schema.get("paths", {}).values():
+            for op in operations.values():
+                responses = op.setdefault("responses", {})
+                if "HTTPValidationError" in str(responses.get("422", "")):
+                    responses["422"] = {"description": "Invalid request (names the field)", **error}
+                if op.get("security"):
+                    responses.setdefault("401", {"description": "Missing or wrong token", **error})
+        components = schema.get("components", {}).get("schemas", {})
+        for unused in ("HTTPValidationError", "ValidationError"):
+            components.pop(unused, None)
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

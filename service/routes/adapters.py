@@ -1,0 +1,276 @@
+"""LoRA adapters over HTTP: upload (PEFT safetensors only), list, delete.
+
+An upload is a multipart form with exactly three fields: `name`, and the two files PEFT's
+`save_pretrained` writes, as fields named `adapter_config.json` and `adapter_model.safetensors`.
+Nothing is ever unpickled and no client-supplied path is used: the server names every file.
+The files are checked (config: JSON with `peft_type == "LORA"`; weights: a well-formed
+safetensors header), written under `data_dir/adapters/.tmp/`, renamed into
+`data_dir/adapters/<name>/` and loaded by the engine; a load failure is a 422 and leaves
+nothing behind. Uploaded adapters come back after a restart.
+
+Uploading a name that exists replaces that adapter (the engine swaps it between batches).
+Adapters given at start-up (`--adapter`) and `base` belong to the operator: replacing or
+deleting them is a 409.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+import uuid
+from pathlib import Path
+from typing import IO, Any
+
+import anyio
+from fastapi import APIRouter, Depends, File, Form, Request, Response, UploadFile
+from fastapi import Path as PathParam
+
+from core.schemas import AdapterInfo, AdapterList, ErrorResponse
+from service.errors import (
+    ConflictError,
+    InvalidRequestError,
+    NotFoundError,
+    PayloadTooLargeError,
+    ServiceError,
+)
+from service.settings import ServiceSettings
+from service.state import AppState, get_ready_state
+
+logger = logging.getLogger(__name__)
+router = APIRouter(prefix="/v1", tags=["adapters"])
+
+ADAPTER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+CONFIG_FILE = "adapter_config.json"
+WEIGHTS_FILE = "adapter_model.safetensors"
+_FIELDS = {"name", CONFIG_FILE, WEIGHTS_FILE}
+_MAX_CONFIG_BYTES = 2**20
+_MAX_HEADER_BYTES = 100 * 2**20
+_ERRORS: dict[int | str, dict] = {
+    code: {"model": ErrorResponse} for code in (404, 409, 413, 422, 503)
+}
+
+
+class InvalidAdapterError(InvalidRequestError):
+    """The uploaded files are not a loadable PEFT LoRA adapter."""
+
+    type = "invalid_adapter"
+
+
+def adapters_dir(settings: ServiceSettings) -> Path:
+    return settings.data_dir / "adapters"
+
+
+@router.post(
+    "/adapters",
+    response_model=AdapterInfo,
+    status_code=201,
+    summary="Upload (or replace) a LoRA adapter",
+    responses=_ERRORS,
+)
+async def upload_adapter(
+    request: Request,
+    name: str = Form(..., pattern=ADAPTER_NAME_RE.pattern, description="adapter name"),
+    config: UploadFile = File(..., alias=CONFIG_FILE, description="PEFT adapter_config.json"),
+    weights: UploadFile = File(..., alias=WEIGHTS_FILE, description="adapter weights"),
+    state: AppState = Depends(get_ready_state),
+) -> AdapterInfo:
+    """Validate, store and load a PEFT LoRA adapter; it is usable as `model` at once."""
+    await _check_form(request, name)
+    settings = state.settings
+    sizes = {CONFIG_FILE: config.size or 0, WEIGHTS_FILE: weights.size or 0}
+    if sizes[CONFIG_FILE] > _MAX_CONFIG_BYTES:
+        raise PayloadTooLargeError(f"{CONFIG_FILE} is over 1 MiB", field=CONFIG_FILE)
+    if sum(sizes.values()) > settings.max_adapter_bytes:
+        raise PayloadTooLargeError(
+            f"adapter is {sum(sizes.values())} bytes; the limit is {settings.max_adapter_bytes}",
+            field=WEIGHTS_FILE,
+        )
+    root = adapters_dir(settings)
+    staged = await anyio.to_thread.run_sync(_stage, root, config.file, weights.file)
+    async with state.adapter_lock:
+        return await _install(state, name, staged, root / name)
+
+
+async def _check_form(request: Request, name: str) -> None:
+    form = await request.form()  # parsed already for the parameters: served from cache
+    for key in form:
+        if key not in _FIELDS:
+            raise InvalidRequestError(
+                f"unexpected form field {key!r}; send only name, {CONFIG_FILE}, {WEIGHTS_FILE}",
+                field=key,
+            )
+        if len(form.getlist(key)) > 1:
+            raise InvalidRequestError(f"form field {key!r} given more than once", field=key)
+    if name == "base":
+        raise InvalidRequestError("'base' is reserved for the model without adapter", "name")
+
+
+def _stage(root: Path, config: IO[bytes], weights: IO[bytes]) -> Path:
+    """Copy the uploads into a fresh temp dir under `root/.tmp` and validate them there."""
+    staged = root / ".tmp" / uuid.uuid4().hex
+    staged.mkdir(parents=True)
+    try:
+        for src, filename in ((config, CONFIG_FILE), (weights, WEIGHTS_FILE)):
+            src.seek(0)
+            with (staged / filename).open("wb") as dst:
+                shutil.copyfileobj(src, dst, 2**20)
+        check_config(staged / CONFIG_FILE)
+        check_safetensors(staged / WEIGHTS_FILE)
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
+    return staged
+
+
+async def _install(state: AppState, name: str, staged: Path, final: Path) -> AdapterInfo:
+    """Swap `staged` in as `final` and load it; on failure put back what was there."""
+    adapters = state.models.engine.adapters  # type: ignore[union-attr]
+    if name in adapters.names() and adapters.info(name).source == "startup":
+        shutil.rmtree(staged, ignore_errors=True)
+        raise ConflictError(f"{name!r} is a start-up adapter; pick another name", field="name")
+    previous = staged.with_name(staged.name + "-previous") if final.exists() else None
+    if previous is not None:
+        final.rename(previous)
+    staged.rename(final)
+    try:
+        info = await anyio.to_thread.run_sync(adapters.load, name, final, "upload")
+    except Exception as exc:
+        shutil.rmtree(final, ignore_errors=True)
+        if previous is not None:
+            previous.rename(final)
+            await _reload_quietly(adapters, name, final)
+        if not isinstance(exc, ServiceError):
+            logger.warning("adapter %r did not load", name, exc_info=exc)
+        message = exc.message if isinstance(exc, ServiceError) else str(exc)
+        raise InvalidAdapterError(f"the model cannot load this adapter: {message}") from None
+    if previous is not None:
+        shutil.rmtree(previous, ignore_errors=True)
+    logger.info("adapter %r loaded from upload", name)
+    return info
+
+
+async def _reload_quietly(adapters: Any, name: str, path: Path) -> None:
+    try:
+        await anyio.to_thread.run_sync(adapters.load, name, path, "upload")
+    except Exception:
+        logger.exception("could not restore the previous adapter %r", name)
+
+
+@router.get("/adapters", response_model=AdapterList, summary="Loaded adapters")
+def list_adapters(state: AppState = Depends(get_ready_state)) -> AdapterList:
+    """Every adapter the engine holds (including `base`, the model without adapter)."""
+    adapters = state.models.engine.adapters  # type: ignore[union-attr]
+    return AdapterList(adapters=[adapters.info(n) for n in adapters.names()])
+
+
+@router.delete(
+    "/adapters/{name}",
+    status_code=204,
+    response_class=Response,
+    summary="Unload and delete an uploaded adapter",
+    responses=_ERRORS,
+)
+async def delete_adapter(
+    name: str = PathParam(..., description="adapter name"),
+    state: AppState = Depends(get_ready_state),
+) -> Response:
+    """Unload an uploaded adapter and remove its files. Requests already queued with it
+    finish first (the engine waits for the running batch)."""
+    adapters = state.models.engine.adapters  # type: ignore[union-attr]
+    async with state.adapter_lock:
+        if name == "base":
+            raise ConflictError("'base' is the model itself and cannot be deleted", field="name")
+        if name not in adapters.names():
+            raise NotFoundError(f"no adapter named {name!r}", field="name")
+        if adapters.info(name).source == "startup":
+            raise ConflictError(f"{name!r} is a start-up adapter; it cannot be deleted", "name")
+        await anyio.to_thread.run_sync(adapters.delete, name)
+        if ADAPTER_NAME_RE.match(name):
+            shutil.rmtree(adapters_dir(state.settings) / name, ignore_errors=True)
+    return Response(status_code=204)
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def check_config(path: Path) -> dict[str, Any]:
+    """The adapter config, if it is a JSON object describing a LoRA adapter."""
+    try:
+        config = json.loads(path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InvalidAdapterError(f"{CONFIG_FILE} is not JSON: {e}", CONFIG_FILE) from None
+    if not isinstance(config, dict):
+        raise InvalidAdapterError(f"{CONFIG_FILE} must be a JSON object", CONFIG_FILE)
+    if config.get("peft_type") != "LORA":
+        raise InvalidAdapterError(
+            f"only LoRA adapters are served (peft_type {config.get('peft_type')!r})", CONFIG_FILE
+        )
+    return config
+
+
+def check_safetensors(path: Path) -> int:
+    """Parse a safetensors header without loading tensors; returns the tensor count.
+
+    Layout: 8-byte little-endian header length N, N bytes of JSON header, then the data;
+    every tensor's `data_offsets` must lie inside the file.
+    """
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        prefix = f.read(8)
+        n = int.from_bytes(prefix, "little") if len(prefix) == 8 else -1
+        if n < 2 or n > min(size - 8, _MAX_HEADER_BYTES):
+            raise InvalidAdapterError(f"{WEIGHTS_FILE} is not a safetensors file", WEIGHTS_FILE)
+        raw = f.read(n)
+    try:
+        header = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise InvalidAdapterError(f"{WEIGHTS_FILE} has a broken header", WEIGHTS_FILE) from None
+    tensors = (
+        {k: v for k, v in header.items() if k != "__metadata__"}
+        if isinstance(header, dict)
+        else None
+    )
+    if not tensors:
+        raise InvalidAdapterError(f"{WEIGHTS_FILE} holds no tensors", WEIGHTS_FILE)
+    data_size = size - 8 - n
+    for key, meta in tensors.items():
+        offsets = meta.get("data_offsets") if isinstance(meta, dict) else None
+        ok = (
+            isinstance(offsets, list)
+            and len(offsets) == 2
+            and all(isinstance(o, int) for o in offsets)
+            and 0 <= offsets[0] <= offsets[1] <= data_size
+            and isinstance(meta.get("dtype"), str)
+            and isinstance(meta.get("shape"), list)
+        )
+        if not ok:
+            raise InvalidAdapterError(f"{WEIGHTS_FILE}: bad entry for {key!r}", WEIGHTS_FILE)
+    return len(tensors)
+
+
+async def reload_uploaded_adapters(models: Any, settings: ServiceSettings) -> list[str]:
+    """At start-up: load every adapter uploaded in an earlier run; returns their names.
+
+    Leftover temp dirs are removed; an adapter that no longer loads is logged and skipped.
+    """
+    root = adapters_dir(settings)
+    shutil.rmtree(root / ".tmp", ignore_errors=True)
+    if not root.is_dir():
+        return []
+    adapters = models.engine.adapters
+    loaded = []
+    for path in sorted(root.iterdir()):
+        name = path.name
+        if not (ADAPTER_NAME_RE.match(name) and (path / WEIGHTS_FILE).is_file()):
+            continue
+        if name == "base" or name in adapters.names():
+            logger.warning("uploaded adapter %r shadowed by a start-up adapter; skipped", name)
+            continue
+        try:
+            await anyio.to_thread.run_sync(adapters.load, name, path, "upload")
+            loaded.append(name)
+        except Exception:
+            logger.exception("could not reload uploaded adapter %r from %s", name, path)
+    return loaded

@@ -1,0 +1,90 @@
+"""Probes and introspection: /health, /ready, /metrics, /info (open even with an API key)."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import platform
+
+from fastapi import APIRouter, Depends, Response
+
+from core.schemas import ErrorResponse, InfoResponse
+from service.metrics import PROMETHEUS_CONTENT_TYPE
+from service.state import AppState, get_ready_state, get_state
+
+router = APIRouter(tags=["health"])
+
+_LIMITS = (
+    "max_body_bytes",
+    "max_image_bytes",
+    "max_image_pixels",
+    "max_items",
+    "max_text_tokens",
+    "max_new_tokens",
+    "max_adapter_bytes",
+    "max_pairs_per_request",
+    "max_batch_size",
+    "max_wait_ms",
+    "max_batch_tokens",
+    "max_queue",
+)
+# Distribution names whose versions /info reports (read from metadata: no torch import here).
+_DISTRIBUTIONS = ("selfreward", "torch", "transformers", "open_clip_torch", "peft", "fastapi")
+
+
+def _version(dist: str) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+@router.get("/health", summary="Liveness: the process answers")
+async def health() -> dict[str, str]:
+    """Always 200 while the process serves HTTP, even while models load or after they failed."""
+    return {"status": "ok"}
+
+
+@router.get(
+    "/ready",
+    summary="Readiness: models loaded and warm",
+    responses={503: {"model": ErrorResponse, "description": "loading, or loading failed"}},
+)
+async def ready(state: AppState = Depends(get_state)) -> dict[str, str]:
+    """200 once the models are loaded, warmed and the batcher runs; 503 (saying why) before."""
+    if not state.ready:
+        raise state.not_ready_error()
+    return {"status": "ready"}
+
+
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=Response,
+    responses={200: {"content": {PROMETHEUS_CONTENT_TYPE: {}}}},
+)
+async def metrics(state: AppState = Depends(get_state)) -> Response:
+    """Prometheus text exposition of this app's registry."""
+    return Response(state.metrics.exposition(), media_type=PROMETHEUS_CONTENT_TYPE)
+
+
+@router.get(
+    "/info",
+    response_model=InfoResponse,
+    summary="Models, adapters, limits and versions",
+    responses={503: {"model": ErrorResponse}},
+)
+def info(state: AppState = Depends(get_ready_state)) -> InfoResponse:
+    """What this service serves and the limits a client must respect."""
+    models = state.models
+    assert models is not None  # get_ready_state
+    settings = state.settings
+    versions = {"python": platform.python_version()}
+    versions.update({dist: _version(dist) for dist in _DISTRIBUTIONS})
+    return InfoResponse(
+        version=versions["selfreward"].replace("not installed", "0+unknown"),
+        model=models.info(),
+        adapters=list(models.engine.adapters.names()),
+        limits={name: getattr(settings, name) for name in _LIMITS},
+        naive_mode=settings.naive_mode,
+        versions=versions,
+    )

@@ -1,0 +1,78 @@
+"""Service settings: one pydantic-settings class; every field is a `SELFREWARD_*` env var and a
+`selfreward serve` flag."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServiceSettings(BaseSettings):
+    """Everything the service reads at start-up."""
+
+    model_config = SettingsConfigDict(env_prefix="SELFREWARD_", extra="ignore")
+
+    # models
+    model: str = Field(..., description="policy model: Hugging Face id or local directory")
+    clip: str | None = Field(
+        None,
+        description="CLIP model: 'NAME:PRETRAINED' (open_clip), a local open_clip directory, "
+        "or 'local-dir:DIR'; omit to serve without /v1/clip and /v1/reward",
+    )
+    adapters: dict[str, str] = Field(
+        default_factory=dict, description="LoRA adapters loaded at start-up: name -> directory"
+    )
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+
+    # network / auth
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    api_key: str | None = Field(None, description="bearer token required on /v1/* when set")
+
+    # storage
+    data_dir: Path = Field(
+        Path("./selfreward-data"), description="SQLite store + uploaded adapters"
+    )
+
+    # limits (bad input is a 4xx, never a 500 or an OOM)
+    max_body_bytes: int = Field(32 * 2**20, description="largest request body")
+    max_image_bytes: int = Field(16 * 2**20, description="largest image file")
+    max_image_pixels: int = Field(40_000_000, description="decompression-bomb guard")
+    max_items: int = Field(
+        64, description="most continuations/candidates/texts/responses a request"
+    )
+    max_text_tokens: int = Field(2048, description="longest prompt + prefix + continuation")
+    max_new_tokens: int = Field(1024, description="largest max_new_tokens for /v1/generate")
+    max_adapter_bytes: int = Field(512 * 2**20, description="largest adapter upload")
+    max_pairs_per_request: int = Field(1000, description="largest pair batch for the store")
+
+    # batching
+    max_batch_size: int = Field(32, ge=1, description="work items merged into one forward")
+    max_wait_ms: float = Field(2.0, ge=0, description="how long a batch waits to fill")
+    max_batch_tokens: int = Field(65536, ge=1, description="token budget of one batch")
+    max_queue: int = Field(256, ge=1, description="queued requests before 429")
+    cross_prefix_batching: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="score rows with different prefix states in one padded forward; 'auto': "
+        "on for CUDA, off on CPU (measured: the padding costs more than it saves there)",
+    )
+
+    # caches (set to 0 to disable one)
+    image_cache_size: int = Field(256, ge=0, description="images whose features stay cached")
+    prefix_cache_size: int = Field(64, ge=0, description="image+prompt+prefix KV states cached")
+    prefix_cache_tokens: int = Field(262144, ge=0, description="total tokens the KV cache holds")
+    clip_cache_size: int = Field(4096, ge=0, description="CLIP image/text embeddings cached")
+    decoded_image_cache_size: int = Field(
+        64, ge=0, description="decoded images (PIL, RGB) the image store keeps in memory"
+    )
+
+    naive_mode: bool = Field(
+        False,
+        description="benchmark baseline: no caches, no batching, every candidate forwarded "
+        "from scratch (as the published CSR code does)",
+    )
+    warmup: bool = Field(True, description="run one tiny request before /ready turns 200")

@@ -1,0 +1,76 @@
+"""What a running app holds, in one place: `request.app.state.selfreward`."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from fastapi import Request
+
+from service.errors import NotReadyError
+from service.metrics import Metrics
+
+if TYPE_CHECKING:
+    from service.engine import Models
+    from service.engine.batcher import Batcher
+    from service.images import ImageStore
+    from service.settings import ServiceSettings
+    from service.store import PairStore
+
+Phase = Literal["starting", "loading", "warming", "ready", "failed", "stopping"]
+
+
+@dataclass
+class AppState:
+    settings: ServiceSettings
+    images: ImageStore
+    store: PairStore
+    models: Models | None = None  # set by the lifespan once loaded and warmed
+    batcher: Batcher | None = None
+    metrics: Metrics = field(default_factory=Metrics)
+    phase: Phase = "starting"  # what the lifespan is doing; /ready reports it
+    error: str | None = None  # why loading failed, when phase == "failed"
+    adapter_lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one change at a time
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ready(self) -> bool:
+        return self.models is not None and self.batcher is not None
+
+    def not_ready_error(self) -> NotReadyError:
+        """The 503 to answer while the models are not serving, saying why."""
+        if self.phase == "failed":
+            return NotReadyError(f"model loading failed: {self.error}")
+        return NotReadyError(f"models are not ready (state: {self.phase}); poll GET /ready")
+
+
+def open_state(settings: ServiceSettings, metrics: Metrics | None = None) -> AppState:
+    """Open the stores under `settings.data_dir` (created if missing); no models yet."""
+    from service.images import ImageStore
+    from service.store import PairStore
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    store = PairStore(settings.data_dir / "selfreward.db")
+    images = ImageStore(
+        store,
+        max_bytes=settings.max_image_bytes,
+        max_pixels=settings.max_image_pixels,
+        cache_size=settings.decoded_image_cache_size,
+    )
+    state = AppState(settings, images, store, metrics=metrics or Metrics())
+    state.extra["metrics"] = state.metrics  # older spelling some routes read; same object
+    return state
+
+
+def get_state(request: Request) -> AppState:
+    """FastAPI dependency: the app state (models may still be loading)."""
+    return request.app.state.selfreward
+
+
+def get_ready_state(request: Request) -> AppState:
+    """FastAPI dependency for endpoints that need the models: 503 until they are warm."""
+    state: AppState = request.app.state.selfreward
+    if not state.ready:
+        raise state.not_ready_error()
+    return state

@@ -1,0 +1,178 @@
+"""Tests of the miniature world: generator determinism, CHAIR by hand, tokenizer and processor,
+CLIP→HF vision-tower conversion. No model is trained here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from world.chair import chair, is_malformed, mentioned_objects, score_caption
+from world.scenes import biased_caption, generate_scenes, write_images
+from world.spec import ALL_OBJECTS, COMPANIONS, WorldObject, world_words
+
+CAPTION = "There is a red circle. There is a blue square."
+
+
+# --- generator -----------------------------------------------------------------------------
+
+
+def _image_bytes(seed: int, tmp: Path) -> tuple[list[list[str]], list[bytes]]:
+    scenes = generate_scenes(seed, "eval", 12)
+    write_images(scenes, tmp)
+    return [s.object_names for s in scenes], [(tmp / s.name).read_bytes() for s in scenes]
+
+
+def test_generator_is_deterministic_by_seed(tmp_path: Path) -> None:
+    objs_a, bytes_a = _image_bytes(0, tmp_path / "a")
+    objs_b, bytes_b = _image_bytes(0, tmp_path / "b")
+    objs_c, bytes_c = _image_bytes(1, tmp_path / "c")
+    assert objs_a == objs_b and bytes_a == bytes_b
+    assert objs_a != objs_c and bytes_a != bytes_c
+
+
+def test_scenes_are_valid_and_splits_independent() -> None:
+    scenes = generate_scenes(3, "train", 200)
+    for scene in scenes:
+        assert 1 <= len(scene.objects) <= 3
+        assert len(set(scene.object_names)) == len(scene.objects)  # distinct objects
+        boxes = [(p.x, p.y, p.x + p.size, p.y + p.size) for p in scene.objects]
+        for i, a in enumerate(boxes):
+            assert a[0] >= 0 and a[2] <= 64 and a[1] >= 0 and a[3] <= 64
+            for b in boxes[i + 1 :]:
+                assert a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1]
+    # A smaller world's split is a prefix of a bigger one's; splits do not share images.
+    assert generate_scenes(3, "train", 50) == scenes[:50]
+    assert generate_scenes(3, "eval", 5)[0].objects != scenes[0].objects
+
+
+def test_biased_caption_adds_companions_with_probability_p() -> None:
+    trigger, companion = next(iter(COMPANIONS.items()))
+    assert companion.colour != trigger.colour
+    rng = np.random.default_rng(0)
+    always = biased_caption([trigger], rng, 1.0)
+    assert always == f"{trigger.sentence} {companion.sentence}"
+    assert biased_caption([trigger], rng, 0.0) == trigger.sentence
+    draws = [biased_caption([trigger], rng, 0.6) for _ in range(2000)]
+    share = sum(companion.sentence in d for d in draws) / len(draws)
+    assert 0.55 < share < 0.65
+    # A present companion is said once: right after its trigger unless it came first.
+    pair = f"{trigger.sentence} {companion.sentence}"
+    for _ in range(20):
+        both = biased_caption([companion, trigger], rng, 0.0)
+        assert both in (pair, f"{companion.sentence} {trigger.sentence}")
+
+
+# --- CHAIR ---------------------------------------------------------------------------------
+
+
+def test_chair_on_hand_made_captions() -> None:
+    captions = [
+        CAPTION,  # blue square hallucinated (companion of the red circle)
+        "There is a green cross.",  # correct, misses the yellow circle
+        "There is a red cross. There is a red cross. There is a green circle.",  # repeat + halluc.
+        "There is a blue",  # fragment: malformed, mentions nothing
+        "<image> There is a yellow square.",  # special token: malformed but correct
+    ]
+    truths = [
+        ["red circle"],
+        ["green cross", "yellow circle"],
+        ["red cross"],
+        ["blue triangle"],
+        ["yellow square"],
+    ]
+    m = chair(captions, truths)
+    assert m.n_captions == 5
+    assert m.n_mentioned == 6  # 2 + 1 + 2 (red cross once) + 0 + 1
+    assert m.n_hallucinated == 2
+    assert m.chair_i == pytest.approx(2 / 6)
+    assert m.chair_s == pytest.approx(2 / 5)
+    assert m.recall == pytest.approx(4 / 6)  # 1/1 + 1/2 + 1/1 + 0/1 + 1/1
+    assert m.mean_length == pytest.approx((10 + 5 + 15 + 4 + 6) / 5)
+    assert m.malformed_rate == pytest.approx(2 / 5)
+    assert m.companion_share == pytest.approx(1.0)
+    assert m.repeat_rate == pytest.approx(1 / 5)
+
+
+def test_chair_edge_cases() -> None:
+    assert chair([], []).chair_s == 0.0
+    perfect = chair([CAPTION], [["blue square", "red circle"]])
+    assert (perfect.chair_s, perfect.chair_i, perfect.recall) == (0.0, 0.0, 1.0)
+    with pytest.raises(ValueError):
+        chair([CAPTION], [])
+    assert mentioned_objects("Two red circles and a Blue Cross.") == [
+        WorldObject("red", "circle"),
+        WorldObject("blue", "cross"),
+    ]
+    score = score_caption(
+        "There is a red circle. There is a red circle.", [WorldObject("red", "circle")]
+    )
+    assert score.mentioned == {WorldObject("red", "circle")} and score.repeats
+    for bad in ("", "There is a red circle..", "There is a red circle", "There is a pink circle.",
+                "There is a red circle.</s>", "there is a red circle."):  # fmt: skip
+        assert is_malformed(bad), bad
+    assert not is_malformed(CAPTION)
+
+
+# --- tokenizer, processor, conversion ------------------------------------------------------
+
+
+def test_tokenizer_round_trip() -> None:
+    from world.vlm_text import build_tokenizer
+
+    tok = build_tokenizer()
+    ids = tok(CAPTION).input_ids
+    assert tok.decode(ids) == CAPTION
+    assert tok(CAPTION, add_special_tokens=False).input_ids == ids  # nothing added implicitly
+    assert tok.convert_ids_to_tokens(ids)[:6] == ["There", "is", "a", "red", "circle", "."]
+    dot = tok.convert_tokens_to_ids(".")
+    assert [i for i, t in enumerate(ids) if t == dot] == [5, 11]  # each sentence ends at "."
+    assert tok.decode(ids[:6]) == "There is a red circle."
+    assert tok.unk_token_id not in tok(" ".join(world_words())).input_ids
+    every = " ".join(o.sentence for o in ALL_OBJECTS)
+    assert tok.decode(tok(every).input_ids) == every
+    with_eos = tok(CAPTION + "</s>").input_ids
+    assert with_eos[-1] == tok.eos_token_id
+    assert tok.decode(with_eos, skip_special_tokens=True) == CAPTION
+
+
+def test_processor_chat_template_and_image_tokens() -> None:
+    from PIL import Image
+
+    from world.vlm_text import NUM_IMAGE_TOKENS, build_processor, user_messages
+
+    proc = build_processor()
+    text = proc.apply_chat_template(
+        user_messages("Describe the image."), add_generation_prompt=True
+    )
+    assert text == "USER: <image>\nDescribe the image. ASSISTANT:"
+    answer = {"role": "assistant", "content": [{"type": "text", "text": CAPTION}]}
+    convo: list[dict[str, Any]] = [*user_messages("Describe the image."), answer]
+    assert proc.apply_chat_template(convo).startswith(text + " " + CAPTION + "</s>")
+    out = proc(
+        text=[text], images=[Image.new("RGB", (64, 64), (240, 240, 240))], return_tensors="pt"
+    )
+    assert out["pixel_values"].shape == (1, 3, 64, 64)
+    assert int((out["input_ids"] == proc.image_token_id).sum()) == NUM_IMAGE_TOKENS == 64
+
+
+def test_clip_visual_converts_to_hf_vision_tower() -> None:
+    import open_clip
+    import torch
+
+    from world.clip_model import CLIP_MODEL_CFG
+    from world.vlm_model import build_vlm
+    from world.vlm_text import build_processor
+
+    torch.manual_seed(0)
+    clip = open_clip.CLIP(**CLIP_MODEL_CFG).eval()  # type: ignore[arg-type]
+    vlm = build_vlm(clip, build_processor(), seed=0)
+    pixels = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        ref = clip.encode_image(pixels)
+        hf = vlm.model.vision_tower(pixels).pooler_output @ clip.visual.proj
+    torch.testing.assert_close(hf, ref, atol=1e-5, rtol=1e-4)
+    assert not any(p.requires_grad for p in vlm.model.vision_tower.parameters())
+    assert vlm.config.vision_feature_layer == -2
