@@ -74,8 +74,13 @@ class RescoringClient:
         resp = await self.client.generate(prompt, **kw)
         for cand in resp.candidates:
             if cand.text:
-                res = await self.client.logprobs(prompt, [cand.text], image=kw.get("image"),
-                                                 prefix=kw.get("prefix", ""), model=kw["model"])
+                res = await self.client.logprobs(
+                    prompt,
+                    [cand.text],
+                    image=kw.get("image"),
+                    prefix=kw.get("prefix", ""),
+                    model=kw["model"],
+                )
                 cand.token_logprobs = res.results[0].token_logprobs
         return resp
 
@@ -132,8 +137,10 @@ def prompt_tokens(model_dir: Path) -> int:
     from transformers import AutoProcessor
 
     proc = AutoProcessor.from_pretrained(model_dir)
-    text = proc.apply_chat_template([{"role": "user", "content": [
-        {"type": "image"}, {"type": "text", "text": PROMPT}]}], add_generation_prompt=True)
+    text = proc.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": PROMPT}]}],
+        add_generation_prompt=True,
+    )
     img = Image.open(io.BytesIO(images(1)[0]))
     return len(proc(text=text, images=img)["input_ids"][0])
 
@@ -151,8 +158,12 @@ def main() -> None:
     n_prompt = prompt_tokens(vlm)
     cfg = CSRConfig(max_new_tokens=20, max_steps=args.steps)
     pngs = images(args.prompts)
-    report: dict[str, Any] = {"prompt_tokens": n_prompt, "prompts": args.prompts,
-                              "steps": args.steps, "config": "CSRConfig(max_new_tokens=20)"}
+    report: dict[str, Any] = {
+        "prompt_tokens": n_prompt,
+        "prompts": args.prompts,
+        "steps": args.steps,
+        "config": "CSRConfig(max_new_tokens=20)",
+    }
     for mode in ("naive", "optimized"):
         extra = ["--naive"] if mode == "naive" else []
         with local_service(vlm, clip, root / f"data-{mode}", *extra,
@@ -166,8 +177,8 @@ def main() -> None:
               f"{res['forwarded']} tokens for {distinct} distinct → amplification "
               f"{res['amplification']:.2f}")  # fmt: skip
     report["speedup"] = report["naive"]["seconds"] / report["optimized"]["seconds"]
-    same = all(abs(a - b) < 1e-3 for x, y in zip(report["naive"]["rewards"],
-               report["optimized"]["rewards"]) for a, b in zip(x, y))  # fmt: skip
+    pairs = zip(report["naive"]["rewards"], report["optimized"]["rewards"], strict=True)
+    same = all(abs(a - b) < 1e-3 for x, y in pairs for a, b in zip(x, y, strict=True))
     report["same_pairs_scores"] = same
     print(f"  speed-up: {report['speedup']:.1f}x  (scores identical: {same})")
     report["throughput"] = {}

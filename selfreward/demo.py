@@ -80,7 +80,11 @@ class Evaluator:
         captions = greedy_captions(self.world / "vlm", self.world / "images", self.names,
                                    adapter_dir=adapter_dir)  # fmt: skip
         metrics = chair(captions, self.truths)
-        row = {**metrics.as_dict(), "example": captions[0], "seconds": time.perf_counter() - started}
+        row = {
+            **metrics.as_dict(),
+            "example": captions[0],
+            "seconds": time.perf_counter() - started,
+        }
         self.results[label] = row
         console.print(f"[bold]{label:>22}[/]  {metrics.summary()}")
         return row
@@ -95,8 +99,8 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
     started = time.perf_counter()
     work = config.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
-    world = Path(build_world(work / f"world-seed{config.seed}{'-quick' if config.quick else ''}",
-                             seed=config.seed, quick=config.quick))  # fmt: skip
+    name = f"world-seed{config.seed}{'-quick' if config.quick else ''}"
+    world = build_world(work / name, seed=config.seed, quick=config.quick).root
     prompts = _limit_prompts(world / "prompts.jsonl", work / "prompts.jsonl", config.prompts)
     ablation_prompts = _limit_prompts(
         world / "prompts.jsonl", work / "prompts-ablation.jsonl", config.ablation_prompts
@@ -104,8 +108,10 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
     evaluate = Evaluator(world, config.eval_images)
     console.rule("evaluation: base model")
     evaluate("base (SFT)", None)
-    report: dict[str, Any] = {"config": json.loads(json.dumps(asdict(config), default=str)),
-                              "world": str(world)}
+    report: dict[str, Any] = {
+        "config": json.loads(json.dumps(asdict(config), default=str)),
+        "world": str(world),
+    }
     with local_service(world / "vlm", world / "clip", work / "service",
                        log_file=work / "service.log") as url:  # fmt: skip
         runs = {
@@ -207,7 +213,9 @@ def demo_command(
     ),
 ) -> None:
     """Run the end-to-end demo on the miniature world (resumable: rerun to continue)."""
-    run_demo(DemoConfig.make(quick, seed, work if not quick else work.with_name(work.name + "-quick")))
+    run_demo(
+        DemoConfig.make(quick, seed, work if not quick else work.with_name(work.name + "-quick"))
+    )
 
 
 def world_command(
@@ -221,7 +229,7 @@ def world_command(
     """Build the miniature world: images, a tiny CLIP, a tiny VLM with a language prior."""
     from world.build import build_world
 
-    world = Path(build_world(out, seed=seed, quick=quick))
+    world = build_world(out, seed=seed, quick=quick).root
     console.print(f"world: {world}  (serve it: selfreward serve --model {world / 'vlm'} "
                   f"--clip {world / 'clip'})")  # fmt: skip
     if evaluate:

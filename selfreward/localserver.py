@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -37,7 +38,7 @@ def local_service(
     if clip is not None:
         cmd += ["--clip", str(clip)]
     env = {**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"), **(env or {})}
-    log = open(log_file, "a") if log_file else subprocess.DEVNULL  # noqa: SIM115
+    log: Any = open(log_file, "a") if log_file else subprocess.DEVNULL  # noqa: SIM115
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:

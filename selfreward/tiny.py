@@ -190,19 +190,31 @@ def build_tiny_clip(out_dir: str | Path, seed: int = 0, image_size: int = 32) ->
     model_cfg = {
         "embed_dim": 32,
         "vision_cfg": {"image_size": image_size, "layers": 2, "width": 64, "patch_size": 8},
-        "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 4, "layers": 2},
+        "text_cfg": {
+            "context_length": 16,
+            "vocab_size": 49408,
+            "width": 32,
+            "heads": 4,
+            "layers": 2,
+        },
     }
     torch.manual_seed(seed)
     model = open_clip.CLIP(**model_cfg)
-    preprocess_cfg = {"mean": [0.48145466, 0.4578275, 0.40821073], "std": [0.26862954, 0.26130258, 0.27577711]}
+    preprocess_cfg = {
+        "mean": [0.48145466, 0.4578275, 0.40821073],
+        "std": [0.26862954, 0.26130258, 0.27577711],
+    }
     (out / "open_clip_config.json").write_text(
         json.dumps({"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg}, indent=2)
     )
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, out / "open_clip_model.safetensors")
+    save_file(
+        {k: v.contiguous() for k, v in model.state_dict().items()},
+        out / "open_clip_model.safetensors",
+    )
     return out
 
 
-def _sharpen(model) -> None:  # noqa: ANN001
+def _sharpen(model) -> None:
     """Scale the output head so a random model is peaked rather than uniform.
 
     A randomly initialised LM spreads probability almost evenly, which makes every test

@@ -59,7 +59,6 @@ def open_state(settings: ServiceSettings, metrics: Metrics | None = None) -> App
         cache_size=settings.decoded_image_cache_size,
     )
     state = AppState(settings, images, store, metrics=metrics or Metrics())
-    state.extra["metrics"] = state.metrics  # older spelling some routes read; same object
     return state
 
 

@@ -50,9 +50,9 @@ def test_concurrent_requests_are_batched_and_each_gets_its_result(models, tiny_m
 
     results, sizes = asyncio.run(run())
     assert max(sizes) > 1
-    for (scored, work), want in zip(results, expected):
+    for (scored, work), want in zip(results, expected, strict=True):
         assert work.batch_size > 1
-        for s, w in zip(scored, want):
+        for s, w in zip(scored, want, strict=True):
             assert s.token_logprobs == pytest.approx(w, abs=1e-4)
 
 
@@ -62,7 +62,7 @@ class _SlowEngine:
     def __init__(self) -> None:
         self.release = threading.Event()
 
-    def score(self, items):  # noqa: ANN001, ANN201
+    def score(self, items):
         self.release.wait(10)
         return [[] for _ in items]
 
@@ -82,8 +82,9 @@ def test_full_queue_answers_queue_full(tiny_models) -> None:
         await batcher.start()
         first = asyncio.ensure_future(batcher.submit(ScoreItem("base", "p", ["a"])))
         await asyncio.sleep(0.2)  # the worker now blocks on the first item
-        queued = [asyncio.ensure_future(batcher.submit(ScoreItem("base", "p", ["a"])))
-                  for _ in range(2)]
+        queued = [
+            asyncio.ensure_future(batcher.submit(ScoreItem("base", "p", ["a"]))) for _ in range(2)
+        ]
         await asyncio.sleep(0.05)
         with pytest.raises(QueueFullError) as info:
             await batcher.submit(ScoreItem("base", "p", ["a"]))

@@ -27,7 +27,9 @@ def image(color: tuple[int, int, int] = (200, 20, 20)) -> Image.Image:
 
 @pytest.fixture(scope="module")
 def vlm(tiny_models: dict[str, Path]):
-    return load_models(ServiceSettings(model=str(tiny_models["vlm"]), clip=str(tiny_models["clip"])))
+    return load_models(
+        ServiceSettings(model=str(tiny_models["vlm"]), clip=str(tiny_models["clip"]))
+    )
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +60,7 @@ def test_vlm_logprobs_match_direct_forward(vlm, prefix: str, with_image: bool) -
     img = image() if with_image else None
     item = ScoreItem("base", PROMPT, CONTS, prefix, "img-a" if with_image else None, img)
     got = vlm.engine.score([item])[0]
-    for cont, scored in zip(CONTS, got):
+    for cont, scored in zip(CONTS, got, strict=True):
         want = direct_logprobs(vlm, PROMPT, prefix, cont, img)
         assert len(want) == len(scored.token_logprobs) > 0
         assert scored.token_logprobs == pytest.approx(want, abs=1e-4)
@@ -66,7 +68,7 @@ def test_vlm_logprobs_match_direct_forward(vlm, prefix: str, with_image: bool) -
 
 def test_text_only_lm_logprobs_match_direct_forward(lm) -> None:
     item = ScoreItem("base", "Say something.", CONTS, "The")
-    for cont, scored in zip(CONTS, lm.engine.score([item])[0]):
+    for cont, scored in zip(CONTS, lm.engine.score([item])[0], strict=True):
         assert scored.token_logprobs == pytest.approx(
             direct_logprobs(lm, "Say something.", "The", cont, None), abs=1e-4
         )
@@ -81,10 +83,15 @@ def test_batch_of_items_with_different_prefixes_matches_one_by_one(vlm, cross: b
         ScoreItem("base", PROMPT, CONTS, "There is a red circle. There", "img-a", image()),
     ]
     together = vlm.engine.score(items)
-    for item, got in zip(items, together):
-        alone = vlm.engine.score([ScoreItem(item.adapter, item.prompt, item.continuations,
-                                            item.prefix, None, item.image)])[0]
-        for a, b in zip(got, alone):
+    for item, got in zip(items, together, strict=True):
+        alone = vlm.engine.score(
+            [
+                ScoreItem(
+                    item.adapter, item.prompt, item.continuations, item.prefix, None, item.image
+                )
+            ]
+        )[0]
+        for a, b in zip(got, alone, strict=True):
             assert a.token_logprobs == pytest.approx(b.token_logprobs, abs=1e-4)
 
 
@@ -125,16 +132,36 @@ def _rescore_ids(models, ids: list[int]) -> list[float]:
 
 def test_diverse_beam_penalty_zero_groups_equal_plain_beam(vlm) -> None:
     common = dict(image_id="img-a", image=image(), stop="eos", max_new_tokens=5)
-    diverse = generate(vlm.engine, GenerateItem("base", PROMPT, strategy="diverse_beam", n=4,
-                                                num_beam_groups=2, diversity_penalty=0.0, **common))
+    diverse = generate(
+        vlm.engine,
+        GenerateItem(
+            "base",
+            PROMPT,
+            strategy="diverse_beam",
+            n=4,
+            num_beam_groups=2,
+            diversity_penalty=0.0,
+            **common,
+        ),
+    )
     plain = generate(vlm.engine, GenerateItem("base", PROMPT, strategy="beam", n=2, **common))
     assert [c.token_ids for c in diverse[:2]] == [c.token_ids for c in plain]
     assert [c.token_ids for c in diverse[2:]] == [c.token_ids for c in plain]
 
 
 def test_diverse_beam_penalty_makes_first_tokens_differ(vlm) -> None:
-    cands = generate(vlm.engine, GenerateItem("base", PROMPT, image_id="img-a", image=image(),
-                                              n=5, diversity_penalty=50.0, max_new_tokens=3))
+    cands = generate(
+        vlm.engine,
+        GenerateItem(
+            "base",
+            PROMPT,
+            image_id="img-a",
+            image=image(),
+            n=5,
+            diversity_penalty=50.0,
+            max_new_tokens=3,
+        ),
+    )
     assert len({c.token_ids[0] for c in cands}) == 5
 
 
@@ -143,8 +170,19 @@ def test_diverse_beam_matches_brute_force_reference(vlm) -> None:
     Recomputed here token by token with full forwards (no cache, no search code)."""
     penalty, steps, groups = 1.5, 3, 3
     e = vlm.engine
-    got = generate(e, GenerateItem("base", PROMPT, image_id="img-a", image=image(), n=groups,
-                                   diversity_penalty=penalty, stop="eos", max_new_tokens=steps))
+    got = generate(
+        e,
+        GenerateItem(
+            "base",
+            PROMPT,
+            image_id="img-a",
+            image=image(),
+            n=groups,
+            diversity_penalty=penalty,
+            stop="eos",
+            max_new_tokens=steps,
+        ),
+    )
     seqs: list[list[int]] = [[] for _ in range(groups)]
     for _ in range(steps):
         used: dict[int, int] = {}
@@ -198,14 +236,18 @@ def test_naive_mode_gives_same_scores(tiny_models) -> None:
     for prefix in ["", "There is a", "There is a red circle. There"]:
         a = naive.engine.score([ScoreItem("base", PROMPT, CONTS, prefix, "i", image())])[0]
         b = fast.engine.score([ScoreItem("base", PROMPT, CONTS, prefix, "i", image())])[0]
-        for x, y in zip(a, b):
+        for x, y in zip(a, b, strict=True):
             assert x.token_logprobs == pytest.approx(y.token_logprobs, abs=1e-4)
     assert len(naive.engine.prefix_cache) == 0 and len(naive.engine.image_features) == 0
 
 
 def test_cache_eviction_keeps_results_correct_and_bounded(tiny_models) -> None:
-    settings = ServiceSettings(model=str(tiny_models["vlm"]), prefix_cache_size=2,
-                               prefix_cache_tokens=60, image_cache_size=1)
+    settings = ServiceSettings(
+        model=str(tiny_models["vlm"]),
+        prefix_cache_size=2,
+        prefix_cache_tokens=60,
+        image_cache_size=1,
+    )
     small = load_models(settings)
     colors = [(200, 20, 20), (20, 200, 20), (20, 20, 200)]
     for rnd in range(2):

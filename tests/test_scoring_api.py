@@ -54,7 +54,7 @@ def test_logprobs_endpoint_matches_direct_forward(api: TestClient) -> None:
     assert res.status_code == 200, res.text
     data = res.json()
     img = Image.open(io.BytesIO(png())).convert("RGB")
-    for cont, r in zip(conts, data["results"]):
+    for cont, r in zip(conts, data["results"], strict=True):
         want = direct_logprobs(models_of(api), PROMPT, "There is", cont, img)
         assert r["token_logprobs"] == pytest.approx(want, abs=1e-4)
         assert r["sum_logprob"] == pytest.approx(sum(want), abs=1e-4)
@@ -70,16 +70,23 @@ def test_reward_combines_clip_and_language_score(api: TestClient) -> None:
         body = {"image": {"id": api.image_id}, "prompt": PROMPT, "candidates": cands,
                 "lambda": lam, "language_score": kind}  # fmt: skip
         data = api.post("/v1/reward", json=body).json()
-        lp = api.post("/v1/logprobs", json={"image": {"id": api.image_id}, "prompt": PROMPT,
-                                            "continuations": cands}).json()["results"]
+        lp = api.post(
+            "/v1/logprobs",
+            json={"image": {"id": api.image_id}, "prompt": PROMPT, "continuations": cands},
+        ).json()["results"]
         clip = api.post("/v1/clip", json={"image": {"id": api.image_id}, "texts": cands}).json()
         assert data["lambda"] == lam and data["language_score"] == kind
-        for r, l, c in zip(data["results"], lp, clip["results"]):
-            r_t = {"prob": torch.tensor(l["sum_logprob"]).exp().item(),
-                   "mean_logprob": l["mean_logprob"], "sum_logprob": l["sum_logprob"]}[kind]
+        for r, lp_r, c in zip(data["results"], lp, clip["results"], strict=True):
+            r_t = {
+                "prob": torch.tensor(lp_r["sum_logprob"]).exp().item(),
+                "mean_logprob": lp_r["mean_logprob"],
+                "sum_logprob": lp_r["sum_logprob"],
+            }[kind]
             assert r["r_t"] == pytest.approx(r_t, rel=1e-4, abs=1e-6)
             assert r["r_i"] == pytest.approx(clip_relevance(c["cosine"]), abs=1e-4)
-            assert r["reward"] == pytest.approx(calibrated_reward(r["r_i"], r["r_t"], lam), abs=1e-4)
+            assert r["reward"] == pytest.approx(
+                calibrated_reward(r["r_i"], r["r_t"], lam), abs=1e-4
+            )
 
 
 def test_implicit_reward_is_zero_for_same_policy_and_reference(api: TestClient) -> None:
@@ -117,7 +124,7 @@ def test_implicit_reward_matches_direct_lora_computation(api: TestClient, tmp_pa
     img = Image.open(io.BytesIO(png())).convert("RGB")
     models = models_of(api)
     eos = models.engine.tokenizer.eos_token
-    for text, r in zip(responses, data["results"]):
+    for text, r in zip(responses, data["results"], strict=True):
         with models.engine.adapters.active("base"):
             ref = sum(direct_logprobs(models, PROMPT, "", text + eos, img))
         with models.engine.adapters.active("rand"):
@@ -135,8 +142,10 @@ def test_generate_returns_candidates_with_raw_logprobs(api: TestClient) -> None:
     data = api.post("/v1/generate", json=body).json()
     assert len(data["candidates"]) == 5
     first = data["candidates"][0]
-    rescored = api.post("/v1/logprobs", json={"image": {"id": api.image_id}, "prompt": PROMPT,
-                                              "continuations": [first["text"]]}).json()
+    rescored = api.post(
+        "/v1/logprobs",
+        json={"image": {"id": api.image_id}, "prompt": PROMPT, "continuations": [first["text"]]},
+    ).json()
     if rescored["results"][0]["token_ids"] == first["token_ids"]:
         assert rescored["results"][0]["token_logprobs"] == pytest.approx(
             first["token_logprobs"], abs=1e-4

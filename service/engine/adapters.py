@@ -78,7 +78,9 @@ class AdapterRegistry:
                 else:
                     self._peft.load_adapter(str(path), adapter_name=name, is_trainable=False)
             except Exception as exc:  # a shape mismatch, a wrong base: the caller's input
-                raise InvalidRequestError(f"adapter does not fit the model: {exc}", "files") from exc
+                raise InvalidRequestError(
+                    f"adapter does not fit the model: {exc}", "files"
+                ) from exc
             self._peft.eval()
             self._counter += 1
             self._versions[name] = self._counter

@@ -145,7 +145,7 @@ class Batcher:
                 work.item.usage = Usage()  # type: ignore[union-attr]
                 self._run_scores([work])
             return
-        for work, result in zip(works, results):
+        for work, result in zip(works, results, strict=True):
             work.future.set_result(result)
 
     def _run_one(self, work: Work) -> None:

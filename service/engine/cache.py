@@ -20,7 +20,9 @@ V = TypeVar("V")
 class LRUCache(Generic[V]):
     """A thread-safe LRU bounded by entry count (and optionally by a per-entry size)."""
 
-    def __init__(self, max_entries: int, max_size: int = 0, size_of: Callable[[V], int] | None = None):
+    def __init__(
+        self, max_entries: int, max_size: int = 0, size_of: Callable[[V], int] | None = None
+    ):
         self.max_entries = max_entries
         self.max_size = max_size
         self._size_of = size_of or (lambda _v: 0)
@@ -54,7 +56,9 @@ class LRUCache(Generic[V]):
                 self._size -= self._size_of(old)
             self._data[key] = value
             self._size += size
-            while len(self._data) > self.max_entries or (self.max_size and self._size > self.max_size):
+            while len(self._data) > self.max_entries or (
+                self.max_size and self._size > self.max_size
+            ):
                 _, evicted = self._data.popitem(last=False)
                 self._size -= self._size_of(evicted)
 
@@ -76,7 +80,7 @@ class PrefixState:
     forward that extends them concatenates into new tensors), so entries can be shared.
     """
 
-    namespace: Hashable  # (adapter, adapter version, image id): what the tokens alone don't say
+    namespace: tuple[Any, ...]  # (adapter, adapter version, image id): what tokens don't say
     token_ids: tuple[int, ...]
     kv: list[tuple[Any, Any]]
     next_logprobs: Any  # (V,) log-softmax after the last token
@@ -105,14 +109,15 @@ class PrefixCache:
         self._lru.put((state.namespace, state.token_ids), state)
 
     def longest_prefix(
-        self, namespace: Hashable, token_ids: Sequence[int], min_length: int = 1
+        self, namespace: tuple[Any, ...], token_ids: Sequence[int], min_length: int = 1
     ) -> PrefixState | None:
         """The cached state whose tokens are the longest prefix of `token_ids` (≥ min_length)."""
         exact = self._lru.get((namespace, tuple(token_ids)))
         if exact is not None:
             return exact
         best: PrefixState | None = None
-        for (ns, ids), state in self._lru.items():
+        for _, state in self._lru.items():
+            ns, ids = state.namespace, state.token_ids
             n = len(ids)
             if ns != namespace or n < min_length or n > len(token_ids):
                 continue
@@ -122,6 +127,6 @@ class PrefixCache:
             self._lru.get((best.namespace, best.token_ids))  # mark as recently used
         return best
 
-    def clear(self, predicate: Callable[[Hashable], bool] | None = None) -> None:
+    def clear(self, predicate: Callable[[tuple[Any, ...]], bool] | None = None) -> None:
         """Drop entries whose namespace matches (e.g. an adapter that was replaced)."""
         self._lru.clear(None if predicate is None else lambda key: predicate(key[0]))  # type: ignore[index]

@@ -23,8 +23,15 @@ class ClipResult:
 class ClipScorer:
     """An open_clip model: `cosines(image_id, image, texts)` → cosine per text."""
 
-    def __init__(self, model: Any, preprocess: Any, tokenizer: Any, name: str, device: torch.device,
-                 cache_size: int):
+    def __init__(
+        self,
+        model: Any,
+        preprocess: Any,
+        tokenizer: Any,
+        name: str,
+        device: torch.device,
+        cache_size: int,
+    ):
         self.model, self.preprocess, self.tokenizer, self.name = model, preprocess, tokenizer, name
         self.device = device
         self.context_length = int(getattr(tokenizer, "context_length", 77))
@@ -34,7 +41,7 @@ class ClipScorer:
 
     @classmethod
     def load(cls, spec: str, device: torch.device, cache_size: int) -> ClipScorer:
-        """`spec`: an open_clip local directory, `local-dir:DIR`, `hf-hub:ID` or `NAME:PRETRAINED`."""
+        """`spec`: a local open_clip directory, `local-dir:DIR`, `hf-hub:ID`, `NAME:PRETRAINED`."""
         import open_clip
 
         if Path(spec).is_dir():
@@ -82,14 +89,15 @@ class ClipScorer:
         if missing:
             tokens = self.tokenizer(missing).to(self.device)
             embs = torch.nn.functional.normalize(self.model.encode_text(tokens).float(), dim=-1)
-            for t, e in zip(missing, embs):
+            for t, e in zip(missing, embs, strict=True):
                 value = (e, self.n_tokens(t) > self.context_length)
                 out[t] = value
                 self.text_cache.put(t, value)
         return [out[t] for t in texts]
 
-    def cosines(self, image_id: str | None, image: Any, texts: Sequence[str],
-                usage: Usage) -> list[ClipResult]:
+    def cosines(
+        self, image_id: str | None, image: Any, texts: Sequence[str], usage: Usage
+    ) -> list[ClipResult]:
         with self.lock:
             img = self.image_embedding(image_id, image, usage)
             return [ClipResult(float(img @ e), trunc) for e, trunc in self.text_embeddings(texts)]

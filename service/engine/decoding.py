@@ -93,7 +93,8 @@ def generate(engine: LanguageEngine, item: GenerateItem) -> list[Generated]:
         if len(ids) + item.max_new_tokens > engine.settings.max_text_tokens:
             raise InvalidRequestError(
                 f"prompt + prefix ({len(ids)} tokens) + max_new_tokens exceeds the limit of "
-                f"{engine.settings.max_text_tokens} tokens", field="max_new_tokens",
+                f"{engine.settings.max_text_tokens} tokens",
+                field="max_new_tokens",
             )
         state = engine.prefix_state(
             item.adapter, item.image_id, item.image, ids, len(prompt_ids), item.usage
@@ -115,8 +116,12 @@ def _suppress(engine: LanguageEngine, logp: torch.Tensor) -> torch.Tensor:
 
 
 def group_beam_search(
-    engine: LanguageEngine, state: PrefixState, item: GenerateItem, groups: int,
-    penalty: float, stops: frozenset[int],
+    engine: LanguageEngine,
+    state: PrefixState,
+    item: GenerateItem,
+    groups: int,
+    penalty: float,
+    stops: frozenset[int],
 ) -> list[Generated]:
     """Group beam search with Hamming diversity; `groups == 1` is plain beam search."""
     if item.n % groups:
@@ -147,7 +152,7 @@ def group_beam_search(
             top_s, top_i = scores.view(-1).topk(min(2 * k, scores.numel()))
             vocab = scores.shape[-1]
             nxt: list[tuple[float, list[int], list[float], int]] = []
-            for rank, (s, flat) in enumerate(zip(top_s.tolist(), top_i.tolist())):
+            for rank, (s, flat) in enumerate(zip(top_s.tolist(), top_i.tolist(), strict=True)):
                 if s == NEG_INF:
                     break
                 b, tok = divmod(flat, vocab)
@@ -164,7 +169,7 @@ def group_beam_search(
                 tokens.append(tok)
                 if len(nxt) == k:
                     break
-            for s, seq, _, _ in nxt:
+            for _, seq, _, _ in nxt:
                 freq[seq[-1]] += 1
             done = len(hyps[g]) >= k and (
                 not nxt or min(h.score for h in _best(hyps[g], k)) >= nxt[0][0] / (step + 1)
@@ -189,7 +194,10 @@ def _best(hyps: list[Generated], k: int) -> list[Generated]:
 
 
 def sample(
-    engine: LanguageEngine, state: PrefixState, item: GenerateItem, stops: frozenset[int],
+    engine: LanguageEngine,
+    state: PrefixState,
+    item: GenerateItem,
+    stops: frozenset[int],
     greedy: bool,
 ) -> list[Generated]:
     """Independent rows: ancestral sampling (temperature, top-p, a seed per row) or greedy."""

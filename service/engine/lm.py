@@ -9,7 +9,7 @@ numbers against the plain `model(**processor(...))` forward.
 from __future__ import annotations
 
 import threading
-from collections.abc import Hashable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,7 +77,8 @@ class LanguageEngine:
         mode = settings.cross_prefix_batching
         self.cross_prefix_batching = mode == "on" or (mode == "auto" and self.device.type == "cuda")
         self.never_generate = [
-            t for t in (self.image_token_id, self.tokenizer.pad_token_id)
+            t
+            for t in (self.image_token_id, self.tokenizer.pad_token_id)
             if t is not None and t != self.eos_token_id
         ]
 
@@ -109,7 +110,9 @@ class LanguageEngine:
             return hit
         text = self.render_prompt(prompt, image is not None or image_id is not None)
         if self.kind == "vlm" and image is not None:
-            ids = self.processor(text=text, images=image, return_tensors="pt")["input_ids"][0].tolist()
+            ids = self.processor(text=text, images=image, return_tensors="pt")["input_ids"][
+                0
+            ].tolist()
         else:
             ids = self.tokenizer(text)["input_ids"]
         self.prompt_ids.put(key, ids)
@@ -122,8 +125,10 @@ class LanguageEngine:
         """Placeholder tokens belong to the prompt only: in assistant text they would desync the
         image features from their slots (WORLD-NOTES: a generated `<image>` crashed a round)."""
         if self.image_token_id is not None and self.image_token_id in ids:
-            raise InvalidRequestError("the image placeholder token may appear only in the "
-                                      "prompt's image slot", field=field)
+            raise InvalidRequestError(
+                "the image placeholder token may appear only in the prompt's image slot",
+                field=field,
+            )
 
     def stop_token_ids(self, stop: str, stop_text: str) -> frozenset[int]:
         """Token ids that end a candidate: EOS, plus (stop='sentence') every token whose text
@@ -208,11 +213,16 @@ class LanguageEngine:
 
     # ------------------------------------------------------------------ prefix states
 
-    def namespace(self, adapter: str, image_id: str | None) -> Hashable:
+    def namespace(self, adapter: str, image_id: str | None) -> tuple[Any, ...]:
         return (adapter, self.adapters.version(adapter), image_id)
 
     def prefix_state(
-        self, adapter: str, image_id: str | None, image: Any, ids: list[int], min_reuse: int,
+        self,
+        adapter: str,
+        image_id: str | None,
+        image: Any,
+        ids: list[int],
+        min_reuse: int,
         usage: Usage,
     ) -> PrefixState:
         """The KV state after `ids`, reusing the longest cached prefix of at least `min_reuse`."""
@@ -247,13 +257,14 @@ class LanguageEngine:
         for i, c in enumerate(conts):
             self.check_no_image_tokens(c, f"continuations[{i}]")
         if item.append_eos:
-            conts = [c + [self.eos_token_id] for c in conts]
+            conts = [[*c, self.eos_token_id] for c in conts]
         limit = self.settings.max_text_tokens
         for i, c in enumerate(conts):
             if len(ids) + len(c) > limit:
                 raise InvalidRequestError(
                     f"prompt + prefix + continuation is {len(ids) + len(c)} tokens, over the "
-                    f"limit of {limit}", field=f"continuations[{i}]",
+                    f"limit of {limit}",
+                    field=f"continuations[{i}]",
                 )
         state = self.prefix_state(
             item.adapter, item.image_id, item.image, ids, len(prompt_ids), item.usage
@@ -308,11 +319,13 @@ class LanguageEngine:
             groups.setdefault(id(state), []).append(i)
         out: list[ScoredTokens | None] = [None] * len(rows)
         for idx in groups.values():
-            for i, res in zip(idx, self.score_rows([rows[i] for i in idx])):
+            for i, res in zip(idx, self.score_rows([rows[i] for i in idx]), strict=True):
                 out[i] = res
         return out  # type: ignore[return-value]
 
-    def score_rows(self, rows: Sequence[tuple[PrefixState, list[int], Usage]]) -> list[ScoredTokens]:
+    def score_rows(
+        self, rows: Sequence[tuple[PrefixState, list[int], Usage]]
+    ) -> list[ScoredTokens]:
         """Score continuation rows, each after its own prefix state, in one padded forward.
 
         Prefix KVs of different lengths are left-padded with masked zeros; continuations are
@@ -320,7 +333,7 @@ class LanguageEngine:
         """
         results = [ScoredTokens(c, []) for _, c, _ in rows]
         width = max(len(c) for _, c, _ in rows)
-        for (state, cont, usage), res in zip(rows, results):
+        for (state, cont, usage), res in zip(rows, results, strict=True):
             if cont:
                 res.token_logprobs.append(float(state.next_logprobs[cont[0]]))
             usage.tokens_scored += len(cont)

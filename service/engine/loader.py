@@ -87,7 +87,7 @@ def load_models(settings: ServiceSettings) -> Models:
         kind = "causal_lm"
         model = AutoModelForCausalLM.from_pretrained(settings.model, dtype=dtype)
         processor = AutoTokenizer.from_pretrained(settings.model)
-    model = model.to(device).eval()
+    model = model.to(device).eval()  # type: ignore[arg-type]
     model.requires_grad_(False)
     engine = LanguageEngine(model, processor, kind, settings)
     for name, path in settings.adapters.items():

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Response
 
 from core.schemas import Candidate, GenerateRequest, GenerateResponse
-from service.engine.decoding import GenerateItem, Generated
+from service.engine.decoding import Generated, GenerateItem
 from service.errors import InvalidRequestError
 from service.routes.scoring import record, resolve_image, set_timing
 from service.state import AppState, get_ready_state
@@ -63,7 +63,7 @@ async def generate(
     )
 
 
-def _candidate(engine, g: Generated, beam: bool) -> Candidate:  # noqa: ANN001
+def _candidate(engine, g: Generated, beam: bool) -> Candidate:
     return Candidate(
         score=g.score if beam else None,
         text=engine.decode(g.token_ids),

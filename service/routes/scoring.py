@@ -109,7 +109,7 @@ async def logprobs(
     item = ScoreItem(req.model, req.prompt, req.continuations, req.prefix, image_id, image)
     scored, work = await score(state, item)
     set_timing(response, work)
-    results = [token_logprobs(state, t, s) for t, s in zip(req.continuations, scored)]
+    results = [token_logprobs(state, t, s) for t, s in zip(req.continuations, scored, strict=True)]
     return LogprobsResponse(model=req.model, results=results, usage=record(state, item.usage))
 
 
@@ -131,9 +131,13 @@ async def clip(
     results, work, usage = await clip_cosines(state, image_id, image, req.texts)
     set_timing(response, work)
     scores = [
-        ClipScore(text=t, cosine=r.cosine, relevance=clip_relevance(r.cosine, req.scale),
-                  truncated=r.truncated)
-        for t, r in zip(req.texts, results)
+        ClipScore(
+            text=t,
+            cosine=r.cosine,
+            relevance=clip_relevance(r.cosine, req.scale),
+            truncated=r.truncated,
+        )
+        for t, r in zip(req.texts, results, strict=True)
     ]
     return ClipResponse(results=scores, usage=record(state, usage))
 
@@ -157,7 +161,7 @@ async def reward(
     )
     set_timing(response, w1, w2)
     results = []
-    for text, s, c in zip(req.candidates, scored, cos):
+    for text, s, c in zip(req.candidates, scored, cos, strict=True):
         lp = token_logprobs(state, text, s)
         r_t = language_score(s.token_logprobs, req.language_score)
         r_i = clip_relevance(c.cosine, req.scale)
@@ -190,7 +194,7 @@ async def implicit(
     (pol, w1), (ref, w2) = await asyncio.gather(*(score(state, it) for it in items))
     set_timing(response, w1, w2)
     results = []
-    for text, p, r in zip(req.responses, pol, ref):
+    for text, p, r in zip(req.responses, pol, ref, strict=True):
         r_sum, r_avg = implicit_reward(p.token_logprobs, r.token_logprobs, req.beta)
         results.append(ImplicitReward(
             text=text, reward_sum=r_sum, reward_avg=r_avg,
