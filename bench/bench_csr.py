@@ -33,6 +33,7 @@ from PIL import Image
 from client import AsyncScoringClient
 from client.methods.base import PromptItem, RunContext
 from client.methods.csr import CSRConfig, csr
+from client.rescoring import RescoringClient
 from selfreward.localserver import local_service
 from selfreward.tiny import TinyVLMSpec, build_tiny_clip, build_tiny_vlm
 
@@ -59,30 +60,6 @@ class UsageMeter(httpx.AsyncBaseTransport):
             if request.url.path == "/v1/generate":
                 self.generated += sum(len(c["token_ids"]) for c in data["candidates"])
         return httpx.Response(response.status_code, headers=response.headers, content=body)
-
-
-class RescoringClient:
-    """The published code's scoring: every candidate re-forwarded on its own for R_T."""
-
-    def __init__(self, client: AsyncScoringClient):
-        self.client = client
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.client, name)
-
-    async def generate(self, prompt: str, **kw: Any) -> Any:
-        resp = await self.client.generate(prompt, **kw)
-        for cand in resp.candidates:
-            if cand.text:
-                res = await self.client.logprobs(
-                    prompt,
-                    [cand.text],
-                    image=kw.get("image"),
-                    prefix=kw.get("prefix", ""),
-                    model=kw["model"],
-                )
-                cand.token_logprobs = res.results[0].token_logprobs
-        return resp
 
 
 def images(n: int) -> list[bytes]:
