@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,7 +23,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-console = Console()
+console = Console(width=None if sys.stdout.isatty() else 140)
 
 
 @dataclass
@@ -32,6 +33,7 @@ class DemoConfig:
     quick: bool = False
     seed: int = 0
     work: Path = Path("runs/demo")
+    world: Path | None = None  # an already built world (`selfreward world`); None: build/cache
     iterations: int = 3
     prompts: int | None = None  # None: every prompt image of the world
     eval_images: int | None = None
@@ -47,11 +49,11 @@ class DemoConfig:
     })  # fmt: skip
 
     @classmethod
-    def make(cls, quick: bool, seed: int, work: Path) -> DemoConfig:
+    def make(cls, quick: bool, seed: int, work: Path, world: Path | None = None) -> DemoConfig:
         if not quick:
-            return cls(seed=seed, work=work)
-        return cls(quick=True, seed=seed, work=work, iterations=1, prompts=48, eval_images=100,
-                   ablation_prompts=32)  # fmt: skip
+            return cls(seed=seed, work=work, world=world)
+        return cls(quick=True, seed=seed, work=work, world=world, iterations=1, prompts=48,
+                   eval_images=100, ablation_prompts=32)  # fmt: skip
 
 
 def _limit_prompts(src: Path, dst: Path, n: int | None) -> Path:
@@ -66,9 +68,9 @@ class Evaluator:
     ground truth)."""
 
     def __init__(self, world: Path, limit: int | None):
-        truth = json.loads((world / "eval_truth.json").read_text())
-        self.names = sorted(truth)[:limit] if limit else sorted(truth)
-        self.truths = [truth[n] for n in self.names]
+        from world.evaluate import eval_set
+
+        self.names, self.truths = eval_set(world, limit)
         self.world = world
         self.results: dict[str, dict[str, Any]] = {}
 
@@ -99,8 +101,11 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
     started = time.perf_counter()
     work = config.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
-    name = f"world-seed{config.seed}{'-quick' if config.quick else ''}"
-    world = build_world(work / name, seed=config.seed, quick=config.quick).root
+    if config.world is not None:
+        world = config.world.resolve()
+    else:
+        name = f"world-seed{config.seed}{'-quick' if config.quick else ''}"
+        world = build_world(work / name, seed=config.seed, quick=config.quick).root
     prompts = _limit_prompts(world / "prompts.jsonl", work / "prompts.jsonl", config.prompts)
     ablation_prompts = _limit_prompts(
         world / "prompts.jsonl", work / "prompts-ablation.jsonl", config.ablation_prompts
@@ -211,11 +216,14 @@ def demo_command(
     work: Annotated[Path, typer.Option(help="work dir (world cache, runs, report)")] = Path(
         "runs/demo"
     ),
+    world: Annotated[
+        Path | None, typer.Option(help="use this built world instead of building one")
+    ] = None,
 ) -> None:
     """Run the end-to-end demo on the miniature world (resumable: rerun to continue)."""
-    run_demo(
-        DemoConfig.make(quick, seed, work if not quick else work.with_name(work.name + "-quick"))
-    )
+    if quick and work == Path("runs/demo"):
+        work = Path("runs/demo-quick")
+    run_demo(DemoConfig.make(quick, seed, work, world))
 
 
 def world_command(

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -202,7 +203,8 @@ def iterate(
         run or work.resolve().name, model or client.info().model.model,
         dict(train_overrides or {}), dict(method_options or {}), IterationState(work), client,
     )  # fmt: skip
-    console, records = Console(), []
+    # A log file (no terminal) gets wide tables rather than rich's 80-column default.
+    console, records = Console(width=None if sys.stdout.isatty() else 140), []
     table_file = work / "iterations.json"
     try:
         for t in range(1, iterations + 1):
