@@ -98,6 +98,12 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
     from trainer.iterate import iterate
     from world.build import build_world
 
+    import torch
+
+    # The demo's models are tiny: their ops are too small to split across cores, and two
+    # processes (service + trainer/evaluator) each spinning a multi-thread pool on a small box
+    # run many times slower (measured 20-65x on 2 busy cores). One thread each.
+    torch.set_num_threads(1)
     started = time.perf_counter()
     work = config.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -117,7 +123,7 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
         "config": json.loads(json.dumps(asdict(config), default=str)),
         "world": str(world),
     }
-    with local_service(world / "vlm", world / "clip", work / "service",
+    with local_service(world / "vlm", world / "clip", work / "service", "--torch-threads", "1",
                        log_file=work / "service.log") as url:  # fmt: skip
         runs = {
             "csr": (prompts, config.iterations, {**config.method}),

@@ -73,6 +73,9 @@ def serve_command(
     warmup: Annotated[
         bool | None, typer.Option("--warmup/--no-warmup", help="warm up before /ready")
     ] = None,
+    torch_threads: Annotated[
+        int | None, typer.Option(help="torch CPU threads (0: one per core) [0]")
+    ] = None,
     tiny: Annotated[
         bool, typer.Option(help="build and serve tiny random models (no download; for demos)")
     ] = False,
@@ -95,6 +98,7 @@ def serve_command(
         "api_key": api_key,
         "data_dir": data_dir,
         "naive_mode": naive,
+        "torch_threads": torch_threads,
         "warmup": warmup,
     }
     try:

@@ -27,6 +27,12 @@ class ServiceSettings(BaseSettings):
     )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    torch_threads: int = Field(
+        0,
+        ge=0,
+        description="torch intra-op CPU threads; 0 = torch's default (one per core). Small "
+        "models on a shared CPU run far faster with 1 (measured: 65x on 2 busy cores)",
+    )
 
     # network / auth
     host: str = "127.0.0.1"

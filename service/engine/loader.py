@@ -76,6 +76,8 @@ def load_models(settings: ServiceSettings) -> Models:
         AutoTokenizer,
     )
 
+    if settings.torch_threads:
+        torch.set_num_threads(settings.torch_threads)
     device = resolve_device(settings.device)
     dtype = resolve_dtype(settings.dtype, device)
     config = AutoConfig.from_pretrained(settings.model)
