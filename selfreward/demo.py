@@ -94,11 +94,11 @@ class Evaluator:
 
 def run_demo(config: DemoConfig) -> dict[str, Any]:
     """Run the demo; returns (and writes) the report."""
+    import torch
+
     from selfreward.localserver import local_service
     from trainer.iterate import iterate
     from world.build import build_world
-
-    import torch
 
     # The demo's models are tiny: their ops are too small to split across cores, and two
     # processes (service + trainer/evaluator) each spinning a multi-thread pool on a small box
