@@ -176,3 +176,17 @@ def test_clip_visual_converts_to_hf_vision_tower() -> None:
     torch.testing.assert_close(hf, ref, atol=1e-5, rtol=1e-4)
     assert not any(p.requires_grad for p in vlm.model.vision_tower.parameters())
     assert vlm.config.vision_feature_layer == -2
+
+
+def test_stage_hashes_chain() -> None:
+    from dataclasses import replace
+
+    from world.build import WorldConfig, stage_hashes
+
+    base = stage_hashes(WorldConfig.full(0))
+    vlm_only = stage_hashes(replace(WorldConfig.full(0), vlm_steps=10))
+    clip_change = stage_hashes(replace(WorldConfig.full(0), clip_lr=5e-4))
+    assert vlm_only["images"] == base["images"] and vlm_only["clip"] == base["clip"]
+    assert vlm_only["vlm"] != base["vlm"]
+    assert clip_change["clip"] != base["clip"] and clip_change["vlm"] != base["vlm"]
+    assert stage_hashes(WorldConfig.full(1))["images"] != base["images"]
