@@ -45,7 +45,7 @@ class DemoConfig:
     })  # fmt: skip
     train: dict[str, Any] = field(default_factory=lambda: {
         "lr": 2e-4, "loss_type": ["sigmoid", "sft"], "lora_r": 16, "lora_alpha": 32,
-        "batch_size": 8, "epochs": 1.0, "max_length": 256, "save_steps": 1000,
+        "batch_size": 8, "epochs": 3.0, "max_length": 256, "save_steps": 1000,
     })  # fmt: skip
 
     @classmethod
