@@ -100,9 +100,14 @@ async def throughput(url: str, png: bytes, clients: int, seconds: float = 4.0) -
         async def caller(k: int) -> None:
             nonlocal done
             while time.perf_counter() < stop:
-                await client.reward(image_id, PROMPT, [f"A red circle number {k}.",
-                                    "A blue square.", "Two cats.", "The sky is blue.",
-                                    "A green tree."], prefix=f"Caller {k} says")  # fmt: skip
+                cands = [
+                    f"A red circle number {k}.",
+                    "A blue square.",
+                    "Two cats.",
+                    "The sky is blue.",
+                    "A green tree.",
+                ]
+                await client.reward(PROMPT, cands, image=image_id, prefix=f"Caller {k} says")
                 done += 1
 
         t0 = time.perf_counter()
