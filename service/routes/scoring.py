@@ -46,11 +46,14 @@ def check_items(state: AppState, items: list[Any], field: str) -> None:
         raise InvalidRequestError(f"{len(items)} {field} given; at most {limit}", field=field)
 
 
-async def resolve_image(state: AppState, ref: ImageRef | None) -> tuple[str | None, Any]:
-    """(id, PIL image) of an image reference; (None, None) when there is none."""
+async def resolve_image(
+    state: AppState, ref: ImageRef | None, for_policy: bool = True
+) -> tuple[str | None, Any]:
+    """(id, PIL image) of an image reference; (None, None) when there is none. Images for the
+    policy need a VLM; CLIP (`for_policy=False`) takes them whatever the policy model is."""
     if ref is None:
         return None, None
-    if state.models is not None and state.models.engine.kind != "vlm":
+    if for_policy and state.models is not None and state.models.engine.kind != "vlm":
         raise InvalidRequestError("this model is text-only; omit 'image'", field="image")
     return await anyio.to_thread.run_sync(state.images.resolve, ref, "image")
 
@@ -127,7 +130,7 @@ async def clip(
 ) -> ClipResponse:
     """CLIP cosine and relevance R_I = max(scale·cos, 0) of one image and many texts."""
     check_items(state, req.texts, "texts")
-    image_id, image = await state_image(state, req.image)
+    image_id, image = await resolve_image(state, req.image, for_policy=False)
     results, work, usage = await clip_cosines(state, image_id, image, req.texts)
     set_timing(response, work)
     scores = [
@@ -140,11 +143,6 @@ async def clip(
         for t, r in zip(req.texts, results, strict=True)
     ]
     return ClipResponse(results=scores, usage=record(state, usage))
-
-
-async def state_image(state: AppState, ref: ImageRef) -> tuple[str | None, Any]:
-    """Like `resolve_image`, for CLIP, which takes images whatever the policy model is."""
-    return await anyio.to_thread.run_sync(state.images.resolve, ref, "image")
 
 
 @router.post("/reward", response_model=RewardResponse, response_model_by_alias=True)
