@@ -30,12 +30,12 @@ from typing import Any
 import httpx
 from PIL import Image
 
-from client import AsyncScoringClient
-from client.methods.base import PromptItem, RunContext
-from client.methods.csr import CSRConfig, csr
-from client.rescoring import RescoringClient
-from selfreward.localserver import local_service
-from selfreward.tiny import TinyVLMSpec, build_tiny_clip, build_tiny_vlm
+from selfreward_vlm.client import AsyncScoringClient
+from selfreward_vlm.client.methods.base import PromptItem, RunContext
+from selfreward_vlm.client.methods.csr import CSRConfig, csr
+from selfreward_vlm.client.rescoring import RescoringClient
+from selfreward_vlm.localserver import local_service
+from selfreward_vlm.tiny import TinyVLMSpec, build_tiny_clip, build_tiny_vlm
 
 PROMPT = (
     "Describe this image in detail: name every object you can see, its colour, its shape, "

@@ -5,9 +5,9 @@ Imports no torch, transformers, open_clip or fastapi: a laptop installs only thi
 remote GPU box.
 """
 
-from client._async import AsyncScoringClient
-from client._sync import ScoringClient
-from client.errors import (
+from selfreward_vlm.client._async import AsyncScoringClient
+from selfreward_vlm.client._sync import ScoringClient
+from selfreward_vlm.client.errors import (
     APIConnectionError,
     APIStatusError,
     APITimeoutError,

@@ -19,7 +19,7 @@ import httpx
 import tenacity
 from pydantic import BaseModel
 
-from client.errors import (
+from selfreward_vlm.client.errors import (
     APIConnectionError,
     APITimeoutError,
     NotReadyError,
@@ -27,7 +27,7 @@ from client.errors import (
     SelfRewardError,
     error_from_response,
 )
-from core.schemas import ImageRef, PairsUpsertResponse
+from selfreward_vlm.core.schemas import ImageRef, PairsUpsertResponse
 
 M = TypeVar("M", bound=BaseModel)
 ImageLike = str | ImageRef | None  # an image id from upload_image, or an ImageRef

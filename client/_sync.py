@@ -11,9 +11,14 @@ from typing import Any
 import httpx
 import tenacity
 
-from client import _base as b
-from client.errors import APIConnectionError, APITimeoutError, NotReadyError, SelfRewardError
-from core.schemas import (
+from selfreward_vlm.client import _base as b
+from selfreward_vlm.client.errors import (
+    APIConnectionError,
+    APITimeoutError,
+    NotReadyError,
+    SelfRewardError,
+)
+from selfreward_vlm.core.schemas import (
     AdapterInfo,
     AdapterList,
     ClipRequest,

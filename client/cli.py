@@ -14,10 +14,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from client.errors import APIConnectionError, APIStatusError
-from client.journal import OutputMismatchError, PairsJournal
-from client.methods import METHODS, build_config
-from client.pairs import PairsSummary, load_prompts, run_pairs
+from selfreward_vlm.client.errors import APIConnectionError, APIStatusError
+from selfreward_vlm.client.journal import OutputMismatchError, PairsJournal
+from selfreward_vlm.client.methods import METHODS, build_config
+from selfreward_vlm.client.pairs import PairsSummary, load_prompts, run_pairs
 
 Opt = typer.Option
 _METHOD_HELP = "csr | csr-official | sbspo | self-judge"

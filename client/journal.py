@@ -23,7 +23,7 @@ import os
 from pathlib import Path
 from typing import IO, Any
 
-from core.schemas import PreferencePair
+from selfreward_vlm.core.schemas import PreferencePair
 
 
 def _fsync_dir(path: Path) -> None:

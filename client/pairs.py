@@ -20,8 +20,8 @@ from typing import Any
 import httpx
 from rich.console import Console
 
-from client._async import AsyncScoringClient
-from client.errors import (
+from selfreward_vlm.client._async import AsyncScoringClient
+from selfreward_vlm.client.errors import (
     APIConnectionError,
     APIStatusError,
     APITimeoutError,
@@ -30,11 +30,11 @@ from client.errors import (
     NotFoundError,
     PayloadTooLargeError,
 )
-from client.journal import PairsJournal
-from client.methods import MethodSpec, PromptItem, RunContext, get_method
-from client.methods.base import config_params
-from client.progress import PairsProgress, summarize
-from core.schemas import PreferencePair
+from selfreward_vlm.client.journal import PairsJournal
+from selfreward_vlm.client.methods import MethodSpec, PromptItem, RunContext, get_method
+from selfreward_vlm.client.methods.base import config_params
+from selfreward_vlm.client.progress import PairsProgress, summarize
+from selfreward_vlm.core.schemas import PreferencePair
 
 IMAGE_ERRORS = {"invalid_image", "image_too_large", "payload_too_large"}
 FATAL = (APIConnectionError, AuthenticationError, NotFoundError)  # config errors: stop the run

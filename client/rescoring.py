@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from core.schemas import GenerateResponse
+from selfreward_vlm.core.schemas import GenerateResponse
 
 
 class RescoringClient:

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from core.schemas import (
+from selfreward_vlm.core.schemas import (
     Candidate,
     ClipResponse,
     ClipScore,

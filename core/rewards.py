@@ -11,7 +11,7 @@ import math
 from collections.abc import Sequence
 from typing import Literal
 
-from core.schemas import LanguageScore
+from selfreward_vlm.core.schemas import LanguageScore
 
 
 def language_score(token_logprobs: Sequence[float], kind: LanguageScore = "prob") -> float:

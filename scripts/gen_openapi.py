@@ -26,8 +26,8 @@ def render_openapi() -> str:
     the document depends on no setting, so the output is the same on every machine.
     """
     sys.path.insert(0, str(ROOT))
-    from service.app import build_app
-    from service.settings import ServiceSettings
+    from selfreward_vlm.service.app import build_app
+    from selfreward_vlm.service.settings import ServiceSettings
 
     settings = ServiceSettings.model_construct(model="openapi")  # no env, no validation needed
     schema: dict[str, Any] = build_app(settings).openapi()

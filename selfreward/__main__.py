@@ -1,3 +1,3 @@
-from selfreward.cli import main
+from selfreward_vlm.cli import main
 
 main()

@@ -23,19 +23,43 @@ app = typer.Typer(
 
 # (command, module, function, extra that provides it, one-line help)
 COMMANDS: list[tuple[str, str, str, str, str]] = [
-    ("serve", "service.cli", "serve_command", "service", "Run the scoring service."),
-    ("pairs", "client.cli", "pairs_command", "", "Search preference pairs through a service."),
-    ("train", "trainer.cli", "train_command", "train", "Train a LoRA adapter by DPO."),
-    ("iterate", "trainer.cli", "iterate_command", "train", "Iterative DPO: pairs, train, upload."),
-    ("world", "selfreward.demo", "world_command", "demo", "Build the miniature world of the demo."),
-    ("demo", "selfreward.demo", "demo_command", "demo", "Run the end-to-end demo."),
+    ("serve", "selfreward_vlm.service.cli", "serve_command", "service", "Run the scoring service."),
+    (
+        "pairs",
+        "selfreward_vlm.client.cli",
+        "pairs_command",
+        "",
+        "Search preference pairs through a service.",
+    ),
+    (
+        "train",
+        "selfreward_vlm.trainer.cli",
+        "train_command",
+        "train",
+        "Train a LoRA adapter by DPO.",
+    ),
+    (
+        "iterate",
+        "selfreward_vlm.trainer.cli",
+        "iterate_command",
+        "train",
+        "Iterative DPO: pairs, train, upload.",
+    ),
+    (
+        "world",
+        "selfreward_vlm.demo",
+        "world_command",
+        "demo",
+        "Build the miniature world of the demo.",
+    ),
+    ("demo", "selfreward_vlm.demo", "demo_command", "demo", "Run the end-to-end demo."),
 ]
 
 
 def _stub(name: str, extra: str, error: Exception) -> Callable[..., Any]:
     def command() -> None:
         typer.echo(
-            f"`selfreward {name}` needs the '{extra}' extra: pip install 'selfreward[{extra}]' "
+            f"`selfreward {name}` needs the '{extra}' extra: pip install 'selfreward-vlm[{extra}]' "
             f"({type(error).__name__}: {error})",
             err=True,
         )

@@ -68,15 +68,15 @@ class Evaluator:
     ground truth)."""
 
     def __init__(self, world: Path, limit: int | None):
-        from world.evaluate import eval_set
+        from selfreward_vlm.world.evaluate import eval_set
 
         self.names, self.truths = eval_set(world, limit)
         self.world = world
         self.results: dict[str, dict[str, Any]] = {}
 
     def __call__(self, label: str, adapter_dir: Path | None) -> dict[str, Any]:
-        from world.chair import chair
-        from world.evaluate import greedy_captions
+        from selfreward_vlm.world.chair import chair
+        from selfreward_vlm.world.evaluate import greedy_captions
 
         started = time.perf_counter()
         captions = greedy_captions(self.world / "vlm", self.world / "images", self.names,
@@ -96,9 +96,9 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
     """Run the demo; returns (and writes) the report."""
     import torch
 
-    from selfreward.localserver import local_service
-    from trainer.iterate import iterate
-    from world.build import build_world
+    from selfreward_vlm.localserver import local_service
+    from selfreward_vlm.trainer.iterate import iterate
+    from selfreward_vlm.world.build import build_world
 
     # The demo's models are tiny: their ops are too small to split across cores, and two
     # processes (service + trainer/evaluator) each spinning a multi-thread pool on a small box
@@ -154,10 +154,10 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
 def run_sbspo(url: str, world: Path, prompts: Path, work: Path, config: DemoConfig) -> dict:
     """SBSPO from the CSR iteration-1 model: implicit reward (CSR-1 vs base) picks the pairs,
     then DPO continues CSR-1 with CSR-1 as the reference."""
-    from client.methods import build_config
-    from client.pairs import run_pairs
-    from trainer.config import DPOTrainConfig
-    from trainer.dpo import train
+    from selfreward_vlm.client.methods import build_config
+    from selfreward_vlm.client.pairs import run_pairs
+    from selfreward_vlm.trainer.config import DPOTrainConfig
+    from selfreward_vlm.trainer.dpo import train
 
     out = work / "sbspo"
     out.mkdir(parents=True, exist_ok=True)
@@ -241,7 +241,7 @@ def world_command(
     evaluate: Annotated[bool, typer.Option(help="greedy CHAIR of the base VLM")] = True,
 ) -> None:
     """Build the miniature world: images, a tiny CLIP, a tiny VLM with a language prior."""
-    from world.build import build_world
+    from selfreward_vlm.world.build import build_world
 
     world = build_world(out, seed=seed, quick=quick).root
     console.print(f"world: {world}  (serve it: selfreward serve --model {world / 'vlm'} "

@@ -31,10 +31,13 @@ def local_service(
     timeout: float = 300.0,
     env: dict[str, str] | None = None,
 ) -> Iterator[str]:
-    """Run `python -m service` on a free loopback port until the block exits; yields its URL."""
+    """Run `python -m selfreward_vlm.service` on a free loopback port until the block exits.
+
+    Yields the server's base URL."""
     port = free_port()
-    cmd = [sys.executable, "-m", "service", "--model", str(model), "--host", "127.0.0.1",
-           "--port", str(port), "--data-dir", str(data_dir), *extra]  # fmt: skip
+    cmd = [sys.executable, "-m", "selfreward_vlm.service", "--model", str(model),
+           "--host", "127.0.0.1", "--port", str(port),
+           "--data-dir", str(data_dir), *extra]  # fmt: skip
     if clip is not None:
         cmd += ["--clip", str(clip)]
     env = {**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"), **(env or {})}

@@ -1,6 +1,6 @@
-"""`python -m service --model ID_OR_DIR --clip NAME:PRETRAINED|DIR [...]`: serve the API."""
+"""Serve the API: `python -m selfreward_vlm.service --model ID_OR_DIR --clip NAME|DIR [...]`."""
 
-from service.cli import main
+from selfreward_vlm.service.cli import main
 
 if __name__ == "__main__":
     main()

@@ -21,14 +21,14 @@ from fastapi.security import HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Scope
 
-from service.auth import BearerAuthMiddleware, BodyLimitMiddleware
-from service.errors import QueueFullError, ServiceError, UnauthorizedError
-from service.metrics import Metrics, RequestTimingMiddleware
-from service.settings import ServiceSettings
-from service.state import AppState, open_state
+from selfreward_vlm.service.auth import BearerAuthMiddleware, BodyLimitMiddleware
+from selfreward_vlm.service.errors import QueueFullError, ServiceError, UnauthorizedError
+from selfreward_vlm.service.metrics import Metrics, RequestTimingMiddleware
+from selfreward_vlm.service.settings import ServiceSettings
+from selfreward_vlm.service.state import AppState, open_state
 
 if TYPE_CHECKING:
-    from service.engine import Models
+    from selfreward_vlm.service.engine import Models
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ def build_app(
     `models` skips loading (tests inject tiny or fake models); `batcher_factory(models,
     settings, metrics=...)` replaces `service.engine.batcher.Batcher` (tests use a fake).
     """
-    from service.routes import include_routers
+    from selfreward_vlm.service.routes import include_routers
 
     metrics = Metrics()
     app = FastAPI(
@@ -116,21 +116,21 @@ async def _bring_up(
     """Load (unless injected), warm up, start the batcher, reload uploaded adapters; only
     then publish the models, which is what turns /ready to 200. A failure is logged and kept
     for /ready; /health stays up."""
-    from service.routes.adapters import reload_uploaded_adapters
+    from selfreward_vlm.service.routes.adapters import reload_uploaded_adapters
 
     settings = state.settings
     batcher = None
     try:
         if models is None:
             state.phase = "loading"
-            from service.engine import load_models
+            from selfreward_vlm.service.engine import load_models
 
             models = await anyio.to_thread.run_sync(load_models, settings, abandon_on_cancel=True)
         if settings.warmup:
             state.phase = "warming"
             await anyio.to_thread.run_sync(models.warmup, abandon_on_cancel=True)
         if batcher_factory is None:
-            from service.engine.batcher import Batcher
+            from selfreward_vlm.service.engine.batcher import Batcher
 
             batcher_factory = Batcher
         batcher = batcher_factory(models, settings, metrics=state.metrics)

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import PayloadTooLargeError, UnauthorizedError
+from selfreward_vlm.service.errors import PayloadTooLargeError, UnauthorizedError
 
 
 def requires_auth(path: str) -> bool:

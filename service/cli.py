@@ -1,4 +1,4 @@
-"""`selfreward serve` / `python -m service`: settings from flags, then the `SELFREWARD_*` env.
+"""`selfreward serve` / `python -m selfreward_vlm.service`: settings from flags, then the env.
 
 Only the flags actually given are passed to `ServiceSettings`, so every flag left out falls back
 to its environment variable, then to the field's default. Logging is configured here, in the
@@ -14,7 +14,7 @@ from typing import Annotated, Any
 import typer
 from pydantic import ValidationError
 
-from service.settings import ServiceSettings
+from selfreward_vlm.service.settings import ServiceSettings
 
 logger = logging.getLogger("service")
 
@@ -36,7 +36,7 @@ def build_settings(flags: dict[str, Any], tiny: bool = False) -> ServiceSettings
     given = {k: v for k, v in flags.items() if v is not None}
     if not tiny:
         return ServiceSettings(**given)
-    from selfreward.tiny import build_all
+    from selfreward_vlm.tiny import build_all
 
     settings = ServiceSettings(**{"model": "tiny", **given})
     paths = build_all(settings.data_dir / "tiny-models")
@@ -84,7 +84,7 @@ def serve_command(
     """Serve the reward-scoring API (FastAPI + uvicorn)."""
     import uvicorn
 
-    from service.app import build_app
+    from selfreward_vlm.service.app import build_app
 
     _configure_logging(log_level)
     flags: dict[str, Any] = {
@@ -132,7 +132,7 @@ def _configure_logging(level: str) -> None:
 
 
 def main() -> None:
-    """Entry point of `python -m service`."""
+    """Entry point of `python -m selfreward_vlm.service`."""
     app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
     app.command()(serve_command)
     app()

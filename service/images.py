@@ -20,9 +20,9 @@ from collections import OrderedDict
 
 from PIL import Image, UnidentifiedImageError
 
-from core.schemas import ImageRef
-from service.errors import InvalidRequestError, NotFoundError, PayloadTooLargeError
-from service.store import ImageRow, PairStore
+from selfreward_vlm.core.schemas import ImageRef
+from selfreward_vlm.service.errors import InvalidRequestError, NotFoundError, PayloadTooLargeError
+from selfreward_vlm.service.store import ImageRow, PairStore
 
 IMAGE_ID_RE = re.compile(r"^[0-9a-f]{64}$")
 

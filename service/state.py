@@ -8,15 +8,15 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from fastapi import Request
 
-from service.errors import NotReadyError
-from service.metrics import Metrics
+from selfreward_vlm.service.errors import NotReadyError
+from selfreward_vlm.service.metrics import Metrics
 
 if TYPE_CHECKING:
-    from service.engine import Models
-    from service.engine.batcher import Batcher
-    from service.images import ImageStore
-    from service.settings import ServiceSettings
-    from service.store import PairStore
+    from selfreward_vlm.service.engine import Models
+    from selfreward_vlm.service.engine.batcher import Batcher
+    from selfreward_vlm.service.images import ImageStore
+    from selfreward_vlm.service.settings import ServiceSettings
+    from selfreward_vlm.service.store import PairStore
 
 Phase = Literal["starting", "loading", "warming", "ready", "failed", "stopping"]
 
@@ -47,8 +47,8 @@ class AppState:
 
 def open_state(settings: ServiceSettings, metrics: Metrics | None = None) -> AppState:
     """Open the stores under `settings.data_dir` (created if missing); no models yet."""
-    from service.images import ImageStore
-    from service.store import PairStore
+    from selfreward_vlm.service.images import ImageStore
+    from selfreward_vlm.service.store import PairStore
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = PairStore(settings.data_dir / "selfreward.db")

@@ -29,8 +29,8 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from core.schemas import PreferencePair
-from service.errors import InvalidRequestError, NotFoundError
+from selfreward_vlm.core.schemas import PreferencePair
+from selfreward_vlm.service.errors import InvalidRequestError, NotFoundError
 
 DATASET_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _POOL_SIZE = 8

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from selfreward.localserver import free_port
+from selfreward_vlm.localserver import free_port
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Tiny random VLM, text LM and open_clip model, built offline into a temp dir."""
-    from selfreward.tiny import build_all
+    from selfreward_vlm.tiny import build_all
 
     return build_all(tmp_path_factory.mktemp("tiny-models"))
 
@@ -49,10 +49,10 @@ def wait_ready(base_url: str, proc: subprocess.Popen | None = None, timeout: flo
 def start_server(
     tiny_models: dict[str, Path], data_dir: Path, *extra: str, model_key: str = "vlm"
 ) -> tuple[subprocess.Popen, str]:
-    """Start `python -m service` on loopback with the tiny models; return (process, base_url)."""
+    """Start the service on loopback with the tiny models; return (process, base_url)."""
     port = free_port()
     cmd = [
-        sys.executable, "-m", "service",
+        sys.executable, "-m", "selfreward_vlm.service",
         "--model", str(tiny_models[model_key]),
         "--clip", str(tiny_models["clip"]),
         "--host", "127.0.0.1", "--port", str(port),

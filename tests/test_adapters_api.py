@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from service.errors import InvalidRequestError
-from service.routes.adapters import check_safetensors
+from selfreward_vlm.service.errors import InvalidRequestError
+from selfreward_vlm.service.routes.adapters import check_safetensors
 from tests.test_service_shell import FakeModels, assert_error, make_client
 
 

@@ -225,10 +225,10 @@ def test_image_refs_resolve_or_name_the_field(tmp_path: Path) -> None:
     """`ImageStore.resolve` (what the scoring routes call): ids, base64, data URLs, errors."""
     import base64
 
-    from core.schemas import ImageRef
-    from service.errors import ServiceError
-    from service.images import ImageStore
-    from service.store import PairStore
+    from selfreward_vlm.core.schemas import ImageRef
+    from selfreward_vlm.service.errors import ServiceError
+    from selfreward_vlm.service.images import ImageStore
+    from selfreward_vlm.service.store import PairStore
 
     def ref(**fields: str) -> ImageRef:
         return ImageRef.model_validate(fields)

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from service.engine.batcher import Batcher
-from service.engine.lm import ScoreItem
-from service.engine.loader import load_models
-from service.errors import QueueFullError
-from service.settings import ServiceSettings
+from selfreward_vlm.service.engine.batcher import Batcher
+from selfreward_vlm.service.engine.lm import ScoreItem
+from selfreward_vlm.service.engine.loader import load_models
+from selfreward_vlm.service.errors import QueueFullError
+from selfreward_vlm.service.settings import ServiceSettings
 
 
 def _image(shade: int) -> Image.Image:

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from client import (
+from selfreward_vlm.client import (
     APIConnectionError,
     APITimeoutError,
     AsyncScoringClient,
@@ -24,7 +24,7 @@ from client import (
     QueueFullError,
     ScoringClient,
 )
-from core.schemas import PreferencePair, ResponseScore
+from selfreward_vlm.core.schemas import PreferencePair, ResponseScore
 
 ROOT = Path(__file__).resolve().parent.parent
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 32
@@ -220,7 +220,7 @@ def test_iter_pairs_follows_cursors() -> None:
 
 
 def test_upsert_pairs_batches_and_sums(monkeypatch: pytest.MonkeyPatch) -> None:
-    import client._base as base
+    import selfreward_vlm.client._base as base
 
     monkeypatch.setattr(base, "PAIRS_BATCH", 2)
 
@@ -290,8 +290,10 @@ def test_upload_adapter_multipart(tmp_path: Path) -> None:
 
 def test_client_imports_without_heavy_modules() -> None:
     code = (
-        "import sys, client, client.cli, client.pairs, client.methods, core.selection, "
-        "core.rewards\n"
+        "import sys\n"
+        "import selfreward_vlm.client, selfreward_vlm.client.cli, selfreward_vlm.client.pairs\n"
+        "import selfreward_vlm.client.methods, selfreward_vlm.core.selection\n"
+        "import selfreward_vlm.core.rewards\n"
         "bad = [m for m in ('torch', 'transformers', 'open_clip', 'fastapi') if m in sys.modules]\n"
         "assert not bad, bad\n"
     )

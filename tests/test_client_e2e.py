@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
-from client import ScoringClient
-from client.methods import build_config
-from client.pairs import run_pairs
-from core.rewards import calibrated_reward
-from core.schemas import PreferencePair
+from selfreward_vlm.client import ScoringClient
+from selfreward_vlm.client.methods import build_config
+from selfreward_vlm.client.pairs import run_pairs
+from selfreward_vlm.core.rewards import calibrated_reward
+from selfreward_vlm.core.schemas import PreferencePair
 
 pytestmark = pytest.mark.slow
 

@@ -9,11 +9,11 @@ import pytest
 import torch
 from PIL import Image
 
-from core.schemas import Usage
-from service.engine.decoding import GenerateItem, generate
-from service.engine.lm import ScoreItem
-from service.engine.loader import load_models
-from service.settings import ServiceSettings
+from selfreward_vlm.core.schemas import Usage
+from selfreward_vlm.service.engine.decoding import GenerateItem, generate
+from selfreward_vlm.service.engine.lm import ScoreItem
+from selfreward_vlm.service.engine.loader import load_models
+from selfreward_vlm.service.settings import ServiceSettings
 
 PROMPT = "Describe the image."
 CONTS = ["There is a red circle.", " blue", "A dog runs in the park. The sky is blue and green."]

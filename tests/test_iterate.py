@@ -35,8 +35,8 @@ def snapshot(folder: Path) -> dict[str, int]:
 
 @pytest.mark.slow
 def test_iterate_two_rounds_then_resume(tiny_models: dict[str, Path], tmp_path: Path) -> None:
-    from client import ScoringClient
-    from trainer.iterate import iterate
+    from selfreward_vlm.client import ScoringClient
+    from selfreward_vlm.trainer.iterate import iterate
 
     prompts, images = make_prompts(tmp_path)
     work = tmp_path / "work"

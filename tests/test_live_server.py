@@ -1,5 +1,5 @@
-"""A real server on loopback (`python -m service`, uvicorn, the tiny models): the shell's
-routes over real HTTP, and concurrent requests that all come back right."""
+"""A real server on loopback (`python -m selfreward_vlm.service`, uvicorn, tiny models): the
+shell's routes over real HTTP, and concurrent requests that all come back right."""
 
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from client.methods import (
+from selfreward_vlm.client.methods import (
     CSRConfig,
     CSROfficialConfig,
     PromptItem,
@@ -22,9 +22,9 @@ from client.methods import (
     sbspo,
     self_judge,
 )
-from client.methods.base import tally
-from client.testing import FakeScorer
-from core.schemas import Candidate, GenerateResponse, Usage
+from selfreward_vlm.client.methods.base import tally
+from selfreward_vlm.client.testing import FakeScorer
+from selfreward_vlm.core.schemas import Candidate, GenerateResponse, Usage
 
 EOS: tuple[str, list[float], bool] = ("", [-0.5], True)
 ITEM = PromptItem("p1", "Describe the image.", "img")

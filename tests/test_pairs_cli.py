@@ -20,8 +20,8 @@ from typing import Any, ClassVar
 
 import pytest
 
-from client.journal import OutputMismatchError, PairsJournal
-from client.pairs import parse_publish, run_pairs
+from selfreward_vlm.client.journal import OutputMismatchError, PairsJournal
+from selfreward_vlm.client.pairs import parse_publish, run_pairs
 
 ROOT = Path(__file__).resolve().parent.parent
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 16
@@ -142,7 +142,7 @@ def write_prompts(tmp: Path, n: int, bad: bool = False) -> tuple[Path, Path]:
 
 
 def cli(url: str, prompts: Path, images: Path, out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "client.cli", "pairs", "--service", url,
+    return [sys.executable, "-m", "selfreward_vlm.client.cli", "pairs", "--service", url,
             "--prompts", str(prompts), "--images", str(images), "--out", str(out),
             "--quiet", *extra]  # fmt: skip
 

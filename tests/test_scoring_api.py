@@ -12,9 +12,9 @@ import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from core.rewards import calibrated_reward, clip_relevance
-from service.app import build_app
-from service.settings import ServiceSettings
+from selfreward_vlm.core.rewards import calibrated_reward, clip_relevance
+from selfreward_vlm.service.app import build_app
+from selfreward_vlm.service.settings import ServiceSettings
 from tests.test_engine import direct_logprobs
 
 PROMPT = "Describe the image."

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from core.rewards import path_reward, stop_relevance
-from core.selection import (
+from selfreward_vlm.core.rewards import path_reward, stop_relevance
+from selfreward_vlm.core.selection import (
     first_occurrences,
     fused_rank,
     is_degenerate,

@@ -18,10 +18,10 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from core.schemas import AdapterInfo, InfoResponse, ModelInfo
-from service.app import build_app
-from service.errors import InvalidRequestError, NotFoundError
-from service.settings import ServiceSettings
+from selfreward_vlm.core.schemas import AdapterInfo, InfoResponse, ModelInfo
+from selfreward_vlm.service.app import build_app
+from selfreward_vlm.service.errors import InvalidRequestError, NotFoundError
+from selfreward_vlm.service.settings import ServiceSettings
 
 # --------------------------------------------------------------------------- fakes
 
@@ -165,7 +165,7 @@ def test_ready_is_503_while_loading_then_200(tmp_path: Path, monkeypatch) -> Non
         release.wait(10)
         return FakeModels()
 
-    monkeypatch.setattr("service.engine.load_models", slow_load, raising=False)
+    monkeypatch.setattr("selfreward_vlm.service.engine.load_models", slow_load, raising=False)
     app = build_app(fake_settings(tmp_path, warmup=False), batcher_factory=FakeBatcher)
     with TestClient(app) as client:
         assert client.get("/health").status_code == 200
@@ -186,7 +186,7 @@ def test_failed_load_keeps_health_up_and_says_why(tmp_path: Path, monkeypatch) -
     def broken_load(settings: ServiceSettings) -> FakeModels:
         raise OSError("no such model: fake-vlm")
 
-    monkeypatch.setattr("service.engine.load_models", broken_load, raising=False)
+    monkeypatch.setattr("selfreward_vlm.service.engine.load_models", broken_load, raising=False)
     app = build_app(fake_settings(tmp_path), batcher_factory=FakeBatcher)
     with TestClient(app) as client:
         deadline = time.monotonic() + 10
@@ -270,7 +270,7 @@ def test_unexpected_exception_is_a_500_and_the_next_request_works(tmp_path: Path
 
 
 def test_cli_flags_fall_back_to_env(monkeypatch, tmp_path: Path) -> None:
-    from service.cli import build_settings
+    from selfreward_vlm.service.cli import build_settings
 
     monkeypatch.setenv("SELFREWARD_MODEL", "env-model")
     monkeypatch.setenv("SELFREWARD_PORT", "9123")

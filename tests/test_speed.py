@@ -14,10 +14,10 @@ import httpx
 import pytest
 from PIL import Image
 
-from client import AsyncScoringClient
-from client.methods.base import PromptItem, RunContext
-from client.methods.csr import CSRConfig, csr
-from client.rescoring import RescoringClient
+from selfreward_vlm.client import AsyncScoringClient
+from selfreward_vlm.client.methods.base import PromptItem, RunContext
+from selfreward_vlm.client.methods.csr import CSRConfig, csr
+from selfreward_vlm.client.rescoring import RescoringClient
 from tests.conftest import start_server, stop_server
 
 pytestmark = pytest.mark.slow

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from core.schemas import PreferencePair, ResponseScore, SentenceScore
-from service.errors import InvalidRequestError, NotFoundError
-from service.store import ImageRow, PairStore, iter_jsonl_pairs
+from selfreward_vlm.core.schemas import PreferencePair, ResponseScore, SentenceScore
+from selfreward_vlm.service.errors import InvalidRequestError, NotFoundError
+from selfreward_vlm.service.store import ImageRow, PairStore, iter_jsonl_pairs
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -130,7 +130,7 @@ def test_acknowledged_writes_survive_kill_9(tmp_path: Path) -> None:
     child = textwrap.dedent(
         f"""
         import sys, time
-        from service.store import PairStore
+        from selfreward_vlm.service.store import PairStore
         from tests.test_store import make_pair
         store = PairStore({str(db)!r})
         for b in range(10_000):

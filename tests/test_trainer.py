@@ -55,7 +55,7 @@ def make_pairs(root: Path, n: int = 8, extra: list[dict[str, Any]] | None = None
 
 
 def config(tiny_models: dict[str, Path], pairs: Path | str, out: Path, **kw: Any) -> Any:
-    from trainer.config import build_config
+    from selfreward_vlm.trainer.config import build_config
 
     values: dict[str, Any] = {
         "model": str(tiny_models["vlm"]), "pairs": str(pairs), "out": str(out),
@@ -70,7 +70,7 @@ def config(tiny_models: dict[str, Path], pairs: Path | str, out: Path, **kw: Any
 @pytest.fixture(scope="module")
 def trained(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Any:
     """12 steps at lr 1e-3 on 8 pairs (+1 with `<image>` in the chosen, to be dropped)."""
-    from trainer.dpo import train
+    from selfreward_vlm.trainer.dpo import train
 
     root = tmp_path_factory.mktemp("trained")
     bad = json.loads(make_pairs(root).read_text().splitlines()[0])
@@ -143,7 +143,7 @@ def test_margin_grows_direct_forward(trained: Any, tiny_models: dict[str, Path])
 
 
 def test_only_lora_weights_change(tiny_models: dict[str, Path], tmp_path: Path) -> None:
-    from trainer.dpo import build_trainer
+    from selfreward_vlm.trainer.dpo import build_trainer
 
     trainer, _, _ = build_trainer(config(tiny_models, make_pairs(tmp_path), tmp_path / "o"))
     params = dict(trainer.model.named_parameters())
@@ -157,7 +157,7 @@ def test_only_lora_weights_change(tiny_models: dict[str, Path], tmp_path: Path) 
 
 
 def test_checkpoint_resume(tiny_models: dict[str, Path], tmp_path: Path) -> None:
-    from trainer.dpo import train
+    from selfreward_vlm.trainer.dpo import train
 
     pairs, out = make_pairs(tmp_path), tmp_path / "out"
     first = train(config(tiny_models, pairs, out, max_steps=2, save_steps=1, batch_size=2))
@@ -172,7 +172,7 @@ def test_train_command(tiny_models: dict[str, Path], tmp_path: Path) -> None:
     """The typer command end to end, with a YAML config, flag overrides and DPO + SFT loss."""
     from typer.testing import CliRunner
 
-    from trainer.cli import build_app
+    from selfreward_vlm.trainer.cli import build_app
 
     pairs = make_pairs(tmp_path)
     (tmp_path / "c.yaml").write_text(f"model: {tiny_models['vlm']}\nlora_r: 8\nlr: 1e-3\n")
@@ -207,8 +207,8 @@ def test_collator_tokenizes_like_the_service(tiny_models: dict[str, Path], tmp_p
     from PIL import Image
     from trl.trainer.dpo_trainer import DataCollatorForVisionPreference
 
-    from trainer.collator import ServiceAlignedCollator
-    from trainer.data import ImageStore, read_pairs_jsonl, to_trl_row
+    from selfreward_vlm.trainer.collator import ServiceAlignedCollator
+    from selfreward_vlm.trainer.data import ImageStore, read_pairs_jsonl, to_trl_row
 
     processor = bos_processor(tiny_models)
     tok = processor.tokenizer
@@ -235,7 +235,7 @@ def test_collator_tokenizes_like_the_service(tiny_models: dict[str, Path], tmp_p
 
 
 def test_config_file_and_flags(tmp_path: Path) -> None:
-    from trainer.config import ConfigError, build_config, split_dataset_url
+    from selfreward_vlm.trainer.config import ConfigError, build_config, split_dataset_url
 
     path = tmp_path / "c.yaml"
     path.write_text("model: m\npairs: http://h:1/v1/datasets/run-iter1\nout: o\nlr: 1e-3\n"
@@ -255,7 +255,7 @@ def test_reference_adapter_from_a_dir(tiny_models: dict[str, Path], tmp_path: Pa
     TRL's copy (same dir) or loaded as adapter "ref" (another dir, same weights): loss log 2."""
     import shutil
 
-    from trainer.dpo import train
+    from selfreward_vlm.trainer.dpo import train
 
     pairs, adapter = make_pairs(tmp_path), random_adapter(tiny_models, tmp_path / "a")
     copy = Path(shutil.copytree(adapter, tmp_path / "a-copy"))
@@ -271,8 +271,8 @@ def test_reference_adapter_from_a_dir(tiny_models: dict[str, Path], tmp_path: Pa
 
 def publish(base_url: str, pairs_file: Path, dataset: str) -> str:
     """Upload the pairs' images and the pairs to the service; return the dataset URL."""
-    from client import ScoringClient
-    from core.schemas import PreferencePair
+    from selfreward_vlm.client import ScoringClient
+    from selfreward_vlm.core.schemas import PreferencePair
 
     with ScoringClient(base_url) as client:
         for image in sorted((pairs_file.parent / "images").iterdir()):
@@ -289,7 +289,7 @@ def random_adapter(tiny_models: dict[str, Path], out: Path) -> Path:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForImageTextToText
 
-    from trainer.config import VLM_LORA_TARGETS
+    from selfreward_vlm.trainer.config import VLM_LORA_TARGETS
 
     torch.manual_seed(1)
     base = AutoModelForImageTextToText.from_pretrained(tiny_models["vlm"])
@@ -309,7 +309,7 @@ def test_service_reference_gives_the_same_first_loss(
 ) -> None:
     """Policy = a random adapter, reference = base: the step-1 loss is not log 2, and the
     service's reference log-probs reproduce the in-trainer reference forward."""
-    from trainer.dpo import train
+    from selfreward_vlm.trainer.dpo import train
 
     pairs_file = make_pairs(tmp_path)
     url = publish(live_server, pairs_file, "ref-check")
@@ -325,7 +325,7 @@ def test_service_reference_gives_the_same_first_loss(
     import torch
     from trl.trainer.utils import use_adapter
 
-    from trainer.dpo import build_trainer
+    from selfreward_vlm.trainer.dpo import build_trainer
 
     trainer, _, _ = build_trainer(config(tiny_models, url, tmp_path / "c",
                                          reference_logprobs="service", **common))  # fmt: skip
@@ -341,7 +341,7 @@ def test_margin_grows_on_the_service(
     trained: Any, live_server: str, tiny_models: dict[str, Path]
 ) -> None:
     """The trained adapter, uploaded, has a positive implicit-reward margin on its pairs."""
-    from client import ScoringClient
+    from selfreward_vlm.client import ScoringClient
 
     result, pairs_file = trained
     with ScoringClient(live_server) as client:

@@ -9,9 +9,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from world.chair import chair, is_malformed, mentioned_objects, score_caption
-from world.scenes import biased_caption, generate_scenes, write_images
-from world.spec import ALL_OBJECTS, COMPANIONS, WorldObject, world_words
+from selfreward_vlm.world.chair import chair, is_malformed, mentioned_objects, score_caption
+from selfreward_vlm.world.scenes import biased_caption, generate_scenes, write_images
+from selfreward_vlm.world.spec import ALL_OBJECTS, COMPANIONS, WorldObject, world_words
 
 CAPTION = "There is a red circle. There is a blue square."
 
@@ -120,7 +120,7 @@ def test_chair_edge_cases() -> None:
 
 
 def test_tokenizer_round_trip() -> None:
-    from world.vlm_text import build_tokenizer
+    from selfreward_vlm.world.vlm_text import build_tokenizer
 
     tok = build_tokenizer()
     ids = tok(CAPTION).input_ids
@@ -141,7 +141,7 @@ def test_tokenizer_round_trip() -> None:
 def test_processor_chat_template_and_image_tokens() -> None:
     from PIL import Image
 
-    from world.vlm_text import NUM_IMAGE_TOKENS, build_processor, user_messages
+    from selfreward_vlm.world.vlm_text import NUM_IMAGE_TOKENS, build_processor, user_messages
 
     proc = build_processor()
     text = proc.apply_chat_template(
@@ -162,9 +162,9 @@ def test_clip_visual_converts_to_hf_vision_tower() -> None:
     import open_clip
     import torch
 
-    from world.clip_model import CLIP_MODEL_CFG
-    from world.vlm_model import build_vlm
-    from world.vlm_text import build_processor
+    from selfreward_vlm.world.clip_model import CLIP_MODEL_CFG
+    from selfreward_vlm.world.vlm_model import build_vlm
+    from selfreward_vlm.world.vlm_text import build_processor
 
     torch.manual_seed(0)
     clip = open_clip.CLIP(**CLIP_MODEL_CFG).eval()  # type: ignore[arg-type]
@@ -181,7 +181,7 @@ def test_clip_visual_converts_to_hf_vision_tower() -> None:
 def test_stage_hashes_chain() -> None:
     from dataclasses import replace
 
-    from world.build import WorldConfig, stage_hashes
+    from selfreward_vlm.world.build import WorldConfig, stage_hashes
 
     base = stage_hashes(WorldConfig.full(0))
     vlm_only = stage_hashes(replace(WorldConfig.full(0), vlm_steps=10))

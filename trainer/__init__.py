@@ -4,6 +4,6 @@
 peft) is imported at package import: `selfreward --help` stays fast.
 """
 
-from trainer.config import DPOTrainConfig
+from selfreward_vlm.trainer.config import DPOTrainConfig
 
 __all__ = ["DPOTrainConfig"]

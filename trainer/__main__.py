@@ -1,6 +1,6 @@
 """`python -m trainer train|iterate ...` (the same commands as `selfreward train|iterate`)."""
 
-from trainer.cli import build_app
+from selfreward_vlm.trainer.cli import build_app
 
 if __name__ == "__main__":
     build_app()()

@@ -48,14 +48,14 @@ def train_command(
     """Train a LoRA DPO adapter on preference pairs (resumes from out/checkpoints)."""
     flags = dict(locals())  # first statement: exactly the flags
     flags.pop("config")
-    from trainer.config import ConfigError, build_config
+    from selfreward_vlm.trainer.config import ConfigError, build_config
 
     flags["loss_type"] = _loss_types(loss_type)
     try:
         cfg = build_config(config, **flags)
     except ConfigError as exc:
         raise typer.BadParameter(str(exc)) from exc
-    from trainer.dpo import train
+    from selfreward_vlm.trainer.dpo import train
 
     result = train(cfg)
     summary = {k: v for k, v in result.to_dict().items() if k != "config"}
@@ -104,7 +104,7 @@ def iterate_command(
     ] = None,
 ) -> None:
     """Iterative DPO: pairs with adapter t-1, train adapter t, upload it, repeat (resumable)."""
-    from trainer.iterate import iterate
+    from selfreward_vlm.trainer.iterate import iterate
 
     overrides = {
         "config": str(train_config) if train_config else None, "lr": lr, "beta": beta,

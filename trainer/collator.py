@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from trainer.data import message_text
+from selfreward_vlm.trainer.data import message_text
 
 IMAGE_KEYS_SKIP = ("input_ids", "attention_mask", "token_type_ids")
 

@@ -20,8 +20,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from core.schemas import PreferencePair
-from trainer.config import is_http, split_dataset_url
+from selfreward_vlm.core.schemas import PreferencePair
+from selfreward_vlm.trainer.config import is_http, split_dataset_url
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -73,7 +73,7 @@ def iter_pairs(source: str, page_size: int = 256, client: Any = None) -> Iterato
         return
     base_url, dataset = split_dataset_url(source)
     if client is None:
-        from client import ScoringClient
+        from selfreward_vlm.client import ScoringClient
 
         client = ScoringClient(base_url)
     for pair in client.iter_pairs(dataset, page_size=page_size):

@@ -16,8 +16,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trainer.collator import ServiceAlignedCollator, tokenizer_of
-from trainer.config import DPOTrainConfig, is_http, split_dataset_url
+from selfreward_vlm.trainer.collator import ServiceAlignedCollator, tokenizer_of
+from selfreward_vlm.trainer.config import DPOTrainConfig, is_http, split_dataset_url
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ def dpo_args(config: DPOTrainConfig) -> Any:
     """TRL `DPOConfig` for this run (settings that are known to work on CPU and GPU)."""
     from trl import DPOConfig
 
-    from trainer.model import resolve_bf16
+    from selfreward_vlm.trainer.model import resolve_bf16
 
     # transformers 5 renamed gradient_checkpointing; the new name too avoids its warning
     renamed: dict[str, Any] = {
@@ -92,7 +92,7 @@ def fields_of(cls: type) -> set[str]:
 def make_client(url: str) -> Any:
     import os
 
-    from client import ScoringClient
+    from selfreward_vlm.client import ScoringClient
 
     return ScoringClient(url, api_key=os.environ.get("SELFREWARD_API_KEY"))
 
@@ -101,7 +101,13 @@ def load_rows(
     config: DPOTrainConfig, processing_class: Any
 ) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """Pairs -> filtered -> TRL rows (+ the service's reference log-probs when asked)."""
-    from trainer.data import ImageStore, filter_pairs, iter_pairs, special_token_texts, to_trl_row
+    from selfreward_vlm.trainer.data import (
+        ImageStore,
+        filter_pairs,
+        iter_pairs,
+        special_token_texts,
+        to_trl_row,
+    )
 
     eos_text = tokenizer_of(processing_class).eos_token
     # pairs and their images come from the service in the pairs URL
@@ -124,7 +130,7 @@ def with_service_reference(
     config: DPOTrainConfig, processing_class: Any, pairs: list[Any], rows: list[dict[str, Any]]
 ) -> list[dict[str, Any]]:
     """Rows + the reference's per-token log-probs from the service's /v1/logprobs."""
-    from trainer.reference import service_reference_logps
+    from selfreward_vlm.trainer.reference import service_reference_logps
 
     assert config.service_url and config.reference_name  # DPOTrainConfig checks both
     collator = ServiceAlignedCollator(processing_class, config.max_length)
@@ -135,10 +141,10 @@ def with_service_reference(
 
 def build_trainer(config: DPOTrainConfig) -> tuple[Any, dict[str, int], str]:
     """(AlignedDPOTrainer ready to train, pairs report, reference description)."""
-    from trainer.aligned_trainer import AlignedDPOTrainer
-    from trainer.callbacks import JsonlLogCallback, StepLineProgressCallback
-    from trainer.data import build_dataset
-    from trainer.model import build_policy, load_base, setup_reference
+    from selfreward_vlm.trainer.aligned_trainer import AlignedDPOTrainer
+    from selfreward_vlm.trainer.callbacks import JsonlLogCallback, StepLineProgressCallback
+    from selfreward_vlm.trainer.data import build_dataset
+    from selfreward_vlm.trainer.model import build_policy, load_base, setup_reference
 
     model, processing_class, is_vlm = load_base(config)
     rows, report = load_rows(config, processing_class)
@@ -171,8 +177,8 @@ def last_checkpoint(config: DPOTrainConfig) -> str | None:
 
 def train(config: DPOTrainConfig) -> TrainResult:
     """Train (or resume) a LoRA DPO adapter; write adapter/, log.jsonl, train_summary.json."""
-    from trainer.callbacks import read_log, summarize_log
-    from trainer.model import save_adapter
+    from selfreward_vlm.trainer.callbacks import read_log, summarize_log
+    from selfreward_vlm.trainer.model import save_adapter
 
     started = time.perf_counter()
     out = Path(config.out)

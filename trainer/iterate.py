@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from trainer.report import IterationRecord, build_record, render_table
+from selfreward_vlm.trainer.report import IterationRecord, build_record, render_table
 
 
 class IterationState:
@@ -70,8 +70,8 @@ def _generate_pairs(
     `method_options` are fields of the method's config dataclass (num_candidates, ...); an
     unknown one is a ValueError from the client, not a silent default.
     """
-    from client.methods import build_config as method_config
-    from client.pairs import run_pairs
+    from selfreward_vlm.client.methods import build_config as method_config
+    from selfreward_vlm.client.pairs import run_pairs
 
     out.parent.mkdir(parents=True, exist_ok=True)
     summary = run_pairs(
@@ -94,8 +94,8 @@ def _train(
     previous_name: str, overrides: dict[str, Any],
 ) -> dict[str, Any]:  # fmt: skip
     """Stage 2: LoRA DPO on the published dataset, reference = adapter t−1 (or base)."""
-    from trainer.config import build_config
-    from trainer.dpo import train
+    from selfreward_vlm.trainer.config import build_config
+    from selfreward_vlm.trainer.dpo import train
 
     values: dict[str, Any] = {
         "model": model,
@@ -193,7 +193,7 @@ def iterate(
     """
     from rich.console import Console
 
-    from client import ScoringClient
+    from selfreward_vlm.client import ScoringClient
 
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)

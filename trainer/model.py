@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from trainer.config import LM_LORA_TARGETS, VLM_LORA_TARGETS, DPOTrainConfig
+from selfreward_vlm.trainer.config import LM_LORA_TARGETS, VLM_LORA_TARGETS, DPOTrainConfig
 
 REF_ADAPTER = "ref"  # the name TRL 1.16 DPOTrainer looks for
 

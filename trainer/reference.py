@@ -16,8 +16,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from core.schemas import PreferencePair
-from trainer.collator import ServiceAlignedCollator
+from selfreward_vlm.core.schemas import PreferencePair
+from selfreward_vlm.trainer.collator import ServiceAlignedCollator
 
 
 class TokenizationMismatchError(RuntimeError):

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from core.schemas import PreferencePair
-from trainer.data import read_pairs_jsonl
+from selfreward_vlm.core.schemas import PreferencePair
+from selfreward_vlm.trainer.data import read_pairs_jsonl
 
 
 @dataclass

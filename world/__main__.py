@@ -20,8 +20,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     build.add_argument("--no-eval", action="store_true", help="skip the CHAIR evaluation")
     args = parser.parse_args(argv)
 
-    from world.build import MANIFEST_FILE, build_world
-    from world.evaluate import evaluate
+    from selfreward_vlm.world.build import MANIFEST_FILE, build_world
+    from selfreward_vlm.world.evaluate import evaluate
 
     start = time.perf_counter()
     world = build_world(args.out, seed=args.seed, quick=args.quick)

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from world.spec import COMPANIONS, DEFAULT_PROMPT, PROMPTS, parse_object
+from selfreward_vlm.world.spec import COMPANIONS, DEFAULT_PROMPT, PROMPTS, parse_object
 
 MANIFEST_FILE = "manifest.json"
 STAGE_VERSIONS = {"images": 1, "clip": 2, "vlm": 1}  # bump when a stage's code changes output
@@ -141,7 +141,7 @@ def _commit_dir(tmp: Path, final: Path) -> None:
 
 
 def _build_images(root: Path, cfg: WorldConfig) -> dict[str, Any]:
-    from world.scenes import generate_scenes, write_images
+    from selfreward_vlm.world.scenes import generate_scenes, write_images
 
     tmp = _fresh_dir(root / ".images.tmp")
     splits = {
@@ -163,7 +163,7 @@ def _build_images(root: Path, cfg: WorldConfig) -> dict[str, Any]:
 
 
 def _train_data(root: Path) -> tuple[Any, list[list[Any]]]:
-    from world.scenes import load_images
+    from selfreward_vlm.world.scenes import load_images
 
     truth = json.loads((root / "train_truth.json").read_text())
     names = json.loads((root / "splits.json").read_text())["train"]
@@ -174,8 +174,8 @@ def _train_data(root: Path) -> tuple[Any, list[list[Any]]]:
 def _build_clip(root: Path, cfg: WorldConfig) -> dict[str, Any]:
     import numpy as np
 
-    from world.clip_model import clip_cosines, clip_report, save_clip, train_clip
-    from world.scenes import generate_scenes, render
+    from selfreward_vlm.world.clip_model import clip_cosines, clip_report, save_clip, train_clip
+    from selfreward_vlm.world.scenes import generate_scenes, render
 
     images, objects = _train_data(root)
     model = train_clip(
@@ -195,9 +195,9 @@ def _build_clip(root: Path, cfg: WorldConfig) -> dict[str, Any]:
 
 
 def _build_vlm(root: Path, cfg: WorldConfig) -> dict[str, Any]:
-    from world.clip_model import load_clip
-    from world.vlm_model import build_vlm, save_vlm, train_vlm
-    from world.vlm_text import build_processor
+    from selfreward_vlm.world.clip_model import load_clip
+    from selfreward_vlm.world.vlm_model import build_vlm, save_vlm, train_vlm
+    from selfreward_vlm.world.vlm_text import build_processor
 
     images, objects = _train_data(root)
     processor = build_processor()

@@ -18,7 +18,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 
-from world.spec import COLOURS, COMPANIONS, SHAPES, WorldObject, parse_object
+from selfreward_vlm.world.spec import COLOURS, COMPANIONS, SHAPES, WorldObject, parse_object
 
 _COLOUR_ALT = "|".join(COLOURS)
 _SHAPE_ALT = "|".join(SHAPES)

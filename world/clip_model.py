@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from world.spec import ALL_OBJECTS, COLOURS, WorldObject
+from selfreward_vlm.world.spec import ALL_OBJECTS, COLOURS, WorldObject
 
 CONTEXT_LENGTH = 16
 CLIP_MODEL_CFG: dict[str, object] = {

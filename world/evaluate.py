@@ -15,8 +15,8 @@ import torch
 from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from world.chair import ChairMetrics, chair
-from world.spec import DEFAULT_PROMPT
+from selfreward_vlm.world.chair import ChairMetrics, chair
+from selfreward_vlm.world.spec import DEFAULT_PROMPT
 
 EVAL_TRUTH_FILE = "eval_truth.json"
 SPLITS_FILE = "splits.json"

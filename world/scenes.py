@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from world.spec import ALL_OBJECTS, COLOUR_RGB, COMPANIONS, WorldObject
+from selfreward_vlm.world.spec import ALL_OBJECTS, COLOUR_RGB, COMPANIONS, WorldObject
 
 IMAGE_SIZE = 64
 SPLIT_CODES: dict[str, int] = {"train": 1, "prompt": 2, "eval": 3}

@@ -23,10 +23,10 @@ from transformers import (
     LlavaProcessor,
 )
 
-from world.clip_model import CLIP_MODEL_CFG, to_pixels, warmup_cosine
-from world.scenes import IMAGE_SIZE, biased_caption
-from world.spec import PROMPTS, WorldObject
-from world.vlm_text import NUM_IMAGE_TOKENS, PATCH_SIZE, user_messages
+from selfreward_vlm.world.clip_model import CLIP_MODEL_CFG, to_pixels, warmup_cosine
+from selfreward_vlm.world.scenes import IMAGE_SIZE, biased_caption
+from selfreward_vlm.world.spec import PROMPTS, WorldObject
+from selfreward_vlm.world.vlm_text import NUM_IMAGE_TOKENS, PATCH_SIZE, user_messages
 
 IGNORE_INDEX = -100
 

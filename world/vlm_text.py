@@ -14,9 +14,9 @@ from typing import Any
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import CLIPImageProcessor, LlavaProcessor, PreTrainedTokenizerFast
 
-from world.clip_model import CLIP_MEAN, CLIP_STD
-from world.scenes import IMAGE_SIZE
-from world.spec import world_words
+from selfreward_vlm.world.clip_model import CLIP_MEAN, CLIP_STD
+from selfreward_vlm.world.scenes import IMAGE_SIZE
+from selfreward_vlm.world.spec import world_words
 
 PAD, UNK, BOS, EOS, IMAGE = "<pad>", "<unk>", "<s>", "</s>", "<image>"
 SPECIAL_TOKENS: tuple[str, ...] = (PAD, UNK, BOS, EOS, IMAGE)

@@ -11,11 +11,17 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from client.methods.base import AsyncScorer, MethodResult, PromptItem, RunContext, pair_id
-from client.methods.csr import CSRConfig, csr
-from client.methods.csr_official import CSROfficialConfig, csr_official
-from client.methods.sbspo import SBSPOConfig, sbspo
-from client.methods.self_judge import JUDGE_PROMPT, SelfJudgeConfig, self_judge
+from selfreward_vlm.client.methods.base import (
+    AsyncScorer,
+    MethodResult,
+    PromptItem,
+    RunContext,
+    pair_id,
+)
+from selfreward_vlm.client.methods.csr import CSRConfig, csr
+from selfreward_vlm.client.methods.csr_official import CSROfficialConfig, csr_official
+from selfreward_vlm.client.methods.sbspo import SBSPOConfig, sbspo
+from selfreward_vlm.client.methods.self_judge import JUDGE_PROMPT, SelfJudgeConfig, self_judge
 
 MethodFn = Callable[[AsyncScorer, PromptItem, RunContext, Any], Awaitable[MethodResult]]
 

@@ -10,8 +10,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, get_args
 
-from client._base import ImageLike
-from core.schemas import (
+from selfreward_vlm.client._base import ImageLike
+from selfreward_vlm.core.schemas import (
     ClipResponse,
     GenerateResponse,
     ImplicitRewardResponse,

@@ -30,7 +30,7 @@ import asyncio
 from dataclasses import dataclass, replace
 from typing import Protocol
 
-from client.methods.base import (
+from selfreward_vlm.client.methods.base import (
     AsyncScorer,
     MethodResult,
     PromptItem,
@@ -42,7 +42,7 @@ from client.methods.base import (
     mean,
     tally,
 )
-from core.rewards import (
+from selfreward_vlm.core.rewards import (
     PathScore,
     StopRelevance,
     calibrated_reward,
@@ -50,8 +50,8 @@ from core.rewards import (
     path_reward,
     stop_relevance,
 )
-from core.schemas import Candidate, LanguageScore, ResponseScore, SentenceScore
-from core.selection import keep_extremes, normalize_sentence, pick_chosen_rejected
+from selfreward_vlm.core.schemas import Candidate, LanguageScore, ResponseScore, SentenceScore
+from selfreward_vlm.core.selection import keep_extremes, normalize_sentence, pick_chosen_rejected
 
 METHOD = "csr"
 

@@ -40,7 +40,7 @@ import asyncio
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from client.methods.base import (
+from selfreward_vlm.client.methods.base import (
     AsyncScorer,
     MethodResult,
     PromptItem,
@@ -51,10 +51,10 @@ from client.methods.base import (
     make_pair,
     mean,
 )
-from client.methods.csr import propose
-from core.rewards import language_score
-from core.schemas import Candidate, ResponseScore, SentenceScore
-from core.selection import (
+from selfreward_vlm.client.methods.csr import propose
+from selfreward_vlm.core.rewards import language_score
+from selfreward_vlm.core.schemas import Candidate, ResponseScore, SentenceScore
+from selfreward_vlm.core.selection import (
     fused_rank,
     is_degenerate,
     keep_extremes,

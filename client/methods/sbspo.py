@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from client.methods.base import (
+from selfreward_vlm.client.methods.base import (
     AsyncScorer,
     MethodResult,
     PromptItem,
@@ -31,8 +31,14 @@ from client.methods.base import (
     make_pair,
     tally,
 )
-from core.schemas import ImplicitReward, ResponseScore
-from core.selection import first_occurrences, rank_desc, reward_union, union_pairs, union_size
+from selfreward_vlm.core.schemas import ImplicitReward, ResponseScore
+from selfreward_vlm.core.selection import (
+    first_occurrences,
+    rank_desc,
+    reward_union,
+    union_pairs,
+    union_size,
+)
 
 METHOD = "sbspo"
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from client.methods.base import (
+from selfreward_vlm.client.methods.base import (
     AsyncScorer,
     MethodResult,
     PromptItem,
@@ -26,9 +26,9 @@ from client.methods.base import (
     config_params,
     make_pair,
 )
-from client.methods.sbspo import sample_responses
-from core.schemas import ResponseScore
-from core.selection import judge_pick, parse_judge_output
+from selfreward_vlm.client.methods.sbspo import sample_responses
+from selfreward_vlm.core.schemas import ResponseScore
+from selfreward_vlm.core.selection import judge_pick, parse_judge_output
 
 METHOD = "self-judge"
 

@@ -9,6 +9,6 @@ Public surface used by the HTTP layer:
 - `Models.info() -> core.schemas.ModelInfo`, `Models.warmup()`
 """
 
-from service.engine.loader import Models, load_models
+from selfreward_vlm.service.engine.loader import Models, load_models
 
 __all__ = ["Models", "load_models"]

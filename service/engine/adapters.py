@@ -13,11 +13,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from core.schemas import AdapterInfo
-from service.errors import InvalidRequestError, NotFoundError
+from selfreward_vlm.core.schemas import AdapterInfo
+from selfreward_vlm.service.errors import InvalidRequestError, NotFoundError
 
 if TYPE_CHECKING:
-    from service.engine.lm import LanguageEngine
+    from selfreward_vlm.service.engine.lm import LanguageEngine
 
 BASE = "base"
 

@@ -15,14 +15,14 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from core.schemas import Usage
-from service.engine.decoding import GenerateItem, generate
-from service.engine.lm import ScoreItem
-from service.errors import NotReadyError, QueueFullError, ServiceError
+from selfreward_vlm.core.schemas import Usage
+from selfreward_vlm.service.engine.decoding import GenerateItem, generate
+from selfreward_vlm.service.engine.lm import ScoreItem
+from selfreward_vlm.service.errors import NotReadyError, QueueFullError, ServiceError
 
 if TYPE_CHECKING:
-    from service.engine.loader import Models
-    from service.settings import ServiceSettings
+    from selfreward_vlm.service.engine.loader import Models
+    from selfreward_vlm.service.settings import ServiceSettings
 
 log = logging.getLogger("selfreward.batcher")
 

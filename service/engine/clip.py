@@ -10,8 +10,8 @@ from typing import Any
 
 import torch
 
-from core.schemas import Usage
-from service.engine.cache import LRUCache
+from selfreward_vlm.core.schemas import Usage
+from selfreward_vlm.service.engine.cache import LRUCache
 
 
 @dataclass

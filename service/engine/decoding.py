@@ -15,10 +15,10 @@ from typing import Any
 
 import torch
 
-from core.schemas import Usage
-from service.engine.cache import PrefixState
-from service.engine.lm import LanguageEngine
-from service.errors import InvalidRequestError
+from selfreward_vlm.core.schemas import Usage
+from selfreward_vlm.service.engine.cache import PrefixState
+from selfreward_vlm.service.engine.lm import LanguageEngine
+from selfreward_vlm.service.errors import InvalidRequestError
 
 NEG_INF = float("-inf")
 

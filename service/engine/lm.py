@@ -18,11 +18,11 @@ import torch.nn.functional as F
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
-from core.schemas import Usage
-from service.engine.adapters import AdapterRegistry
-from service.engine.cache import LRUCache, PrefixCache, PrefixState
-from service.errors import InvalidRequestError
-from service.settings import ServiceSettings
+from selfreward_vlm.core.schemas import Usage
+from selfreward_vlm.service.engine.adapters import AdapterRegistry
+from selfreward_vlm.service.engine.cache import LRUCache, PrefixCache, PrefixState
+from selfreward_vlm.service.errors import InvalidRequestError
+from selfreward_vlm.service.settings import ServiceSettings
 
 
 @dataclass

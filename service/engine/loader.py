@@ -7,10 +7,10 @@ from dataclasses import dataclass
 
 import torch
 
-from core.schemas import ModelInfo, Usage
-from service.engine.clip import ClipScorer
-from service.engine.lm import LanguageEngine, ScoreItem
-from service.settings import ServiceSettings
+from selfreward_vlm.core.schemas import ModelInfo, Usage
+from selfreward_vlm.service.engine.clip import ClipScorer
+from selfreward_vlm.service.engine.lm import LanguageEngine, ScoreItem
+from selfreward_vlm.service.settings import ServiceSettings
 
 log = logging.getLogger("selfreward.engine")
 

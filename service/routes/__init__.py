@@ -13,7 +13,7 @@ _ERROR_REF = {"$ref": "#/components/schemas/ErrorResponse"}
 def include_routers(app: FastAPI, v1_dependencies: Sequence[Any] = ()) -> None:
     """Mount every router. `v1_dependencies` are added to the `/v1/*` routers (the bearer
     security scheme, so OpenAPI documents it)."""
-    from service.routes import adapters, datasets, generate, health, images, scoring
+    from selfreward_vlm.service.routes import adapters, datasets, generate, health, images, scoring
 
     app.include_router(health.router)
     for module in (images, datasets, adapters, scoring, generate):

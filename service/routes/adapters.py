@@ -27,16 +27,16 @@ import anyio
 from fastapi import APIRouter, Depends, File, Form, Request, Response, UploadFile
 from fastapi import Path as PathParam
 
-from core.schemas import AdapterInfo, AdapterList, ErrorResponse
-from service.errors import (
+from selfreward_vlm.core.schemas import AdapterInfo, AdapterList, ErrorResponse
+from selfreward_vlm.service.errors import (
     ConflictError,
     InvalidRequestError,
     NotFoundError,
     PayloadTooLargeError,
     ServiceError,
 )
-from service.settings import ServiceSettings
-from service.state import AppState, get_ready_state
+from selfreward_vlm.service.settings import ServiceSettings
+from selfreward_vlm.service.state import AppState, get_ready_state
 
 logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["adapters"])

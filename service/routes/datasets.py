@@ -11,7 +11,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Query
 from fastapi import Path as PathParam
 
-from core.schemas import (
+from selfreward_vlm.core.schemas import (
     DatasetInfo,
     DatasetList,
     ErrorResponse,
@@ -19,9 +19,9 @@ from core.schemas import (
     PairsUpsertRequest,
     PairsUpsertResponse,
 )
-from service.errors import InvalidRequestError, PayloadTooLargeError
-from service.state import AppState, get_state
-from service.store import DATASET_NAME_RE
+from selfreward_vlm.service.errors import InvalidRequestError, PayloadTooLargeError
+from selfreward_vlm.service.state import AppState, get_state
+from selfreward_vlm.service.store import DATASET_NAME_RE
 
 router = APIRouter(prefix="/v1", tags=["datasets"])
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Response
 
-from core.schemas import Candidate, GenerateRequest, GenerateResponse
-from service.engine.decoding import Generated, GenerateItem
-from service.errors import InvalidRequestError
-from service.routes.scoring import record, resolve_image, set_timing
-from service.state import AppState, get_ready_state
+from selfreward_vlm.core.schemas import Candidate, GenerateRequest, GenerateResponse
+from selfreward_vlm.service.engine.decoding import Generated, GenerateItem
+from selfreward_vlm.service.errors import InvalidRequestError
+from selfreward_vlm.service.routes.scoring import record, resolve_image, set_timing
+from selfreward_vlm.service.state import AppState, get_ready_state
 
 router = APIRouter(prefix="/v1", tags=["generation"])
 

@@ -7,9 +7,9 @@ import platform
 
 from fastapi import APIRouter, Depends, Response
 
-from core.schemas import ErrorResponse, InfoResponse
-from service.metrics import PROMETHEUS_CONTENT_TYPE
-from service.state import AppState, get_ready_state, get_state
+from selfreward_vlm.core.schemas import ErrorResponse, InfoResponse
+from selfreward_vlm.service.metrics import PROMETHEUS_CONTENT_TYPE
+from selfreward_vlm.service.state import AppState, get_ready_state, get_state
 
 router = APIRouter(tags=["health"])
 

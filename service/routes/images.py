@@ -13,10 +13,10 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 
-from core.schemas import ErrorResponse, ImageUploadResponse
-from service.errors import InvalidRequestError, ServiceError
-from service.images import IMAGE_ID_RE, media_type
-from service.state import AppState, get_state
+from selfreward_vlm.core.schemas import ErrorResponse, ImageUploadResponse
+from selfreward_vlm.service.errors import InvalidRequestError, ServiceError
+from selfreward_vlm.service.images import IMAGE_ID_RE, media_type
+from selfreward_vlm.service.state import AppState, get_state
 
 router = APIRouter(prefix="/v1", tags=["images"])
 

@@ -12,8 +12,13 @@ from typing import Any
 import anyio
 from fastapi import APIRouter, Depends, Response
 
-from core.rewards import calibrated_reward, clip_relevance, implicit_reward, language_score
-from core.schemas import (
+from selfreward_vlm.core.rewards import (
+    calibrated_reward,
+    clip_relevance,
+    implicit_reward,
+    language_score,
+)
+from selfreward_vlm.core.schemas import (
     ClipRequest,
     ClipResponse,
     ClipScore,
@@ -29,10 +34,10 @@ from core.schemas import (
     TokenLogprobs,
     Usage,
 )
-from service.engine.batcher import ClipItem, Work
-from service.engine.lm import ScoredTokens, ScoreItem
-from service.errors import InvalidRequestError, ModelUnavailableError
-from service.state import AppState, get_ready_state
+from selfreward_vlm.service.engine.batcher import ClipItem, Work
+from selfreward_vlm.service.engine.lm import ScoredTokens, ScoreItem
+from selfreward_vlm.service.errors import InvalidRequestError, ModelUnavailableError
+from selfreward_vlm.service.state import AppState, get_ready_state
 
 router = APIRouter(prefix="/v1", tags=["scoring"])
 
