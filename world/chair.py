@@ -1,6 +1,9 @@
 """CHAIR hallucination metrics for the miniature world (pure Python, no torch).
 
-Follows the CSR paper, appendix A.2 (after Rohrbach et al., 2018):
+The metric itself is the shared one of `core.chair` (also used for COCO); this module gives it
+the world's vocabulary — 16 two-word objects such as ``"red circle"``, each its own category,
+plurals (``"red crosses"``) included — and adds the world's own diagnostics. It follows the CSR
+paper, appendix A.2 (after Rohrbach et al., 2018):
 
 - ``CHAIR_I`` = hallucinated mentioned objects / all mentioned objects,
 - ``CHAIR_S`` = captions with at least one hallucinated object / all captions,
@@ -18,12 +21,20 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 
-from selfreward_vlm.world.spec import COLOURS, COMPANIONS, SHAPES, WorldObject, parse_object
+from selfreward_vlm.core import chair as metric
+from selfreward_vlm.world.spec import (
+    ALL_OBJECTS,
+    COLOURS,
+    COMPANIONS,
+    SHAPES,
+    WorldObject,
+    parse_object,
+)
 
 _COLOUR_ALT = "|".join(COLOURS)
 _SHAPE_ALT = "|".join(SHAPES)
-# An object phrase anywhere in free text; plurals ("crosses") still name the object.
-_MENTION_RE = re.compile(rf"\b({_COLOUR_ALT})\s+({_SHAPE_ALT})(?:e?s)?\b", re.IGNORECASE)
+# Each object is its own category, named by its phrase; "red crosses" still names "red cross".
+VOCABULARY = metric.Vocabulary.build([[o.name] for o in ALL_OBJECTS])
 _SENTENCE_RE = re.compile(rf"There is a ({_COLOUR_ALT}) ({_SHAPE_ALT})\.")
 _SPECIAL_RE = re.compile(r"<[^<>\s]*>")
 
@@ -42,6 +53,7 @@ class CaptionScore:
     malformed: bool
     repeats: bool
     companion_hallucinations: int
+    base: metric.CaptionChair  # the shared metric's view of the caption
 
 
 @dataclass(frozen=True)
@@ -80,9 +92,7 @@ def split_sentences(caption: str) -> list[str]:
 
 def mentioned_objects(caption: str) -> list[WorldObject]:
     """Every object phrase in the caption, in order, repeats included."""
-    return [
-        WorldObject(m.group(1).lower(), m.group(2).lower()) for m in _MENTION_RE.finditer(caption)
-    ]
+    return [parse_object(m.category) for m in VOCABULARY.mentions(caption)]
 
 
 def is_malformed(caption: str) -> bool:
@@ -101,8 +111,8 @@ def _as_objects(truth: Iterable[ObjectLike]) -> frozenset[WorldObject]:
 def score_caption(caption: str, truth: Iterable[ObjectLike]) -> CaptionScore:
     """Compare one caption with the objects really in its image."""
     truth_set = _as_objects(truth)
-    mentions = mentioned_objects(caption)
-    mentioned = frozenset(mentions)
+    base = metric.score_caption(VOCABULARY, caption, {o.name for o in truth_set})
+    mentioned = frozenset(parse_object(c) for c in base.mentioned)
     hallucinated = mentioned - truth_set
     # A hallucination is a companion one if a trigger in the image or the caption explains it.
     triggers = truth_set | mentioned
@@ -112,10 +122,11 @@ def score_caption(caption: str, truth: Iterable[ObjectLike]) -> CaptionScore:
         hallucinated=hallucinated,
         covered=mentioned & truth_set,
         n_truth=len(truth_set),
-        n_words=len(caption.split()),
+        n_words=base.n_words,
         malformed=is_malformed(caption),
-        repeats=len(mentions) > len(mentioned),
+        repeats=len(base.mentions) > len(mentioned),
         companion_hallucinations=len(hallucinated & expected_companions),
+        base=base,
     )
 
 
@@ -133,17 +144,19 @@ def chair(captions: Sequence[str], truths: Sequence[Iterable[ObjectLike]]) -> Ch
         raise ValueError(f"{len(captions)} captions but {len(truths)} ground truths")
     scores = [score_caption(c, t) for c, t in zip(captions, truths, strict=True)]
     n = len(scores)
-    n_mentioned = sum(len(s.mentioned) for s in scores)
-    n_hallucinated = sum(len(s.hallucinated) for s in scores)
+    # An object said twice in one caption counts once (the CSR appendix's reading).
+    shared = metric.aggregate([s.base for s in scores], count_repeats=False)
     return ChairMetrics(
         n_captions=n,
-        chair_s=_ratio(sum(1 for s in scores if s.hallucinated), n),
-        chair_i=_ratio(n_hallucinated, n_mentioned),
-        recall=_ratio(sum(len(s.covered) for s in scores), sum(s.n_truth for s in scores)),
-        mean_length=sum(s.n_words for s in scores) / n if n else 0.0,
+        chair_s=shared.chair_s,
+        chair_i=shared.chair_i,
+        recall=shared.recall,
+        mean_length=shared.mean_length,
         malformed_rate=_ratio(sum(1 for s in scores if s.malformed), n),
-        n_mentioned=n_mentioned,
-        n_hallucinated=n_hallucinated,
-        companion_share=_ratio(sum(s.companion_hallucinations for s in scores), n_hallucinated),
+        n_mentioned=shared.n_mentions,
+        n_hallucinated=shared.n_hallucinated,
+        companion_share=_ratio(
+            sum(s.companion_hallucinations for s in scores), shared.n_hallucinated
+        ),
         repeat_rate=_ratio(sum(1 for s in scores if s.repeats), n),
     )
