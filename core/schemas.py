@@ -28,15 +28,21 @@ class _Response(BaseModel):
 
 
 class ImageRef(_Request):
-    """An image: the sha256 id returned by `POST /v1/images`, or the bytes inline as base64."""
+    """An image: the sha256 id returned by `POST /v1/images`, the bytes inline as base64, or a
+    URL (a `data:image/...;base64,` URI always; `http(s)` only where the operator allows it)."""
 
     id: str | None = Field(None, description="sha256 hex id from POST /v1/images")
     base64: str | None = Field(None, description="image file bytes (PNG/JPEG/...), base64")
+    url: str | None = Field(
+        None,
+        description="data:image/...;base64,... URI, or an http(s) URL the service fetches "
+        "when started with --allow-image-urls (host allow-list, size cap, timeout)",
+    )
 
     @model_validator(mode="after")
     def _exactly_one(self) -> ImageRef:
-        if (self.id is None) == (self.base64 is None):
-            raise ValueError("give exactly one of 'id' or 'base64'")
+        if sum(v is not None for v in (self.id, self.base64, self.url)) != 1:
+            raise ValueError("give exactly one of 'id', 'base64' or 'url'")
         return self
 
 

@@ -22,6 +22,7 @@ from PIL import Image, UnidentifiedImageError
 
 from selfreward_vlm.core.schemas import ImageRef
 from selfreward_vlm.service.errors import InvalidRequestError, NotFoundError, PayloadTooLargeError
+from selfreward_vlm.service.image_urls import UrlPolicy, load_image_url
 from selfreward_vlm.service.store import ImageRow, PairStore
 
 IMAGE_ID_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -44,6 +45,8 @@ class ImageStore:
 
     Decoded images handed out are shared with the cache: treat them as read-only.
     """
+
+    url_policy = UrlPolicy()  # what ImageRef.url may fetch; open_state sets the operator's
 
     def __init__(
         self, store: PairStore, max_bytes: int, max_pixels: int, cache_size: int = 64
@@ -151,6 +154,10 @@ class ImageStore:
             return None, None
         if ref.id is not None:
             return ref.id, self.get(ref.id, field=f"{field}.id")
+        if ref.url is not None:  # data: URI, or http(s) within the operator's URL policy
+            data = load_image_url(ref.url, self.url_policy, field=f"{field}.url")
+            image_id, _, _ = self.put(data, field=f"{field}.url")
+            return image_id, self.get(image_id, field=f"{field}.url")
         b64_field = f"{field}.base64"
         text = "".join((ref.base64 or "").split())
         if text.startswith("data:") and "," in text:  # a data URL: keep only the payload

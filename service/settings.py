@@ -76,6 +76,34 @@ class ServiceSettings(BaseSettings):
         64, ge=0, description="decoded images (PIL, RGB) the image store keeps in memory"
     )
 
+    # images by URL (ImageRef.url); data: URIs are always accepted
+    allow_image_urls: bool = Field(
+        False, description="fetch http(s) image URLs (off: only data: URIs and uploads)"
+    )
+    image_url_allow_hosts: list[str] = Field(
+        default_factory=list,
+        description="hosts (or host:port) image URLs may name; empty = any public host. A host "
+        "resolving to a loopback, link-local or private address must be listed",
+    )
+    image_url_max_bytes: int = Field(8 * 2**20, ge=1, description="largest fetched image")
+    image_url_timeout_s: float = Field(5.0, gt=0, description="whole fetch time limit")
+
+    # OpenRLHF remote reward model (POST /get_reward)
+    openrlhf_reward: Literal["calibrated", "clip", "implicit"] = Field(
+        "calibrated",
+        description="reward /get_reward returns: calibrated R per sentence, CLIP R_I per "
+        "sentence, or the implicit reward of --openrlhf-policy vs --openrlhf-reference",
+    )
+    openrlhf_aggregation: Literal["mean", "sum"] = Field(
+        "mean", description="sentences' rewards -> one reward (implicit: token average or sum)"
+    )
+    openrlhf_policy: str = Field("base", description="implicit mode: policy adapter")
+    openrlhf_reference: str = Field("base", description="implicit mode: reference adapter")
+    openrlhf_beta: float = Field(0.1, gt=0, description="implicit mode: beta")
+    openrlhf_queue_wait_s: float = Field(
+        4.0, ge=0, description="how long /get_reward waits for a full queue before 503"
+    )
+
     naive_mode: bool = Field(
         False,
         description="benchmark baseline: no caches, no batching, every candidate forwarded "

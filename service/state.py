@@ -47,6 +47,7 @@ class AppState:
 
 def open_state(settings: ServiceSettings, metrics: Metrics | None = None) -> AppState:
     """Open the stores under `settings.data_dir` (created if missing); no models yet."""
+    from selfreward_vlm.service.image_urls import UrlPolicy
     from selfreward_vlm.service.images import ImageStore
     from selfreward_vlm.service.store import PairStore
 
@@ -58,6 +59,7 @@ def open_state(settings: ServiceSettings, metrics: Metrics | None = None) -> App
         max_pixels=settings.max_image_pixels,
         cache_size=settings.decoded_image_cache_size,
     )
+    images.url_policy = UrlPolicy.from_settings(settings)
     state = AppState(settings, images, store, metrics=metrics or Metrics())
     return state
 
