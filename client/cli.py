@@ -16,7 +16,7 @@ from rich.table import Table
 
 from selfreward_vlm.client.errors import APIConnectionError, APIStatusError
 from selfreward_vlm.client.journal import OutputMismatchError, PairsJournal
-from selfreward_vlm.client.methods import METHODS, build_config
+from selfreward_vlm.client.methods import METHODS, build_config, check_run
 from selfreward_vlm.client.pairs import PairsSummary, load_prompts, run_pairs
 
 Opt = typer.Option
@@ -79,6 +79,10 @@ def pairs_command(
         config = build_config(method, **options)
     except (ValueError, TypeError) as exc:
         raise typer.BadParameter(str(exc)) from exc
+    try:
+        check_run(method, model, reference)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--model/--reference") from exc
     urls = [u.strip() for u in service.split(",") if u.strip()]
     try:
         load_prompts(prompts, limit)

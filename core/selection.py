@@ -104,11 +104,22 @@ def mean_fused_rank(fused: Sequence[float], count_root: bool = True) -> float:
 # ---------------------------------------------------------------------- SBSPO
 
 
-def union_size(m: int, lam: float) -> int:
-    """⌈λ·m⌉, robust to float noise (0.3·10 must be 3, not 4)."""
+def requested_union_size(m: int, lam: float) -> int:
+    """⌈λ·m⌉ as the paper writes it, robust to float noise (0.3·10 must be 3, not 4)."""
     if not 0.0 <= lam < 0.5:
         raise ValueError(f"SBSPO lambda must lie in [0, 0.5), got {lam}")
     return math.ceil(round(lam * m, 9))
+
+
+def union_size(m: int, lam: float) -> int:
+    """k = ⌈λ·m⌉, clamped to ⌊m/2⌋.
+
+    λ < 0.5 does not keep ⌈λm⌉ ≤ m/2 for small m (m = 3, λ = 0.4 gives 2 > 1.5, and
+    de-duplication shrinks m): the top-k and bottom-k of ONE ranking would then overlap, and the
+    shared responses would silently leave both sets. Clamping keeps each ranking's top and
+    bottom disjoint; the pair records both m and k, and whether k was clamped.
+    """
+    return min(requested_union_size(m, lam), m // 2)
 
 
 @dataclass(frozen=True)
@@ -117,13 +128,20 @@ class UnionSelection:
 
     chosen: list[int]
     rejected: list[int]
-    dropped: list[int]  # in both unions, so in neither set
+    dropped: list[int]  # in both unions (top of one ranking, bottom of the other)
     k: int
+    m: int
+    k_requested: int  # ⌈λm⌉ before the clamp to ⌊m/2⌋
+
+    @property
+    def clamped(self) -> bool:
+        return self.k < self.k_requested
 
 
 def reward_union(sums: Sequence[float], avgs: Sequence[float], lam: float = 0.3) -> UnionSelection:
-    """SBSPO eq. 5: chosen = top ⌈λm⌉ by sum ∪ top ⌈λm⌉ by average; rejected = the bottom ones
-    likewise; a response in both unions is dropped from both."""
+    """SBSPO eq. 5: chosen = top k by sum ∪ top k by average; rejected = the bottom ones
+    likewise, k = `union_size(m, λ)`; a response in both unions (top of one ranking, bottom of
+    the other) is dropped from both."""
     if len(sums) != len(avgs):
         raise ValueError("sums and avgs must have the same length")
     m = len(sums)
@@ -132,7 +150,10 @@ def reward_union(sums: Sequence[float], avgs: Sequence[float], lam: float = 0.3)
     top = set(by_sum[:k]) | set(by_avg[:k])
     bottom = set(by_sum[m - k :]) | set(by_avg[m - k :]) if k else set()
     both = top & bottom
-    return UnionSelection(sorted(top - both), sorted(bottom - both), sorted(both), k)
+    return UnionSelection(
+        sorted(top - both), sorted(bottom - both), sorted(both), k, m,
+        requested_union_size(m, lam),
+    )  # fmt: skip
 
 
 def union_pairs(

@@ -47,16 +47,31 @@ def load(out: Path) -> list[PreferencePair]:
     return [PreferencePair.model_validate_json(x) for x in out.read_text().splitlines()]
 
 
+@pytest.fixture(scope="module")
+def sbspo_policy(live_server: str, tiny_models: dict[str, Path], tmp_path_factory: Any) -> str:
+    """A policy that differs from the base (a LoRA with random B), uploaded as `e2e-pol`:
+    SBSPO's implicit reward is 0 for policy = reference, so it needs one."""
+    from tests.test_trainer import random_adapter
+
+    folder = random_adapter(tiny_models, tmp_path_factory.mktemp("e2e-pol") / "adapter")
+    with ScoringClient(live_server) as client:
+        client.upload_adapter("e2e-pol", folder)
+    return "e2e-pol"
+
+
 @pytest.mark.parametrize("method", ["csr", "csr-official", "sbspo", "self-judge"])
 def test_pairs_with_each_method(
-    method: str, live_server: str, world: tuple[Path, Path], tmp_path: Path
-) -> None:
+    method: str, live_server: str, world: tuple[Path, Path], tmp_path: Path,
+    request: pytest.FixtureRequest,
+) -> None:  # fmt: skip
     prompts, images = world
     out = tmp_path / f"{method}.jsonl"
     dataset = f"e2e-{method}"
+    policy = request.getfixturevalue("sbspo_policy") if method == "sbspo" else "base"
     summary = run_pairs(
         live_server, method, prompts, images, out, config=build_config(method, **FAST[method]),
         publish=f"{live_server}/v1/datasets/{dataset}", progress=False, concurrency=2,
+        model=policy,
     )  # fmt: skip
     assert summary.prompts_failed == 0 and summary.prompts_done == 3
     pairs = load(out)
@@ -67,16 +82,41 @@ def test_pairs_with_each_method(
         image = images / f"{p.prompt_id[1:]}.png"
         assert p.images == [hashlib.sha256(image.read_bytes()).hexdigest()]
         c, r = p.chosen_score, p.rejected_score
-        if method == "sbspo":  # the union: better under the sum or under the average
-            assert c.extra["reward_sum"] >= r.extra["reward_sum"] or (
-                c.extra["reward_avg"] >= r.extra["reward_avg"]
-            )
-            assert p.reference == "base"
+        if method == "sbspo":
+            check_sbspo_pair(live_server, p)
         else:
             assert c.reward >= r.reward
     with ScoringClient(live_server) as client:
         stored = {p.id for p in client.iter_pairs(dataset, page_size=2)}
     assert stored == {p.id for p in pairs}
+
+
+def check_sbspo_pair(url: str, p: PreferencePair) -> None:
+    """A real SBSPO pair: non-zero implicit rewards equal to what /v1/implicit-reward says for
+    policy vs base, chosen in the top k and rejected in the bottom k of one ranking each, and
+    strictly better than the rejected under at least one of the two rewards."""
+    c, r = p.chosen_score.extra, p.rejected_score.extra
+    m, k = p.params["m"], p.params["k"]
+    assert p.model == "e2e-pol" and p.reference == "base" and 1 <= k <= m // 2
+    assert c["reward_sum"] != 0.0 and r["reward_sum"] != 0.0
+    assert c["rank_sum"] <= k or c["rank_avg"] <= k
+    assert r["rank_sum"] > m - k or r["rank_avg"] > m - k
+    assert c["reward_sum"] > r["reward_sum"] or c["reward_avg"] > r["reward_avg"]
+    with ScoringClient(url) as client:
+        got = client.implicit_reward(p.prompt, [p.chosen, p.rejected], policy="e2e-pol",
+                                     reference="base", beta=0.1, image=p.images[0])  # fmt: skip
+    for res, want in zip(got.results, (c, r), strict=True):
+        assert res.reward_sum == pytest.approx(want["reward_sum"], abs=1e-5)
+        assert res.reward_avg == pytest.approx(want["reward_avg"], abs=1e-6)
+
+
+def test_sbspo_refuses_policy_equal_to_reference(
+    live_server: str, world: tuple[Path, Path], tmp_path: Path
+) -> None:
+    prompts, images = world
+    with pytest.raises(ValueError, match="differs from its reference"):
+        run_pairs(live_server, "sbspo", prompts, images, tmp_path / "o.jsonl",
+                  config=build_config("sbspo", **FAST["sbspo"]), progress=False)  # fmt: skip
 
 
 def test_csr_scores_match_the_service(

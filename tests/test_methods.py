@@ -13,9 +13,11 @@ from selfreward_vlm.client.methods import (
     CSROfficialConfig,
     PromptItem,
     RunContext,
+    SamePolicyError,
     SBSPOConfig,
     SelfJudgeConfig,
     build_config,
+    check_run,
     csr,
     csr_official,
     pair_id,
@@ -223,11 +225,54 @@ def test_sbspo_dedupes_identical_samples() -> None:
     texts = [f"r{i}" for i in range(9)] + ["r0"]  # sample 9 repeats sample 0
     fake = FakeScorer(samples=texts, implicit={t: (float(-i), float(-i)) for i, t in
                                                enumerate(texts[:9])})  # fmt: skip
-    result = run(sbspo(fake, ITEM, None, SBSPOConfig()))
+    result = run(sbspo(fake, ITEM, RunContext(model="pol"), SBSPOConfig()))
     assert result.stats["distinct"] == 9
     # m = 9 -> k = ⌈2.7⌉ = 3; rankings agree: 3 × 3 pairs
     assert len(result.pairs) == 9
     assert result.pairs[0].params["m"] == 9
+
+
+def test_sbspo_refuses_policy_equal_to_reference() -> None:
+    """Policy = reference makes every implicit reward 0, and the union would pick chosen =
+    seeds 0-2, rejected = seeds 7-9 by index: refused before any request."""
+    fake = FakeScorer(samples=[f"r{i}" for i in range(10)])
+    with pytest.raises(SamePolicyError, match="differs from its reference"):
+        run(sbspo(fake, ITEM, RunContext(model="base", reference="base"), SBSPOConfig()))
+    assert fake.generate_calls == []
+    with pytest.raises(ValueError, match="M1'"):
+        check_run("sbspo", "it1", "it1")
+    check_run("sbspo", "it1", "base")
+    check_run("csr", "base", "base")  # CSR does not use the reference
+
+
+def test_pairs_cli_refuses_sbspo_default_policy(tmp_path: Any) -> None:
+    """`selfreward pairs --method sbspo` with the default --model/--reference (both base)
+    fails at once with a usage error naming the options."""
+    from typer.testing import CliRunner
+
+    from selfreward_vlm.client.cli import app
+
+    args = ["pairs", "--service", "http://127.0.0.1:9", "--method", "sbspo",
+            "--prompts", str(tmp_path / "p.jsonl"), "--images", str(tmp_path),
+            "--out", str(tmp_path / "o.jsonl")]  # fmt: skip
+    res = CliRunner().invoke(app, args, env={"COLUMNS": "400"})
+    text = " ".join(res.output.replace("│", " ").split())
+    assert res.exit_code == 2
+    assert "policy that differs from its reference" in text and "--model" in text
+
+
+def test_sbspo_small_m_is_clamped_and_recorded() -> None:
+    """m = 3 distinct samples, λ = 0.4: ⌈1.2⌉ = 2 > 3/2 is clamped to 1; the pair records
+    m, k, the unclamped k and how many responses the union dropped."""
+    texts = ["a", "b", "c", "a", "b", "c"]
+    fake = FakeScorer(samples=texts, implicit={"a": (3.0, 0.3), "b": (2.0, 0.2),
+                                               "c": (1.0, 0.1)})  # fmt: skip
+    cfg = SBSPOConfig(num_samples=6, lam=0.4)
+    (pair,) = run(sbspo(fake, ITEM, RunContext(model="pol"), cfg)).pairs
+    assert (pair.chosen, pair.rejected) == ("a", "c")
+    assert pair.params["m"] == 3 and pair.params["k"] == 1
+    assert pair.params["k_requested"] == 2 and pair.params["k_clamped"] is True
+    assert pair.params["dropped"] == 0 and pair.params["samples"] == 6
 
 
 # --------------------------------------------------------------------------- self-judge

@@ -174,10 +174,13 @@ def test_kill_9_then_resume_gives_each_prompt_once(
 ) -> None:
     prompts, images = write_prompts(tmp_path, 16)
     reference = tmp_path / "reference.jsonl"
-    summary = run_pairs(fake_service, method, prompts, images, reference, progress=False)
+    policy = "pol" if method == "sbspo" else "base"  # sbspo refuses policy == reference
+    summary = run_pairs(fake_service, method, prompts, images, reference, progress=False,
+                        model=policy)  # fmt: skip
     assert summary.prompts_done == 16 and summary.pairs_total > 0
     out = tmp_path / "pairs.jsonl"
-    cmd = cli(fake_service, prompts, images, out, "--method", method, "--concurrency", "3")
+    cmd = cli(fake_service, prompts, images, out, "--method", method, "--concurrency", "3",
+              "--model", policy)  # fmt: skip
     proc = subprocess.Popen(
         cmd, cwd=ROOT, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
@@ -252,7 +255,8 @@ def test_publish_to_another_store_uploads_images_there(tmp_path: Path, fake_serv
     prompts, images = write_prompts(tmp_path, 3)
     with serve() as other:
         summary = run_pairs(fake_service, "sbspo", prompts, images, tmp_path / "o.jsonl",
-                            publish=f"{other}/v1/datasets/x", progress=False)  # fmt: skip
+                            publish=f"{other}/v1/datasets/x", progress=False,
+                            model="pol")  # fmt: skip
     assert summary.pairs_total == len(FakeService.store) > 0
     assert len(FakeService.uploads) == 6  # each image on the search service and on the store
 
@@ -268,9 +272,10 @@ def test_cli_rejects_options_foreign_to_the_method(tmp_path: Path, fake_service:
 def test_resume_refuses_other_settings(tmp_path: Path, fake_service: str) -> None:
     prompts, images = write_prompts(tmp_path, 2)
     out = tmp_path / "pairs.jsonl"
-    run_pairs(fake_service, "sbspo", prompts, images, out, progress=False)
+    run_pairs(fake_service, "sbspo", prompts, images, out, progress=False, model="pol")
     with pytest.raises(OutputMismatchError, match="sbspo"):
-        run_pairs(fake_service, "sbspo", prompts, images, out, progress=False, iteration=1)
+        run_pairs(fake_service, "sbspo", prompts, images, out, progress=False, iteration=1,
+                  model="pol")  # fmt: skip
     cmd = cli(fake_service, prompts, images, out, "--method", "csr")
     res = subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=60)
     assert res.returncode == 2 and "another output file" in res.stderr

@@ -16,6 +16,7 @@ from selfreward_vlm.core.selection import (
     parse_judge_output,
     pick_chosen_rejected,
     rank_desc,
+    requested_union_size,
     reward_union,
     sibling_ranks,
     union_pairs,
@@ -78,6 +79,25 @@ def test_union_size_is_robust_to_float_noise() -> None:
     assert union_size(10, 0.0) == 0
     with pytest.raises(ValueError):
         union_size(10, 0.5)
+
+
+def test_union_size_is_clamped_to_half_of_m() -> None:
+    """⌈λm⌉ > m/2 (m = 3, λ = 0.4 → 2; m = 2 after de-duplication, λ = 0.3 → 1 is fine):
+    the top and bottom k of one ranking must not overlap."""
+    assert requested_union_size(3, 0.4) == 2
+    assert union_size(3, 0.4) == 1
+    assert union_size(2, 0.3) == 1
+    assert union_size(1, 0.3) == 0
+    assert union_size(5, 0.45) == 2  # ⌈2.25⌉ = 3 > 2.5
+
+
+def test_reward_union_small_m_loses_no_response_to_overlap() -> None:
+    """m = 3, λ = 0.4, both rankings agree: unclamped k = 2 puts the middle response in both
+    the top-2 and the bottom-2, so it would vanish; clamped k = 1 keeps best vs worst."""
+    sel = reward_union([3.0, 2.0, 1.0], [0.3, 0.2, 0.1], lam=0.4)
+    assert (sel.chosen, sel.rejected, sel.dropped) == ([0], [2], [])
+    assert (sel.m, sel.k, sel.k_requested, sel.clamped) == (3, 1, 2, True)
+    assert not reward_union(SUMS, SUMS, lam=0.3).clamped
 
 
 SUMS = [5.0, 4.0, 3.0, 2.0, 1.0, 0.0, -1.0, -2.0, -3.0, -4.0]

@@ -20,7 +20,12 @@ from selfreward_vlm.client.methods.base import (
 )
 from selfreward_vlm.client.methods.csr import CSRConfig, csr
 from selfreward_vlm.client.methods.csr_official import CSROfficialConfig, csr_official
-from selfreward_vlm.client.methods.sbspo import SBSPOConfig, sbspo
+from selfreward_vlm.client.methods.sbspo import (
+    SamePolicyError,
+    SBSPOConfig,
+    check_policy,
+    sbspo,
+)
 from selfreward_vlm.client.methods.self_judge import JUDGE_PROMPT, SelfJudgeConfig, self_judge
 
 MethodFn = Callable[[AsyncScorer, PromptItem, RunContext, Any], Awaitable[MethodResult]]
@@ -52,6 +57,13 @@ def get_method(name: str) -> MethodSpec:
         raise ValueError(f"unknown method {name!r}; choose from {sorted(METHODS)}") from None
 
 
+def check_run(method: str, model: str, reference: str) -> None:
+    """Refuse a run that cannot produce meaningful pairs before it starts (a ValueError):
+    SBSPO with policy == reference scores every response 0."""
+    if get_method(method).name == "sbspo":
+        check_policy(model, reference)
+
+
 def build_config(method: str, **overrides: Any) -> Any:
     """The method's config with `overrides` applied; None means 'keep the default'. An option
     the method does not have is a ValueError naming it (a typo must not be a silent default)."""
@@ -75,8 +87,10 @@ __all__ = [
     "PromptItem",
     "RunContext",
     "SBSPOConfig",
+    "SamePolicyError",
     "SelfJudgeConfig",
     "build_config",
+    "check_run",
     "csr",
     "csr_official",
     "get_method",

@@ -12,6 +12,12 @@ Decisions:
   it), and m becomes the number of distinct texts, so k = ⌈λ·m_distinct⌉. A small or sharpened
   model often repeats itself at T = 0.7; ranking copies would fill the top-k with one text, and
   a copy could land in both sets. Empty responses are dropped too.
+- k = ⌈λm⌉ is clamped to ⌊m/2⌋ (`core.selection.union_size`): for small m (or m shrunk by
+  de-duplication) ⌈λm⌉ can exceed m/2, and the top and bottom of one ranking would overlap.
+  Each pair's `params` records m, k, the unclamped k and the responses dropped by the union.
+- Policy = reference is refused (`SamePolicyError`): every implicit reward is then exactly 0,
+  and the union would pick pairs by sample index. SBSPO starts from an already aligned policy
+  (the paper's M1′, e.g. a CSR or DPO adapter) scored against its reference.
 - Each pair's `reward` is the sum reward; `extra` holds the average reward, both ranks (1 =
   best), the log-probs and the seed. A chosen response beats every rejected one under at least
   one of the two rewards (not necessarily both: that is the point of the union).
@@ -41,6 +47,22 @@ from selfreward_vlm.core.selection import (
 )
 
 METHOD = "sbspo"
+
+
+class SamePolicyError(ValueError):
+    """SBSPO was asked to score a policy against itself (every implicit reward would be 0)."""
+
+
+def check_policy(policy: str, reference: str) -> None:
+    """Refuse policy == reference: β·log(π/π_ref) is then 0 for every response, and the reward
+    union would pick chosen and rejected by sample index."""
+    if policy == reference:
+        raise SamePolicyError(
+            f"sbspo needs a policy that differs from its reference (both are {policy!r}): "
+            "every implicit reward would be 0. Start from an aligned adapter (the SBSPO "
+            "paper's M1', e.g. a CSR or DPO adapter: --model NAME) scored against the model "
+            "it was trained from (--reference base)"
+        )
 
 
 @dataclass(frozen=True)
@@ -94,6 +116,7 @@ async def sbspo(
 ) -> MethodResult:  # fmt: skip
     """SBSPO for one prompt: every chosen × rejected pair of the reward union."""
     ctx, cfg = ctx or RunContext(), config or SBSPOConfig()
+    check_policy(ctx.model, ctx.reference)
     stats: dict[str, float] = {}
     texts = await sample_responses(
         client, item, ctx, cfg.num_samples, cfg.seed, cfg.temperature, cfg.top_p,
@@ -117,7 +140,10 @@ async def sbspo(
     scores = [
         _score(r, cfg.seed + keep[i], rank_s[i], rank_a[i]) for i, r in enumerate(scored.results)
     ]
-    params = config_params(cfg, m=len(kept), k=sel.k)
+    params = config_params(
+        cfg, m=sel.m, k=sel.k, k_requested=sel.k_requested, k_clamped=sel.clamped,
+        dropped=len(sel.dropped), samples=len(texts),
+    )  # fmt: skip
     pairs = [
         make_pair(
             METHOD, item, ctx, (kept[c], scores[c]), (kept[r], scores[r]), params, ctx.reference
