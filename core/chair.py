@@ -58,7 +58,7 @@ def plural_forms(word: str) -> tuple[str, ...]:
     match text that uses them)."""
     if word in IRREGULAR_PLURALS:
         return IRREGULAR_PLURALS[word]
-    if word.endswith("man") and len(word) > 3:  # policeman, gentleman, woman
+    if word.endswith("man"):  # man, policeman, gentleman, woman
         return (word[:-3] + "men",)
     if word.endswith(("s", "x", "z", "ch", "sh")):
         return (word + "es",)
