@@ -3,6 +3,10 @@
 Error handling lives here, in one place: every `ServiceError`, FastAPI's validation errors,
 Starlette's HTTP errors (404, 405) and any unexpected exception leave as
 `{"error": {"type", "message", "field"}}` with the right status.
+
+Reliability (see README "Reliability"): every request runs under a deadline and is cancelled
+when its client hangs up (`service.deadlines`); SIGTERM drains before stopping
+(`service.drain`); 429/503 carry `Retry-After`.
 """
 
 from __future__ import annotations
@@ -22,7 +26,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Scope
 
 from selfreward_vlm.service.auth import BearerAuthMiddleware, BodyLimitMiddleware
-from selfreward_vlm.service.errors import QueueFullError, ServiceError, UnauthorizedError
+from selfreward_vlm.service.deadlines import DeadlineMiddleware
+from selfreward_vlm.service.drain import Drain, DrainMiddleware, ShuttingDownError
+from selfreward_vlm.service.errors import (
+    NotReadyError,
+    QueueFullError,
+    ServiceError,
+    UnauthorizedError,
+)
 from selfreward_vlm.service.metrics import Metrics, RequestTimingMiddleware
 from selfreward_vlm.service.settings import ServiceSettings
 from selfreward_vlm.service.state import AppState, open_state
@@ -53,11 +64,12 @@ def build_app(
     from selfreward_vlm.service.routes import include_routers
 
     metrics = Metrics()
+    drain = Drain(lambda: settings.drain_timeout_s)
     app = FastAPI(
         title="selfreward",
         version=API_VERSION,
         summary="Reward scoring for self-rewarding VLM preference optimization (CSR, SBSPO)",
-        lifespan=_make_lifespan(settings, models, batcher_factory, metrics),
+        lifespan=_make_lifespan(settings, models, batcher_factory, metrics, drain),
     )
     # Documents the optional bearer token on /v1/*; the middleware enforces it.
     bearer = Security(HTTPBearer(auto_error=False, description="SELFREWARD_API_KEY, if set"))
@@ -69,9 +81,21 @@ def build_app(
             return max(settings.max_body_bytes, settings.max_adapter_bytes + _MULTIPART_OVERHEAD)
         return settings.max_body_bytes
 
-    # add_middleware prepends: the last added runs first (outermost).
+    # add_middleware prepends: the last added runs first (outermost). Order, outside in:
+    # timing (catches everything) > drain (counts in-flight) > deadline > auth > body limit.
     app.add_middleware(BodyLimitMiddleware, limit_for=body_limit)
-    app.add_middleware(BearerAuthMiddleware, api_key=settings.api_key)
+    app.add_middleware(
+        BearerAuthMiddleware,
+        api_key=settings.api_key,
+        read_key=settings.read_key,
+        admin_key=settings.admin_key,
+    )
+    app.add_middleware(
+        DeadlineMiddleware,
+        timeout_s=lambda: settings.request_timeout_s,
+        on_abandon=metrics.observe_abandoned,
+    )
+    app.add_middleware(DrainMiddleware, drain=drain)
     app.add_middleware(RequestTimingMiddleware, metrics=metrics, render_error=render)
     return app
 
@@ -84,11 +108,14 @@ def _make_lifespan(
     models: Models | None,
     batcher_factory: BatcherFactory | None,
     metrics: Metrics,
+    drain: Drain,
 ) -> Callable[[FastAPI], contextlib.AbstractAsyncContextManager[None]]:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state = open_state(settings, metrics)
         app.state.selfreward = state
+        drain.on_begin = lambda: metrics.set_ready(False)
+        drain.install()
         task: asyncio.Task[None] | None = None
         if models is not None:  # injected: nothing slow to wait for, be ready on entry
             await _bring_up(state, models, batcher_factory)
@@ -106,8 +133,27 @@ def _make_lifespan(
             if state.batcher is not None:
                 await state.batcher.stop()
             state.store.close()
+            drain.uninstall()
+            logger.info("stopped: batcher stopped, pair store closed")
 
     return lifespan
+
+
+def _follow_context_length(settings: ServiceSettings, models: Models) -> None:
+    """Unless the operator set `max_text_tokens`, make it the model's context length (a
+    long-context model gets its whole window, a short one no promise it cannot keep)."""
+    if "max_text_tokens" in settings.model_fields_set:
+        return
+    config = getattr(getattr(models.engine, "hf", None), "config", None)
+    if config is None:  # a fake model (tests): nothing to follow
+        return
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    names = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
+    length = next((getattr(text, n) for n in names if isinstance(getattr(text, n, None), int)), 0)
+    if length > 0:
+        own = getattr(models, "settings", settings)
+        for target in {id(settings): settings, id(own): own}.values():
+            target.max_text_tokens = length
 
 
 async def _bring_up(
@@ -126,6 +172,7 @@ async def _bring_up(
             from selfreward_vlm.service.engine import load_models
 
             models = await anyio.to_thread.run_sync(load_models, settings, abandon_on_cancel=True)
+        _follow_context_length(settings, models)
         if settings.warmup:
             state.phase = "warming"
             await anyio.to_thread.run_sync(models.warmup, abandon_on_cancel=True)
@@ -170,6 +217,10 @@ def service_error_response(exc: ServiceError) -> JSONResponse:
     headers: dict[str, str] = {}
     if isinstance(exc, QueueFullError):
         headers["Retry-After"] = str(max(1, round(exc.retry_after)))
+    elif isinstance(exc, NotReadyError):
+        headers["Retry-After"] = "1"
+    if isinstance(exc, ShuttingDownError):
+        headers["Connection"] = "close"  # this server is going away: reconnect elsewhere
     if isinstance(exc, UnauthorizedError):
         headers["WWW-Authenticate"] = "Bearer"
     return error_response(exc.status_code, exc.type, exc.message, exc.field, headers or None)

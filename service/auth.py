@@ -1,5 +1,8 @@
 """Request guards that run before any route: optional bearer auth and the body-size limit.
 
+Keys are never logged nor reported (`/info` shows limits, not settings; the settings' repr
+hides them).
+
 Both are plain ASGI middleware so they can refuse a request before its body is read. They raise
 `ServiceError`s; the timing middleware (`service.metrics.RequestTimingMiddleware`, outermost)
 turns those into the service's one JSON error shape.
@@ -9,37 +12,102 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Callable
+from typing import Literal
 
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from selfreward_vlm.service.errors import PayloadTooLargeError, UnauthorizedError
+from selfreward_vlm.service.errors import PayloadTooLargeError, ServiceError, UnauthorizedError
+
+Access = Literal["open", "read", "write", "admin"]
+# Probes, the API description and the pair viewer's page (it holds no data; its data calls
+# are /v1 routes and need a token) stay open. Everything else needs a token, whatever its
+# prefix: compatibility routes (/get_reward, ...) included, so a new route cannot forget.
+OPEN_PATHS = frozenset(
+    {"/health", "/ready", "/info", "/metrics", "/openapi.json", "/docs", "/redoc", "/ui", "/ui/"}
+)
+OPEN_PREFIXES = ("/docs/", "/ui/static/")
+_READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+class ForbiddenError(ServiceError):
+    """A valid token that may not do this (the read-only key writing, say)."""
+
+    status_code = 403
+    type = "forbidden"
 
 
 def requires_auth(path: str) -> bool:
-    """Only the API proper (`/v1/*`) needs the token; probes and docs stay open."""
-    return path == "/v1" or path.startswith("/v1/")
+    """Whether `path` needs a token when the service has one."""
+    return access_level("GET", path) != "open"
+
+
+def access_level(method: str, path: str) -> Access:
+    """What a request needs: `admin` changes adapters or deletes a dataset, `write` stores
+    pairs, `read` is everything else that is not open (scoring, generation, image upload,
+    listings)."""
+    if path in OPEN_PATHS or path.startswith(OPEN_PREFIXES):
+        return "open"
+    method = method.upper()
+    if method in _READ_METHODS:
+        return "read"
+    if path == "/v1/adapters" or path.startswith("/v1/adapters/"):
+        return "admin"
+    if path.startswith("/v1/datasets"):
+        return "admin" if method == "DELETE" else "write"
+    return "read"
 
 
 class BearerAuthMiddleware:
-    """When `api_key` is set, every `/v1/*` request needs `Authorization: Bearer <api_key>`."""
+    """Bearer-token auth with up to three keys (all optional; none set = no auth).
 
-    def __init__(self, app: ASGIApp, api_key: str | None) -> None:
+    - `api_key`: everything, except admin actions when an `admin_key` is set;
+    - `read_key`: `read` requests only (scoring, generation, reads);
+    - `admin_key`: everything.
+    No token (or an unknown one) is a 401; a known token without the right is a 403.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        api_key: str | None,
+        read_key: str | None = None,
+        admin_key: str | None = None,
+    ) -> None:
         self.app = app
-        self.api_key = api_key.encode() if api_key else None
+        self.keys = {
+            role: key.encode()
+            for role, key in (("api", api_key), ("read", read_key), ("admin", admin_key))
+            if key
+        }
+
+    def _role(self, token: bytes) -> str | None:
+        role = None
+        for name, key in self.keys.items():
+            # compare_digest, and no early exit: the time taken tells nothing about the token.
+            if hmac.compare_digest(token, key):
+                role = name
+        return role
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.api_key is not None and scope["type"] == "http" and requires_auth(scope["path"]):
-            header = Headers(scope=scope).get("authorization", "")
-            scheme, _, token = header.partition(" ")
-            # compare_digest: the time taken must not tell how much of the token was right.
-            ok = scheme.lower() == "bearer" and hmac.compare_digest(
-                token.strip().encode(), self.api_key
-            )
-            if not ok:
-                what = "missing" if not header else "invalid"
-                raise UnauthorizedError(f"{what} bearer token", field="authorization")
+        if self.keys and scope["type"] == "http":
+            need = access_level(str(scope.get("method", "GET")), scope["path"])
+            if need != "open":
+                self._check(Headers(scope=scope).get("authorization", ""), need)
         await self.app(scope, receive, send)
+
+    def _check(self, header: str, need: Access) -> None:
+        scheme, _, token = header.partition(" ")
+        role = self._role(token.strip().encode()) if scheme.lower() == "bearer" else None
+        if role is None:
+            what = "missing" if not header else "invalid"
+            raise UnauthorizedError(f"{what} bearer token", field="authorization")
+        if role == "read" and need != "read":
+            raise ForbiddenError(
+                "the read-only key may score and read, not change stored data", "authorization"
+            )
+        if need == "admin" and role == "api" and "admin" in self.keys:
+            raise ForbiddenError("this action needs the admin key", field="authorization")
 
 
 class _BodyTooLarge(Exception):

@@ -55,7 +55,7 @@ class Metrics:
         )
         self.request_duration = Histogram(
             "selfreward_request_duration_seconds",
-            "Total time of a request, from the first byte in to the response start",
+            "Total time of a request, from its arrival to the end of its response",
             ["route"],
             buckets=_TIME_BUCKETS,
             registry=r,
@@ -94,6 +94,22 @@ class Metrics:
             "selfreward_image_encodes", "Images encoded by the vision tower or CLIP", registry=r
         )
         self.ready = Gauge("selfreward_ready", "1 once the models are loaded and warm", registry=r)
+        self.dropped = Counter(
+            "selfreward_work_dropped",
+            "Work dropped unrun or stopped mid-generation: its request was cancelled or its "
+            "deadline passed",
+            ["reason"],
+            registry=r,
+        )
+        self.abandoned = Counter(
+            "selfreward_requests_abandoned",
+            "Requests cut short: deadline (answered 504) or client disconnect (no answer)",
+            ["reason"],
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "selfreward_requests_in_flight", "Requests being served right now", registry=r
+        )
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         """Count one finished HTTP request (called by the timing middleware)."""
@@ -113,6 +129,14 @@ class Metrics:
         self.tokens_cached.inc(max(usage.tokens_cached, 0))
         self.image_cache_hits.inc(max(usage.image_cache_hits, 0))
         self.image_encodes.inc(max(usage.image_encodes, 0))
+
+    def observe_dropped(self, reason: str) -> None:
+        """Queued work the batcher dropped without running it (`cancelled` or `deadline`)."""
+        self.dropped.labels(reason=reason).inc()
+
+    def observe_abandoned(self, reason: str) -> None:
+        """A request cut short by its deadline or by its client hanging up."""
+        self.abandoned.labels(reason=reason).inc()
 
     def set_ready(self, ready: bool) -> None:
         self.ready.set(1.0 if ready else 0.0)

@@ -37,7 +37,32 @@ class ServiceSettings(BaseSettings):
     # network / auth
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
-    api_key: str | None = Field(None, description="bearer token required on /v1/* when set")
+    # repr=False: a settings object printed in a log or a traceback never shows a key
+    api_key: str | None = Field(
+        None, repr=False, description="bearer token required on every route but the probes"
+    )
+    read_key: str | None = Field(
+        None,
+        repr=False,
+        description="optional read-only token: scoring, generation, image upload and reads; "
+        "no pair writes, no adapter or dataset changes",
+    )
+    admin_key: str | None = Field(
+        None,
+        repr=False,
+        description="optional admin token: when set, adapter upload/delete and dataset delete "
+        "need it (it also works everywhere api_key does)",
+    )
+
+    # deadlines and shutdown
+    request_timeout_s: float = Field(
+        300.0, gt=0, description="server-side deadline of a request (504 after it); a request "
+        "may ask for less with the x-request-timeout-ms header",
+    )  # fmt: skip
+    drain_timeout_s: float = Field(
+        30.0, ge=0, description="on SIGTERM: how long in-flight requests may finish (while new "
+        "ones get 503) before the server stops",
+    )  # fmt: skip
 
     # storage
     data_dir: Path = Field(
@@ -51,7 +76,11 @@ class ServiceSettings(BaseSettings):
     max_items: int = Field(
         64, description="most continuations/candidates/texts/responses a request"
     )
-    max_text_tokens: int = Field(2048, description="longest prompt + prefix + continuation")
+    max_text_tokens: int = Field(
+        2048,
+        description="longest prompt + prefix + continuation; when not set, the service uses "
+        "the loaded model's context length (2048 if its config names none)",
+    )
     max_new_tokens: int = Field(1024, description="largest max_new_tokens for /v1/generate")
     max_adapter_bytes: int = Field(512 * 2**20, description="largest adapter upload")
     max_pairs_per_request: int = Field(1000, description="largest pair batch for the store")

@@ -1,0 +1,136 @@
+"""Graceful shutdown: on SIGTERM, drain before stopping.
+
+What an orchestrator (or a person) sees after SIGTERM:
+1. `/ready` answers 503 at once, so a load balancer stops sending traffic;
+2. requests already in flight run to completion, for up to `drain_timeout_s`;
+3. new requests get a clean 503 `not_ready` with `Retry-After` and `Connection: close`
+   (never a dropped connection), `/health` and `/metrics` still answer;
+4. then uvicorn's own shutdown runs: it stops listening, the lifespan stops the batcher and
+   closes the pair store.
+
+uvicorn installs its signal handlers before the lifespan starts; `Drain.install` puts its own
+SIGTERM handler in front and calls uvicorn's once the drain is over (only possible in the main
+thread, where `selfreward serve` runs; in-process test apps skip it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from selfreward_vlm.service.errors import NotReadyError
+
+logger = logging.getLogger(__name__)
+_ALWAYS_OPEN = frozenset({"/health", "/metrics"})
+
+
+class ShuttingDownError(NotReadyError):
+    """The service is draining before it stops: try another replica, or again later."""
+
+
+class Drain:
+    """In-flight request count and the draining flag of one app."""
+
+    def __init__(self, timeout_s: Callable[[], float]) -> None:
+        self.timeout_s = timeout_s
+        self.draining = False
+        self.in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._previous: Any = None
+        self._installed = False
+        self.on_begin: Callable[[], None] = lambda: None  # e.g. metrics.set_ready(False)
+
+    # ------------------------------------------------------------------ counting
+
+    def enter(self) -> None:
+        self.in_flight += 1
+        self._idle.clear()
+
+    def leave(self) -> None:
+        self.in_flight -= 1
+        if self.in_flight <= 0:
+            self._idle.set()
+
+    async def wait_idle(self) -> bool:
+        """Wait until nothing is in flight or the drain timeout passes; True if idle."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), self.timeout_s())
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+    # ------------------------------------------------------------------ signals
+
+    def install(self) -> None:
+        """Put the draining SIGTERM handler in front of uvicorn's (main thread only)."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        loop = asyncio.get_running_loop()
+        self._previous = signal.getsignal(signal.SIGTERM)
+
+        def on_sigterm(signum: int, frame: FrameType | None) -> None:
+            loop.call_soon_threadsafe(self.begin, signum, frame)
+
+        signal.signal(signal.SIGTERM, on_sigterm)
+        self._installed = True
+
+    def uninstall(self) -> None:
+        if self._installed and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._previous)
+            self._installed = False
+
+    def begin(self, signum: int = signal.SIGTERM, frame: FrameType | None = None) -> None:
+        """Start draining; a second SIGTERM stops at once."""
+        if self.draining:
+            self._stop_server(signum, frame)
+            return
+        self.draining = True
+        self.on_begin()
+        logger.info("SIGTERM: draining %d in-flight request(s) before stopping", self.in_flight)
+        asyncio.get_running_loop().create_task(self._finish(signum, frame))
+
+    async def _finish(self, signum: int, frame: FrameType | None) -> None:
+        start = time.monotonic()
+        idle = await self.wait_idle()
+        logger.info(
+            "drain %s after %.2f s; stopping",
+            "complete" if idle else f"timed out with {self.in_flight} in flight",
+            time.monotonic() - start,
+        )
+        self._stop_server(signum, frame)
+
+    def _stop_server(self, signum: int, frame: FrameType | None) -> None:
+        previous = self._previous
+        if callable(previous):
+            previous(signum, frame)  # uvicorn's handle_exit: it stops the server
+        else:  # no server handler to hand over to: stop the process the default way
+            signal.raise_signal(signal.SIGINT)
+
+
+class DrainMiddleware:
+    """Counts in-flight requests; while draining, answers new ones 503 (see module doc)."""
+
+    def __init__(self, app: ASGIApp, drain: Drain) -> None:
+        self.app = app
+        self.drain = drain
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if self.drain.draining and scope["path"] not in _ALWAYS_OPEN:
+            raise ShuttingDownError("the service is shutting down; retry on another replica")
+        self.drain.enter()
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.drain.leave()
