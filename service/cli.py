@@ -66,6 +66,14 @@ def serve_command(
     data_dir: Annotated[
         Path | None, typer.Option(help="SQLite store and uploaded adapters")
     ] = None,
+    store: Annotated[
+        str | None,
+        typer.Option(help="SQLite file or postgresql://… URL [DATA_DIR/selfreward.db]"),
+    ] = None,
+    adapter_store: Annotated[
+        Path | None,
+        typer.Option(help="uploaded adapter files, shared by replicas [DATA_DIR/adapter-store]"),
+    ] = None,
     naive: Annotated[
         bool | None,
         typer.Option("--naive/--no-naive", help="benchmark baseline: no caches, no batching"),
@@ -97,6 +105,8 @@ def serve_command(
         "dtype": dtype,
         "api_key": api_key,
         "data_dir": data_dir,
+        "store": store,
+        "adapter_store": adapter_store,
         "naive_mode": naive,
         "torch_threads": torch_threads,
         "warmup": warmup,

@@ -23,7 +23,7 @@ from PIL import Image, UnidentifiedImageError
 from selfreward_vlm.core.schemas import ImageRef
 from selfreward_vlm.service.errors import InvalidRequestError, NotFoundError, PayloadTooLargeError
 from selfreward_vlm.service.image_urls import UrlPolicy, load_image_url
-from selfreward_vlm.service.store import ImageRow, PairStore
+from selfreward_vlm.service.store import ImageRow, Store
 
 IMAGE_ID_RE = re.compile(r"^[0-9a-f]{64}$")
 
@@ -49,7 +49,7 @@ class ImageStore:
     url_policy = UrlPolicy()  # what ImageRef.url may fetch; open_state sets the operator's
 
     def __init__(
-        self, store: PairStore, max_bytes: int, max_pixels: int, cache_size: int = 64
+        self, store: Store, max_bytes: int, max_pixels: int, cache_size: int = 64
     ) -> None:
         self.store = store
         self.max_bytes = max_bytes

@@ -68,6 +68,19 @@ class ServiceSettings(BaseSettings):
     data_dir: Path = Field(
         Path("./selfreward-data"), description="SQLite store + uploaded adapters"
     )
+    store: str | None = Field(
+        None,
+        repr=False,  # a PostgreSQL URL may carry a password
+        description="the store of pairs, datasets, images and the adapter registry: a SQLite "
+        "file (default: data_dir/selfreward.db) or postgresql://user:password@host:port/db, "
+        "which several replicas share",
+    )
+    adapter_store: Path | None = Field(
+        None,
+        description="where uploaded adapters' files live, by content hash (default: "
+        "data_dir/adapter-store); replicas sharing a PostgreSQL store must share this "
+        "directory too (NFS, a ReadWriteMany volume)",
+    )
 
     # limits (bad input is a 4xx, never a 500 or an OOM)
     max_body_bytes: int = Field(32 * 2**20, description="largest request body")

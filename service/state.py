@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from selfreward_vlm.service.engine.batcher import Batcher
     from selfreward_vlm.service.images import ImageStore
     from selfreward_vlm.service.settings import ServiceSettings
-    from selfreward_vlm.service.store import PairStore
+    from selfreward_vlm.service.store import Store
 
 Phase = Literal["starting", "loading", "warming", "ready", "failed", "stopping"]
 
@@ -25,7 +25,7 @@ Phase = Literal["starting", "loading", "warming", "ready", "failed", "stopping"]
 class AppState:
     settings: ServiceSettings
     images: ImageStore
-    store: PairStore
+    store: Store
     models: Models | None = None  # set by the lifespan once loaded and warmed
     batcher: Batcher | None = None
     metrics: Metrics = field(default_factory=Metrics)
@@ -46,13 +46,14 @@ class AppState:
 
 
 def open_state(settings: ServiceSettings, metrics: Metrics | None = None) -> AppState:
-    """Open the stores under `settings.data_dir` (created if missing); no models yet."""
+    """Open the store (`settings.store`: SQLite under `settings.data_dir` unless it is a
+    PostgreSQL URL; migrated on open); no models yet."""
     from selfreward_vlm.service.image_urls import UrlPolicy
     from selfreward_vlm.service.images import ImageStore
-    from selfreward_vlm.service.store import PairStore
+    from selfreward_vlm.service.store import open_store
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    store = PairStore(settings.data_dir / "selfreward.db")
+    store = open_store(settings.store or settings.data_dir / "selfreward.db")
     images = ImageStore(
         store,
         max_bytes=settings.max_image_bytes,

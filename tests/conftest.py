@@ -87,3 +87,19 @@ def live_server(
         yield base_url
     finally:
         stop_server(proc)
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[str]:
+    """A PostgreSQL server URL for the session (see tests/pgserver.py; skips without one)."""
+    from tests.pgserver import server_url
+
+    yield from server_url()
+
+
+@pytest.fixture()
+def pg_url(pg_server: str) -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for one test, dropped afterwards."""
+    from tests.pgserver import fresh_database
+
+    yield from fresh_database(pg_server)

@@ -1,32 +1,45 @@
-"""The SQLite pair store: idempotent upserts, cursor paging, durability, JSONL round trip."""
+"""The store, on both back ends (SQLite and PostgreSQL, one parametrized fixture): idempotent
+upserts, cursor paging under concurrent writers, durability across kill -9, migrations, the
+adapter registry, the integrity check, JSONL round trip."""
 
 from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from selfreward_vlm.core.schemas import PreferencePair, ResponseScore, SentenceScore
 from selfreward_vlm.service.errors import InvalidRequestError, NotFoundError
-from selfreward_vlm.service.store import ImageRow, PairStore, iter_jsonl_pairs
+from selfreward_vlm.service.store import (
+    ImageRow,
+    PairStore,
+    SQLiteStore,
+    Store,
+    iter_jsonl_pairs,
+    open_store,
+)
+from selfreward_vlm.service.store.migrations import LATEST, SchemaTooNewError
 
 ROOT = Path(__file__).resolve().parent.parent
+BACKENDS = ["sqlite", "postgresql"]
 
 
-def make_pair(i: int, chosen: str | None = None) -> PreferencePair:
+def make_pair(i: int, chosen: str | None = None, images: list[str] | None = None):
     return PreferencePair(
         id=f"p{i:04d}",
         prompt_id=f"q{i // 3}",
         prompt="Describe the image.",
         chosen=chosen or f"There is a red circle {i}.",
         rejected=f"There is a blue square {i}.",
-        images=[],
+        images=images or [],
         method="csr",
         model="base",
         reference=None,
@@ -39,14 +52,29 @@ def make_pair(i: int, chosen: str | None = None) -> PreferencePair:
     )
 
 
+@pytest.fixture(params=BACKENDS)
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Where a store lives: a SQLite file, or a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return str(tmp_path / "selfreward.db")
+    return str(request.getfixturevalue("pg_url"))
+
+
 @pytest.fixture()
-def store(tmp_path: Path):
-    s = PairStore(tmp_path / "selfreward.db")
+def store(store_url: str) -> Iterator[Store]:
+    s = open_store(store_url)
     yield s
     s.close()
 
 
-def test_upsert_is_idempotent(store: PairStore) -> None:
+def test_open_store_picks_the_back_end(store: Store, store_url: str) -> None:
+    assert store.kind == ("postgresql" if store_url.startswith("postgresql") else "sqlite")
+    assert store.schema_version() == LATEST
+    assert "***@" in store.describe() or store.kind == "sqlite"
+    assert PairStore is SQLiteStore  # the historical name
+
+
+def test_upsert_is_idempotent(store: Store) -> None:
     pairs = [make_pair(i) for i in range(5)]
     assert store.upsert("ds", pairs) == (5, 0, 5)
     assert store.upsert("ds", pairs[:3]) == (0, 3, 5)
@@ -54,6 +82,7 @@ def test_upsert_is_idempotent(store: PairStore) -> None:
     assert store.upsert("ds", [make_pair(1, chosen="changed"), make_pair(9)]) == (1, 1, 6)
     # duplicates inside one batch count once
     assert store.upsert("ds", [make_pair(20), make_pair(20)]) == (1, 1, 7)
+    assert store.upsert("ds", []) == (0, 0, 7)
     got, _ = store.page("ds", limit=100)
     assert [p.id for p in got] == ["p0000", "p0001", "p0002", "p0003", "p0004", "p0009", "p0020"]
     assert got[1].chosen == "There is a red circle 1."
@@ -61,9 +90,10 @@ def test_upsert_is_idempotent(store: PairStore) -> None:
     # datasets are separate namespaces
     assert store.upsert("other", pairs[:2]) == (2, 0, 2)
     assert store.datasets() == [("ds", 7), ("other", 2)]
+    assert store.integrity_check() == []
 
 
-def test_cursor_paging_covers_every_pair_once(store: PairStore) -> None:
+def test_cursor_paging_covers_every_pair_once(store: Store) -> None:
     store.upsert("big", [make_pair(i) for i in range(250)])
     seen: list[str] = []
     after: str | None = None
@@ -82,7 +112,7 @@ def test_cursor_paging_covers_every_pair_once(store: PairStore) -> None:
     assert len(set(seen)) == len(seen)
 
 
-def test_bad_names_cursors_and_unknown_datasets(store: PairStore) -> None:
+def test_bad_names_cursors_and_unknown_datasets(store: Store) -> None:
     with pytest.raises(InvalidRequestError) as e:
         store.upsert("../etc", [make_pair(0)])
     assert e.value.field == "name"
@@ -94,45 +124,85 @@ def test_bad_names_cursors_and_unknown_datasets(store: PairStore) -> None:
     assert e.value.field == "after"
 
 
-def test_survives_reopen_and_images_stored_once(tmp_path: Path) -> None:
-    db = tmp_path / "selfreward.db"
-    store = PairStore(db)
+def test_survives_reopen_and_images_stored_once(store_url: str) -> None:
+    import hashlib
+
+    store = open_store(store_url)
     store.upsert("ds", [make_pair(i) for i in range(3)])
-    row = ImageRow("a" * 64, b"\x89PNG...", 4, 3, "PNG")
+    data = b"\x89PNG...not really"
+    row = ImageRow(hashlib.sha256(data).hexdigest(), data, 4, 3, "PNG")
     assert store.put_image(row) is True
     assert store.put_image(row) is False
     store.close()
-    reopened = PairStore(db)
+    reopened = open_store(store_url)
     assert reopened.datasets() == [("ds", 3)]
-    assert reopened.get_image("a" * 64) == row
-    assert reopened.missing_images(["a" * 64, "b" * 64]) == {"b" * 64}
+    assert reopened.get_image(row.id) == row
+    assert reopened.image_size(row.id) == (4, 3)
+    assert reopened.missing_images([row.id, "b" * 64]) == {"b" * 64}
+    assert reopened.integrity_check() == []
     reopened.close()
 
 
-def test_concurrent_writers_from_threads(store: PairStore) -> None:
+def test_concurrent_writers_and_a_paging_reader(store: Store) -> None:
+    """Writers of one dataset interleave; a reader paging meanwhile sees every pair exactly
+    once (insertion order is commit order on both back ends)."""
+    done = threading.Event()
+
     def write(offset: int) -> None:
         for k in range(10):
             store.upsert("ds", [make_pair(offset + k), make_pair(k)])  # overlapping ids
 
-    threads = [threading.Thread(target=write, args=(100 * t,)) for t in range(1, 5)]
-    for t in threads:
+    seen: list[str] = []
+
+    def read() -> None:
+        after: str | None = None
+        while True:
+            finished = done.is_set()  # read before the page: a last write may land meanwhile
+            try:
+                page, cursor = store.page("ds", after, limit=3)
+            except NotFoundError:  # no write committed yet
+                continue
+            seen.extend(p.id for p in page)
+            if page:  # on the last page there is no next cursor: resume after its last pair
+                after = cursor or _cursor_of(store, "ds", page[-1].id)
+            elif finished:
+                return
+
+    writers = [threading.Thread(target=write, args=(100 * t,)) for t in range(1, 5)]
+    reader = threading.Thread(target=read)
+    reader.start()
+    for t in writers:
         t.start()
-    for t in threads:
+    for t in writers:
         t.join()
+    done.set()
+    reader.join(timeout=60)
     ids = [p.id for p in store.iter_pairs("ds", batch=9)]
     assert len(ids) == len(set(ids)) == 40 + 10
+    assert sorted(seen) == sorted(ids)  # the reader saw each exactly once
+    assert store.datasets() == [("ds", 50)]
 
 
-def test_acknowledged_writes_survive_kill_9(tmp_path: Path) -> None:
+def _cursor_of(store: Store, dataset: str, pair_id: str) -> str:
+    """The cursor just after `pair_id` (what the next page of a tailing reader starts from)."""
+    from selfreward_vlm.service.store import encode_cursor
+
+    with store._read() as conn:
+        seq = conn.execute(
+            "SELECT seq FROM pairs WHERE dataset = ? AND id = ?", (dataset, pair_id)
+        ).fetchone()
+    return encode_cursor(int(seq[0]))
+
+
+def test_acknowledged_writes_survive_kill_9(store_url: str) -> None:
     """A child writes batches and acknowledges each on stdout; it is SIGKILLed mid-stream;
-    every acknowledged batch must be in the reopened store."""
-    db = tmp_path / "selfreward.db"
+    every acknowledged batch must be in the reopened store, each batch whole or absent."""
     child = textwrap.dedent(
         f"""
         import sys, time
-        from selfreward_vlm.service.store import PairStore
+        from selfreward_vlm.service.store import open_store
         from tests.test_store import make_pair
-        store = PairStore({str(db)!r})
+        store = open_store({store_url!r})
         for b in range(10_000):
             store.upsert("ds", [make_pair(b * 10 + k) for k in range(10)])
             print(b, flush=True)
@@ -151,7 +221,7 @@ def test_acknowledged_writes_survive_kill_9(tmp_path: Path) -> None:
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
-    store = PairStore(db)
+    store = open_store(store_url)
     try:
         ((name, count),) = store.datasets()
         assert name == "ds"
@@ -159,11 +229,12 @@ def test_acknowledged_writes_survive_kill_9(tmp_path: Path) -> None:
         assert count % 10 == 0  # a batch is one transaction: all of it or none of it
         ids = {p.id for p in store.iter_pairs("ds")}
         assert {f"p{i:04d}" for i in range((acked + 1) * 10)} <= ids
+        assert store.integrity_check() == []
     finally:
         store.close()
 
 
-def test_jsonl_export_import_round_trip(store: PairStore, tmp_path: Path) -> None:
+def test_jsonl_export_import_round_trip(store: Store, tmp_path: Path) -> None:
     pairs = [make_pair(i) for i in range(25)]
     store.upsert("src", pairs)
     out = tmp_path / "export.jsonl"
@@ -176,3 +247,73 @@ def test_jsonl_export_import_round_trip(store: PairStore, tmp_path: Path) -> Non
     out.write_text(out.read_text() + '{"id": "broken"}\n')
     with pytest.raises(ValueError, match=r"export.jsonl:26"):
         list(iter_jsonl_pairs(out))
+
+
+def test_adapter_registry_versions(store: Store) -> None:
+    assert store.adapter("iter1") is None and store.unregister_adapter("iter1") is None
+    first = store.register_adapter("iter1", "a" * 64)
+    assert (first.version, first.digest, first.deleted) == (1, "a" * 64, False)
+    second = store.register_adapter("iter1", "b" * 64)
+    assert second.version == 2 and store.adapter("iter1") == second
+    gone = store.unregister_adapter("iter1")
+    assert gone is not None and (gone.version, gone.digest, gone.deleted) == (3, None, True)
+    assert store.register_adapter("iter1", "c" * 64).version == 4  # never reuses a version
+    store.register_adapter("alpha", "d" * 64)
+    assert [r.name for r in store.adapters()] == ["alpha", "iter1"]
+    assert store.integrity_check() == []
+
+
+def test_integrity_check_finds_damage(store: Store) -> None:
+    import hashlib
+
+    data = b"image bytes"
+    image = ImageRow(hashlib.sha256(data).hexdigest(), data, 2, 2, "PNG")
+    store.put_image(image)
+    store.upsert("ds", [make_pair(0, images=[image.id]), make_pair(1)])
+    assert store.integrity_check() == []
+    with store._write() as conn:  # what a torn or buggy write could leave behind
+        conn.execute("UPDATE pairs SET json = ? WHERE id = ?", ('{"id": "p0001"}', "p0001"))
+        conn.execute("UPDATE images SET bytes = ? WHERE id = ?", (b"other", image.id))
+        conn.execute("UPDATE datasets SET count = 5 WHERE name = ?", ("ds",))
+        conn.execute(
+            "INSERT INTO adapters (name, version, digest, deleted, created) "
+            "VALUES (?, 1, NULL, 0, 0)",
+            ("broken",),
+        )
+    problems = "\n".join(store.integrity_check())
+    assert "p0001" in problems and "does not parse" in problems
+    assert "do not hash" in problems
+    assert "index says 5 pairs, the table holds 2" in problems
+    assert "'broken'" in problems
+
+
+def test_migrates_an_old_sqlite_file_and_refuses_a_newer_schema(tmp_path: Path) -> None:
+    """A file written by the SQLite-only versions (no migrations table, no dataset index)
+    opens with its pairs indexed; a schema newer than the code is refused."""
+    db = tmp_path / "old.db"
+    old = sqlite3.connect(db)
+    old.executescript(
+        "CREATE TABLE images (id TEXT PRIMARY KEY, bytes BLOB NOT NULL, width INTEGER NOT "
+        "NULL, height INTEGER NOT NULL, format TEXT NOT NULL, created REAL NOT NULL);"
+        "CREATE TABLE pairs (seq INTEGER PRIMARY KEY AUTOINCREMENT, dataset TEXT NOT NULL, "
+        "id TEXT NOT NULL, json TEXT NOT NULL, created REAL NOT NULL, UNIQUE (dataset, id));"
+    )
+    old.executemany(
+        "INSERT INTO pairs (dataset, id, json, created) VALUES (?, ?, ?, 0)",
+        [("ds", p.id, p.model_dump_json()) for p in map(make_pair, range(4))],
+    )
+    old.commit()
+    old.close()
+    store = SQLiteStore(db)
+    assert store.schema_version() == LATEST
+    assert store.datasets() == [("ds", 4)]
+    assert store.upsert("ds", [make_pair(3), make_pair(4)]) == (1, 1, 5)
+    assert store.integrity_check() == []
+    with store._write() as conn:
+        conn.execute(
+            "INSERT INTO schema_migrations (version, name, applied) VALUES (?, 'future', 0)",
+            (LATEST + 1,),
+        )
+    store.close()
+    with pytest.raises(SchemaTooNewError, match="upgrade selfreward"):
+        SQLiteStore(db)

@@ -1,31 +1,34 @@
-"""The service's SQLite store: preference pairs by dataset, and image bytes by sha256.
+"""The store interface and its SQL, written once for both back ends.
 
-One database file (`data_dir/selfreward.db`) in WAL mode with `synchronous=FULL`: a batch the
-service acknowledged is on disk, and survives `kill -9` of the server. Every write is one
-transaction. Connections come from a small pool, so the store is safe to call from FastAPI's
-worker threads.
+A back end supplies connections (`_read`, `_write`: the latter one transaction, committed on
+success, rolled back on error) whose `execute(sql, params)` takes `?` placeholders, and its
+migrations; everything else lives here, so SQLite and PostgreSQL behave the same by construction
+(and are tested by the same suite).
 
-Upserts are idempotent by `(dataset, pair.id)`: the first write of an id wins; posting the same
-id again (with the same or with different content) is ignored and counted as a duplicate, so a
-retried or replayed batch never changes what a trainer already read. Pages are ordered by
-insertion and addressed by an opaque cursor, so paging while pairs are being added is stable.
-The same `PreferencePair` model reads JSONL exports (`iter_jsonl_pairs`).
+Semantics both back ends keep:
+- Upserts are idempotent by `(dataset, pair.id)`: the first write of an id wins; posting it
+  again (same or different content) is ignored and counted as a duplicate, so a retried batch
+  never changes what a trainer already read. A batch is one transaction.
+- Pages are in insertion order, addressed by an opaque cursor (the row's `seq`). Writers of one
+  dataset are serialized on its row in the `datasets` index, so `seq` order is commit order:
+  a reader paging while writers add pairs sees every pair exactly once (PostgreSQL hands out
+  sequence numbers before commit, so without that lock a later `seq` could commit first).
 """
 
 from __future__ import annotations
 
+import abc
 import base64
 import binascii
 import itertools
 import os
 import re
-import sqlite3
-import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -33,27 +36,6 @@ from selfreward_vlm.core.schemas import PreferencePair
 from selfreward_vlm.service.errors import InvalidRequestError, NotFoundError
 
 DATASET_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-_POOL_SIZE = 8
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS images (
-    id TEXT PRIMARY KEY,
-    bytes BLOB NOT NULL,
-    width INTEGER NOT NULL,
-    height INTEGER NOT NULL,
-    format TEXT NOT NULL,
-    created REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS pairs (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    dataset TEXT NOT NULL,
-    id TEXT NOT NULL,
-    json TEXT NOT NULL,
-    created REAL NOT NULL,
-    UNIQUE (dataset, id)
-);
-CREATE INDEX IF NOT EXISTS pairs_dataset_seq ON pairs (dataset, seq);
-"""
 
 
 @dataclass(frozen=True)
@@ -65,6 +47,23 @@ class ImageRow:
     width: int
     height: int
     format: str
+
+
+@dataclass(frozen=True)
+class AdapterRecord:
+    """An adapter in the shared registry: its files are `digest` in the shared adapter
+    directory; `version` grows by one at every upload or delete of the name."""
+
+    name: str
+    version: int
+    digest: str | None  # None once deleted
+    deleted: bool
+    created: float
+
+
+# A back end's connection: `execute(sql, params)` / `executemany(sql, rows)` with `?`
+# placeholders, returning a DB-API cursor (sqlite3's, or psycopg's through postgres._Conn).
+Conn = Any
 
 
 def validate_dataset_name(name: str, field: str = "name") -> str:
@@ -94,65 +93,37 @@ def decode_cursor(cursor: str, field: str = "after") -> int:
         raise InvalidRequestError(f"invalid cursor {cursor!r}", field=field) from None
 
 
-class PairStore:
-    """Preference pairs and image bytes in one SQLite file; thread-safe."""
+class Store(abc.ABC):
+    """Pairs, the dataset index, images and the adapter registry; thread-safe."""
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._pool: list[sqlite3.Connection] = []
-        self._lock = threading.Lock()
-        self._closed = False
-        with self._conn() as conn:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.executescript(_SCHEMA)
+    kind: str  # "sqlite" | "postgresql"
 
-    # ------------------------------------------------------------------ connections
+    # ------------------------------------------------------------------ back end
 
-    def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(
-            self.path, timeout=30.0, isolation_level=None, check_same_thread=False
-        )
-        conn.execute("PRAGMA synchronous=FULL")
-        return conn
+    @abc.abstractmethod
+    def _read(self) -> AbstractContextManager[Conn]:
+        """A connection for reads."""
 
-    @contextmanager
-    def _conn(self) -> Iterator[sqlite3.Connection]:
-        """Borrow a pooled connection (autocommit mode: callers open their transactions)."""
-        with self._lock:
-            if self._closed:
-                raise RuntimeError("the store is closed")
-            conn = self._pool.pop() if self._pool else None
-        conn = conn or self._connect()
-        try:
-            yield conn
-        finally:
-            with self._lock:
-                keep = not self._closed and len(self._pool) < _POOL_SIZE
-                if keep:
-                    self._pool.append(conn)
-            if not keep:
-                conn.close()
-
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
+    @abc.abstractmethod
+    def _write(self) -> AbstractContextManager[Conn]:
         """One write transaction: committed on success, rolled back on any error."""
-        with self._conn() as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
 
+    @abc.abstractmethod
     def close(self) -> None:
-        """Close every pooled connection; later calls raise."""
-        with self._lock:
-            self._closed = True
-            pool, self._pool = self._pool, []
-        for conn in pool:
-            conn.close()
+        """Release every connection; later calls raise."""
+
+    @abc.abstractmethod
+    def describe(self) -> str:
+        """Where the data lives, without secrets (for logs)."""
+
+    def physical_check(self) -> list[str]:
+        """The engine's own consistency check (pages, indexes); problems found."""
+        return []
+
+    def schema_version(self) -> int:
+        with self._read() as conn:
+            row = conn.execute("SELECT MAX(version) FROM schema_migrations").fetchone()
+        return int(row[0] or 0)
 
     # ------------------------------------------------------------------ pairs
 
@@ -164,16 +135,32 @@ class PairStore:
         validate_dataset_name(dataset)
         now = time.time()
         rows = [(dataset, p.id, p.model_dump_json(), now) for p in pairs]
-        with self._transaction() as conn:
+        if not rows:
+            return 0, 0, self._count(dataset)
+        with self._write() as conn:
+            # Creates or row-locks the dataset's index entry first: this serializes the
+            # writers of one dataset (see the module docstring).
+            conn.execute(
+                "INSERT INTO datasets (name, count, created) VALUES (?, 0, ?) "
+                "ON CONFLICT (name) DO UPDATE SET count = datasets.count",
+                (dataset, now),
+            )
             cur = conn.executemany(
-                "INSERT OR IGNORE INTO pairs (dataset, id, json, created) VALUES (?, ?, ?, ?)",
+                "INSERT INTO pairs (dataset, id, json, created) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (dataset, id) DO NOTHING",
                 rows,
             )
             inserted = max(cur.rowcount, 0)
             total = conn.execute(
-                "SELECT COUNT(*) FROM pairs WHERE dataset = ?", (dataset,)
+                "UPDATE datasets SET count = count + ? WHERE name = ? RETURNING count",
+                (inserted, dataset),
             ).fetchone()[0]
         return inserted, len(rows) - inserted, int(total)
+
+    def _count(self, dataset: str) -> int:
+        with self._read() as conn:
+            row = conn.execute("SELECT count FROM datasets WHERE name = ?", (dataset,)).fetchone()
+        return 0 if row is None else int(row[0])
 
     def page(
         self, dataset: str, after: str | None = None, limit: int = 100
@@ -182,7 +169,7 @@ class PairStore:
         (None at the end). An unknown dataset is a 404."""
         validate_dataset_name(dataset)
         start = decode_cursor(after) if after else 0
-        with self._conn() as conn:
+        with self._read() as conn:
             rows = conn.execute(
                 "SELECT seq, json FROM pairs WHERE dataset = ? AND seq > ? ORDER BY seq LIMIT ?",
                 (dataset, start, limit + 1),
@@ -194,6 +181,11 @@ class PairStore:
         pairs = [PreferencePair.model_validate_json(js) for _, js in rows]
         return pairs, encode_cursor(rows[-1][0]) if more else None
 
+    @staticmethod
+    def _exists(conn: Conn, dataset: str) -> bool:
+        row = conn.execute("SELECT 1 FROM datasets WHERE name = ?", (dataset,))
+        return row.fetchone() is not None
+
     def iter_pairs(self, dataset: str, batch: int = 500) -> Iterator[PreferencePair]:
         """Every pair of `dataset` in insertion order (pages of `batch`)."""
         after: str | None = None
@@ -204,17 +196,12 @@ class PairStore:
                 return
 
     def datasets(self) -> list[tuple[str, int]]:
-        """Every dataset with its pair count, by name."""
-        with self._conn() as conn:
+        """Every dataset with its pair count, by name (from the index: no table scan)."""
+        with self._read() as conn:
             rows = conn.execute(
-                "SELECT dataset, COUNT(*) FROM pairs GROUP BY dataset ORDER BY dataset"
+                "SELECT name, count FROM datasets WHERE count > 0 ORDER BY name"
             ).fetchall()
         return [(str(name), int(count)) for name, count in rows]
-
-    @staticmethod
-    def _exists(conn: sqlite3.Connection, dataset: str) -> bool:
-        row = conn.execute("SELECT 1 FROM pairs WHERE dataset = ? LIMIT 1", (dataset,))
-        return row.fetchone() is not None
 
     # ------------------------------------------------------------------ JSONL
 
@@ -248,17 +235,17 @@ class PairStore:
 
     def put_image(self, row: ImageRow) -> bool:
         """Store an image row unless its id is there already; True if it was new."""
-        with self._transaction() as conn:
+        with self._write() as conn:
             cur = conn.execute(
-                "INSERT OR IGNORE INTO images (id, bytes, width, height, format, created) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO images (id, bytes, width, height, format, created) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
                 (row.id, row.data, row.width, row.height, row.format, time.time()),
             )
             return cur.rowcount > 0
 
     def get_image(self, image_id: str) -> ImageRow | None:
         """The stored image with this id, or None."""
-        with self._conn() as conn:
+        with self._read() as conn:
             r = conn.execute(
                 "SELECT id, bytes, width, height, format FROM images WHERE id = ?", (image_id,)
             ).fetchone()
@@ -266,7 +253,7 @@ class PairStore:
 
     def image_size(self, image_id: str) -> tuple[int, int] | None:
         """(width, height) of a stored image without reading its bytes, or None."""
-        with self._conn() as conn:
+        with self._read() as conn:
             r = conn.execute(
                 "SELECT width, height FROM images WHERE id = ?", (image_id,)
             ).fetchone()
@@ -277,10 +264,66 @@ class PairStore:
         wanted = set(ids)
         if not wanted:
             return set()
-        with self._conn() as conn:
+        with self._read() as conn:
             marks = ",".join("?" * len(wanted))
             found = conn.execute(f"SELECT id FROM images WHERE id IN ({marks})", list(wanted))
             return wanted - {r[0] for r in found.fetchall()}
+
+    # ------------------------------------------------------------------ adapter registry
+
+    def register_adapter(self, name: str, digest: str) -> AdapterRecord:
+        """Point `name` at the adapter files `digest`; returns the record with its new version."""
+        return self._set_adapter(name, digest)
+
+    def unregister_adapter(self, name: str) -> AdapterRecord | None:
+        """Mark `name` deleted (a new version, no files); None if it was never registered."""
+        if self.adapter(name) is None:
+            return None
+        return self._set_adapter(name, None)
+
+    def _set_adapter(self, name: str, digest: str | None) -> AdapterRecord:
+        now = time.time()
+        with self._write() as conn:
+            version = conn.execute(
+                "INSERT INTO adapters (name, version, digest, deleted, created) "
+                "VALUES (?, 1, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
+                "version = adapters.version + 1, digest = excluded.digest, "
+                "deleted = excluded.deleted, created = excluded.created RETURNING version",
+                (name, digest, int(digest is None), now),
+            ).fetchone()[0]
+        return AdapterRecord(name, int(version), digest, digest is None, now)
+
+    def adapter(self, name: str) -> AdapterRecord | None:
+        """The registry's record of `name` (deleted ones included), or None."""
+        with self._read() as conn:
+            r = conn.execute(
+                "SELECT name, version, digest, deleted, created FROM adapters WHERE name = ?",
+                (name,),
+            ).fetchone()
+        return None if r is None else _adapter_record(r)
+
+    def adapters(self) -> list[AdapterRecord]:
+        """Every registry record, by name."""
+        with self._read() as conn:
+            rows = conn.execute(
+                "SELECT name, version, digest, deleted, created FROM adapters ORDER BY name"
+            ).fetchall()
+        return [_adapter_record(r) for r in rows]
+
+    # ------------------------------------------------------------------ integrity
+
+    def integrity_check(self) -> list[str]:
+        """Every problem found (empty = healthy): the engine's own check, then the logical
+        invariants (see `integrity.check_invariants`). Reads the whole store."""
+        from selfreward_vlm.service.store.integrity import check_invariants
+
+        with self._read() as conn:
+            logical = check_invariants(conn)
+        return self.physical_check() + logical
+
+
+def _adapter_record(r: Any) -> AdapterRecord:
+    return AdapterRecord(str(r[0]), int(r[1]), r[2], bool(r[3]), float(r[4]))
 
 
 def iter_jsonl_pairs(path: str | Path) -> Iterator[PreferencePair]:

@@ -1,0 +1,62 @@
+"""State that replicas share, behind one small interface (`Store`), with two back ends.
+
+- `SQLiteStore` (`sqlite.py`): one file under `data_dir`, the embedded default for one replica.
+- `PostgresStore` (`postgres.py`): psycopg 3 with a `psycopg_pool` connection pool, for several
+  replicas and clients sharing one database.
+
+Both hold the preference pairs, the dataset index, images (bytes by sha256) and the adapter
+registry; both run the same migrations (`migrations.py`), give the same cursor semantics and
+idempotent upserts, and pass the same tests. `open_store(url)` picks one from a URL.
+`PairStore` is the SQLite store under its historical name.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from selfreward_vlm.service.store.base import (
+    DATASET_NAME_RE,
+    AdapterRecord,
+    ImageRow,
+    Store,
+    decode_cursor,
+    encode_cursor,
+    iter_jsonl_pairs,
+    validate_dataset_name,
+)
+from selfreward_vlm.service.store.sqlite import SQLiteStore
+
+PairStore = SQLiteStore  # the name callers and tests have always used for the SQLite store
+
+__all__ = [
+    "DATASET_NAME_RE",
+    "AdapterRecord",
+    "ImageRow",
+    "PairStore",
+    "SQLiteStore",
+    "Store",
+    "decode_cursor",
+    "encode_cursor",
+    "is_postgres_url",
+    "iter_jsonl_pairs",
+    "open_store",
+    "validate_dataset_name",
+]
+
+
+def is_postgres_url(url: str) -> bool:
+    """Whether `url` names a PostgreSQL database (`postgresql://` or `postgres://`)."""
+    return url.startswith(("postgresql://", "postgres://", "postgresql+psycopg://"))
+
+
+def open_store(url: str | Path) -> Store:
+    """Open (and migrate) the store a URL names: `postgresql://…` or a SQLite file path
+    (`sqlite:///abs/path.db` is accepted too)."""
+    text = str(url)
+    if is_postgres_url(text):
+        from selfreward_vlm.service.store.postgres import PostgresStore
+
+        return PostgresStore(text.replace("postgresql+psycopg://", "postgresql://", 1))
+    if text.startswith("sqlite://"):
+        text = text.removeprefix("sqlite://")
+    return SQLiteStore(text)
