@@ -145,6 +145,14 @@ class ServiceSettings(BaseSettings):
     openrlhf_queue_wait_s: float = Field(
         4.0, ge=0, description="how long /get_reward waits for a full queue before 503"
     )
+    openrlhf_score_center: float | None = Field(
+        None,
+        description="/get_reward scores = 1/(1+exp(-(reward-center)/scale)); default center: "
+        "20 (calibrated, clip), 0 (implicit)",
+    )
+    openrlhf_score_scale: float | None = Field(
+        None, gt=0, description="see openrlhf_score_center; default 5 (calibrated, clip), 1"
+    )
 
     naive_mode: bool = Field(
         False,
