@@ -22,6 +22,11 @@ def include_routers(app: FastAPI, v1_dependencies: Sequence[Any] = ()) -> None:
     from selfreward_vlm.service.routes import openrlhf
 
     app.include_router(openrlhf.router, dependencies=list(v1_dependencies))
+    # The pair viewer: its page is open (it holds no data), its data calls are /v1 (token).
+    from selfreward_vlm.service import ui
+
+    app.include_router(ui.api_router, dependencies=list(v1_dependencies))
+    app.include_router(ui.page_router)
     _document_error_shape(app)
 
 
