@@ -19,6 +19,11 @@ def include_routers(app: FastAPI, v1_dependencies: Sequence[Any] = ()) -> None:
     for module in (images, datasets, adapters, scoring, generate):
         app.include_router(module.router, dependencies=list(v1_dependencies))
     # Foreign protocols (thin translators onto the handlers above), behind the same token.
+    from selfreward_vlm.service.routes import openai_compat, openrlhf
+
+    for module in (openrlhf, openai_compat):
+        app.include_router(module.router, dependencies=list(v1_dependencies))
+    # Foreign protocols (thin translators onto the handlers above), behind the same token.
     from selfreward_vlm.service.routes import openrlhf
 
     app.include_router(openrlhf.router, dependencies=list(v1_dependencies))

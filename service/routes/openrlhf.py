@@ -191,22 +191,33 @@ def split_query(state: AppState, query: str, prompt: str | None, i: int) -> str:
     return str(engine.tokenizer.decode(q[len(p) :], skip_special_tokens=True))
 
 
-def user_turn(state: AppState, templated: str | None, query: str, with_image: bool, i: int) -> str:
-    """The user's text, read out of a templated prompt by inverting the model's template."""
+def split_templated(state: AppState, text: str, with_image: bool) -> tuple[str, str] | None:
+    """(user turn, what follows the assistant tag) of a chat-templated text, by inverting the
+    model's own template (runs of image placeholders collapsed first); None if it does not fit.
+    Shared with the OpenAI completions route."""
     engine = state.models.engine  # type: ignore[union-attr]
-    text = templated if templated is not None else query
-    placeholder = engine.tokenizer.convert_ids_to_tokens(engine.image_token_id or 0)
-    if engine.image_token_id is not None and placeholder:
+    if engine.image_token_id is not None:
+        placeholder = engine.tokenizer.convert_ids_to_tokens(engine.image_token_id)
         text = re.sub(f"(?:{re.escape(placeholder)})+", placeholder, text)
     head, _, tail = engine.render_prompt(_SENTINEL, with_image).partition(_SENTINEL)
-    end = text.find(tail, len(head)) if templated is None else len(text) - len(tail)
-    if not text.startswith(head) or end < len(head) or not text[end:].startswith(tail):
+    if not text.startswith(head):
+        return None
+    end = text.find(tail, len(head)) if tail else len(text)
+    if end < 0:
+        return None
+    return text[len(head) : end], text[end + len(tail) :]
+
+
+def user_turn(state: AppState, templated: str | None, query: str, with_image: bool, i: int) -> str:
+    """The user's text, read out of the templated prompt (or, without one, the query)."""
+    parts = split_templated(state, templated if templated is not None else query, with_image)
+    if parts is None or (templated is not None and parts[1].strip()):
         raise InvalidRequestError(
             "cannot read the user turn out of the prompt with this model's chat template; put "
             'it in the label as {"image": ..., "prompt": "..."}',
             field=f"prompts.{i}",
         )
-    return text[len(head) : end]
+    return parts[0]
 
 
 async def _score(

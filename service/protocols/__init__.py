@@ -1,0 +1,1 @@
+"""Wire models of the foreign protocols the service speaks (OpenAI/vLLM)."""

@@ -1,0 +1,139 @@
+"""OpenAI / vLLM wire models for `/v1/completions` (echo scoring) and `/v1/score` (CLIP).
+
+Shapes follow vLLM's OpenAI-compatible server (`entrypoints/openai/protocol.py`): unknown
+fields are ignored as vLLM ignores sampling options it does not use, and errors have OpenAI's
+shape `{"error": {"message", "type", "param", "code"}}`.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from selfreward_vlm.core.schemas import ImageRef
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class OpenAIErrorDetail(_Wire):
+    message: str
+    type: str = Field(description="invalid_request_error, not_found_error, ...")
+    param: str | None = Field(None, description="the request field at fault")
+    code: str | None = Field(None, description="the service's own error type")
+
+
+class OpenAIErrorResponse(_Wire):
+    error: OpenAIErrorDetail
+
+
+# --------------------------------------------------------------------------- completions
+
+
+class CompletionRequest(_Wire):
+    """Scoring through the completions API: `echo=true, max_tokens=0, logprobs=k`.
+
+    `prompt` is the model's chat-templated text followed by the assistant text (what
+    `tokenizer.apply_chat_template(..., add_generation_prompt=True)` gives, plus the response);
+    the assistant text's tokens are scored. `image` (a selfreward extension, pass it in the
+    OpenAI client's `extra_body`) fills the template's image slot.
+    """
+
+    model: str = Field(description="adapter name; 'base' = no adapter")
+    prompt: str | list[str] | list[int] | list[list[int]]
+    echo: bool = False
+    max_tokens: int | None = Field(16, ge=0)
+    logprobs: int | None = Field(None, ge=0)
+    prompt_logprobs: int | None = Field(None, ge=0, description="vLLM extension")
+    n: int = Field(1, ge=1)
+    stream: bool = False
+    image: ImageRef | None = Field(None, description="selfreward extension: the prompt's image")
+
+
+class CompletionLogprobs(_Wire):
+    text_offset: list[int]
+    token_logprobs: list[float | None]
+    tokens: list[str]
+    top_logprobs: list[dict[str, float] | None]
+
+
+class PromptTokenLogprob(_Wire):
+    logprob: float
+    rank: int | None = None
+    decoded_token: str
+
+
+class CompletionChoice(_Wire):
+    index: int
+    text: str
+    logprobs: CompletionLogprobs | None = None
+    finish_reason: Literal["length", "stop"] | None = "length"
+    stop_reason: str | None = None
+    prompt_logprobs: list[dict[str, PromptTokenLogprob] | None] | None = None
+
+
+class CompletionUsage(_Wire):
+    prompt_tokens: int
+    completion_tokens: int = 0
+    total_tokens: int
+
+
+class CompletionResponse(_Wire):
+    id: str = Field(default_factory=lambda: f"cmpl-{uuid.uuid4().hex}")
+    object: Literal["text_completion"] = "text_completion"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    model: str
+    choices: list[CompletionChoice]
+    usage: CompletionUsage
+
+
+# --------------------------------------------------------------------------- score
+
+
+class ImageUrl(_Wire):
+    url: str = Field(description="data: URI, http(s) URL (if allowed), or an image id")
+
+
+class ScoreContentPart(_Wire):
+    type: Literal["image_url", "text"]
+    image_url: ImageUrl | None = None
+    text: str | None = None
+
+
+class ScoreMultiModal(_Wire):
+    content: list[ScoreContentPart] = Field(..., min_length=1)
+
+
+ScoreSide = str | list[str] | ScoreMultiModal
+
+
+class ScoreRequest(_Wire):
+    """vLLM's score request: `text_1` against each `text_2` (1:N) or pairwise (N:N). One side
+    holds images (`image_url` content parts), the other texts; the score is CLIP relevance
+    R_I = max(100·cos, 0)."""
+
+    model: str | None = None
+    text_1: ScoreSide
+    text_2: ScoreSide
+
+
+class ScoreData(_Wire):
+    index: int
+    object: Literal["score"] = "score"
+    score: float
+
+
+class ScoreResponse(_Wire):
+    id: str = Field(default_factory=lambda: f"score-{uuid.uuid4().hex}")
+    object: Literal["list"] = "list"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    model: str
+    data: list[ScoreData]
+    usage: CompletionUsage
