@@ -7,7 +7,7 @@ import { forgetKey, hasKey, listDatasets, summary } from './api.js';
 import { renderDistributions } from './charts.js';
 import { el, fmt, hashFor, mount, parseHash } from './dom.js';
 import { renderPairs } from './pairs.js';
-import { installTooltip } from './tooltip.js';
+import { hideTip, installTooltip } from './tooltip.js';
 
 const main = document.getElementById('main');
 const crumbs = document.getElementById('crumbs');
@@ -16,6 +16,7 @@ let generation = 0; // a view started later wins: an earlier one stops drawing
 /** Draw the view the hash names. */
 async function route() {
   const mine = ++generation;
+  hideTip();
   const stale = () => mine !== generation;
   const { parts, params } = parseHash();
   try {

@@ -43,6 +43,7 @@ export function fmt(x) {
   if (x === null || x === undefined || Number.isNaN(x)) return '–';
   const a = Math.abs(x);
   if (a === 0) return '0';
+  if (Number.isInteger(x) && a < 1e5) return String(x); // counts stay counts
   if (a >= 1e5 || a < 1e-3) return x.toExponential(2);
   if (a >= 100) return x.toFixed(1);
   if (a >= 1) return x.toFixed(2);

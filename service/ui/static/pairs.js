@@ -4,7 +4,7 @@
 
 import { imageUrl, pairsPage, summary } from './api.js';
 import { el, fmt, hashFor, mount, signed } from './dom.js';
-import { setTip } from './tooltip.js';
+import { hideTip, setTip } from './tooltip.js';
 
 const PAGE_SIZE = 20; // matching pairs per page
 const FETCH = 100; // pairs per API call
@@ -141,6 +141,7 @@ function select(view, pair) {
   const params = new URLSearchParams(location.hash.split('?')[1] || '');
   params.set('pair', pair.id);
   history.replaceState(null, '', `${location.hash.split('?')[0]}?${params}`);
+  hideTip();
   mount(view.detail, pairDetail(pair));
 }
 

@@ -13,9 +13,20 @@ export function setTip(node, title, rows) {
   if (!node.hasAttribute('tabindex')) node.setAttribute('tabindex', '0');
 }
 
+let hideCurrent = () => {};
+
+/** Hide the tooltip (a view is being replaced: its hovered node may be gone). */
+export function hideTip() {
+  hideCurrent();
+}
+
 export function installTooltip(root) {
   const tip = document.getElementById('tooltip');
   let current = null;
+  hideCurrent = () => {
+    tip.hidden = true;
+    current = null;
+  };
   const show = (node) => {
     const data = tips.get(node);
     if (!data) return;
