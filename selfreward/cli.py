@@ -79,6 +79,11 @@ def _mount() -> None:
 
 _mount()
 
+# Sub-apps: `selfreward eval ...` (client only: no torch, so no stub is needed).
+from selfreward_vlm.client.eval.cli import app as eval_app  # noqa: E402
+
+app.add_typer(eval_app, name="eval")
+
 
 def main() -> None:
     """Console-script entry point."""
