@@ -64,6 +64,9 @@ def pairs_command(
     seed: Annotated[int | None, Opt(help="sbspo/self-judge: first seed")] = None,
     judge: Annotated[str | None, Opt(help="self-judge: logprobs | generate")] = None,
     quiet: Annotated[bool, Opt(help="no progress bar")] = False,
+    preset: Annotated[
+        str | None, Opt(help="paper | official | tuned: the method's settings (flags win)")
+    ] = None,
 ) -> None:
     """Build preference pairs for a prompts file with one method (resumable)."""
     if method not in METHODS:
@@ -76,7 +79,7 @@ def pairs_command(
         "beta": beta, "temperature": temperature, "seed": seed, "judge": judge,
     }  # fmt: skip
     try:
-        config = build_config(method, **options)
+        config = build_config(method, preset, **options)
     except (ValueError, TypeError) as exc:
         raise typer.BadParameter(str(exc)) from exc
     try:

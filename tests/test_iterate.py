@@ -70,3 +70,43 @@ def test_iterate_two_rounds_then_resume(tiny_models: dict[str, Path], tmp_path: 
         assert snapshot(work) == before
     finally:
         stop_server(proc)
+
+
+def test_iterate_sbspo_without_init_adapter_is_refused(tmp_path: Path) -> None:
+    """t = 1 would score the base against the base (every implicit reward 0): refused before
+    any request (the URL is never contacted), by the library and by the CLI."""
+    from typer.testing import CliRunner
+
+    from selfreward_vlm.trainer.cli import build_app
+    from selfreward_vlm.trainer.iterate import iterate
+
+    with pytest.raises(ValueError, match="needs --init-adapter"):
+        iterate("http://127.0.0.1:9", "sbspo", tmp_path / "p.jsonl", tmp_path, 1, tmp_path / "w")
+    args = ["iterate", "--service", "http://127.0.0.1:9", "--prompts", "p.jsonl", "--images",
+            str(tmp_path), "--work", str(tmp_path / "w"), "--method", "sbspo"]  # fmt: skip
+    res = CliRunner().invoke(build_app(), args, env={"COLUMNS": "400"})
+    assert res.exit_code == 2 and "--init-adapter" in " ".join(res.output.split())
+    assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.slow
+def test_iterate_sbspo_starts_from_init_adapter(
+    live_server: str, tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    """With `init_adapter` (the paper's M1′) iteration 1 samples from it, scores it against
+    the base (non-zero rewards), and trains from it with it as the reference."""
+    from selfreward_vlm.trainer.iterate import iterate
+    from tests.test_trainer import random_adapter
+
+    prompts, images = make_prompts(tmp_path, 2)
+    init = random_adapter(tiny_models, tmp_path / "m1")
+    iterate(live_server, "sbspo", prompts, images, 1, tmp_path / "w", model=str(tiny_models["vlm"]),
+            run="sb", init_adapter=init,
+            train_overrides={"max_steps": 1, "lora_r": 4, "lora_alpha": 8, "device": "cpu"},
+            method_options={"num_samples": 4, "max_new_tokens": 6})  # fmt: skip
+    pairs = [json.loads(x) for x in (tmp_path / "w" / "iter1" / "pairs.jsonl").open()]
+    assert pairs and {(p["model"], p["reference"]) for p in pairs} == {("sb-iter0", "base")}
+    assert all(p["chosen_score"]["extra"]["reward_sum"] != 0.0 for p in pairs)
+    summary = json.loads((tmp_path / "w" / "iter1" / "train" / "train_summary.json").read_text())
+    assert summary["config"]["init_adapter"] == str(init)
+    assert summary["config"]["reference"] == str(init)

@@ -102,9 +102,15 @@ def iterate_command(
     method_option: Annotated[
         list[str] | None, Opt(help="extra search option KEY=VALUE (repeatable)")
     ] = None,
+    preset: Annotated[
+        str | None, Opt(help="paper | official | tuned: search + training settings")
+    ] = None,
+    init_adapter: Annotated[
+        str | None, Opt(help="LoRA dir to start from (iteration 0); sbspo needs one (M1')")
+    ] = None,
 ) -> None:
     """Iterative DPO: pairs with adapter t-1, train adapter t, upload it, repeat (resumable)."""
-    from selfreward_vlm.trainer.iterate import iterate
+    from selfreward_vlm.trainer.iterate import check_iterate, iterate
 
     overrides = {
         "config": str(train_config) if train_config else None, "lr": lr, "beta": beta,
@@ -114,11 +120,17 @@ def iterate_command(
     }  # fmt: skip
     options = {"num_candidates": num_candidates, "max_new_tokens": max_new_tokens}
     options = {k: v for k, v in options.items() if v is not None} | _options(method_option)
+    if init_adapter is not None and not Path(init_adapter).is_dir():
+        raise typer.BadParameter(f"{init_adapter} is not a folder", param_hint="--init-adapter")
+    try:
+        check_iterate(method, init_adapter is not None, preset, options)
+    except ValueError as exc:  # refused before any work: a usage error, not a trace
+        raise typer.BadParameter(str(exc)) from None
     iterate(
         service_url=service, method=method, prompts=prompts, images=images,
         iterations=iterations, work_dir=work, model=model, run=run,
         train_overrides={k: v for k, v in overrides.items() if v is not None},
-        method_options=options,
+        method_options=options, init_adapter=init_adapter, preset=preset,
     )  # fmt: skip
 
 

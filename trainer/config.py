@@ -1,8 +1,11 @@
 """`DPOTrainConfig`: every knob of one LoRA DPO run, in TRL's config-dataclass idiom.
 
-Defaults are the papers' (LoRA r 128 / α 256 / dropout 0.05 on the language model's linear
-layers, β 0.1) and the official CSR code's learning rate 1e-7. A config file (YAML or JSON)
-gives the same fields; command-line flags override it.
+Where each default comes from (README, "Defaults and where they come from"): neither paper
+states any training hyper-parameter. LoRA r 128 / α 256 / dropout 0.05, lr 1e-7 and 1 epoch are
+the official CSR code's (`scripts/run_train.sh`), which also uses a cosine schedule with 3 %
+warm-up and trains the projector at 2e-5 (`--preset official` sets the schedule; the projector
+stays frozen here). β 0.1, the linear schedule and batch 4 are our choices (TRL's defaults).
+A config file (YAML or JSON) gives the same fields; command-line flags override it.
 """
 
 from __future__ import annotations

@@ -8,6 +8,12 @@ Per iteration t = 1..T (DESIGN.md "Iterative DPO"):
               (base for t = 1), output `work/iter{t}/train/`;
 3. uploaded -- adapter t goes to the service as `{run}-iter{t}`.
 
+`init_adapter` (a LoRA dir) is iteration 0: uploaded as `{run}-iter0`, it generates the pairs of
+t = 1 and is where t = 1's training starts and its reference. SBSPO needs it (the paper's M1′:
+an already aligned policy; with policy = reference every implicit reward is 0, so `iterate
+--method sbspo` without one is refused). `preset` (`paper | official | tuned`) supplies the
+method's options and the training options; explicit ones win.
+
 `work/state.json` records the finished stages and each iteration's table row, so a rerun
 skips what is done (an unfinished stage resumes: run_pairs from its output file, training from
 its last checkpoint; an upload is idempotent and is redone if the service lost the adapter).
@@ -57,8 +63,11 @@ def _write_if_changed(path: Path, text: str) -> None:
         path.write_text(text)
 
 
-def adapter_name(run: str, t: int) -> str:
-    return "base" if t == 0 else f"{run}-iter{t}"
+def adapter_name(run: str, t: int, has_init: bool = False) -> str:
+    """The service's name of adapter t: iteration 0 is the base, or `init_adapter` if given."""
+    if t < 0 or (t == 0 and not has_init):
+        return "base"
+    return f"{run}-iter{t}"
 
 
 def _generate_pairs(
@@ -135,39 +144,63 @@ class _Loop:
     method_options: dict[str, Any]
     state: IterationState
     client: Any
+    init_adapter: Path | None = None
+
+    def name(self, t: int) -> str:
+        return adapter_name(self.run, t, self.init_adapter is not None)
+
+    def adapter_dir(self, t: int) -> Path | None:
+        if t == 0:
+            return self.init_adapter
+        return self.work / f"iter{t}" / "train" / "adapter"
 
     def step(self, t: int) -> bool:
         """Finish iteration t's missing stages; True when any work was done."""
         folder, state = self.work / f"iter{t}", self.state
-        previous = self.work / f"iter{t - 1}" / "train" / "adapter" if t > 1 else None
+        previous = self.adapter_dir(t - 1)
         worked = False
         if not state.done(t, "pairs"):
             started = time.perf_counter()
             options = dict(self.method_options)
             # the implicit reward of policy t-1 is measured against the reference it was
             # trained with (t-2; base early on), unless the caller names one
-            reference = options.pop("reference", adapter_name(self.run, max(t - 2, 0)))
+            reference = options.pop("reference", self.name(t - 2))
             summary = _generate_pairs(
                 self.service_url, self.method, self.prompts, self.images,
-                folder / "pairs.jsonl", adapter_name(self.run, t),
-                adapter_name(self.run, t - 1), reference, t, options,
+                folder / "pairs.jsonl", self.name(t), self.name(t - 1), reference, t, options,
             )  # fmt: skip
             seconds = round(time.perf_counter() - started, 3)
             state.mark(t, "pairs", pairs_summary=summary, pairs_seconds=seconds)
             worked = True
         if not state.done(t, "trained"):
             summary = _train(
-                self.service_url, self.model, adapter_name(self.run, t), folder / "train",
-                previous, adapter_name(self.run, t - 1), dict(self.train_overrides),
+                self.service_url, self.model, self.name(t), folder / "train",
+                previous, self.name(t - 1), dict(self.train_overrides),
             )  # fmt: skip
             state.mark(t, "trained", train=summary)
             worked = True
         uploaded = state.done(t, "uploaded")
-        name = adapter_name(self.run, t)
+        name = self.name(t)
         worked |= _upload(self.client, name, folder / "train" / "adapter", uploaded)
         if not uploaded:
             state.mark(t, "uploaded")
         return worked
+
+
+def check_iterate(
+    method: str, has_init: bool, preset: str | None, method_options: dict[str, Any]
+) -> None:
+    """Refuse, before any work, what cannot give meaningful pairs (a ValueError): an unknown
+    method, preset or option, and SBSPO without a starting policy (t = 1 scores iteration 0
+    against the base: with no `init_adapter` both are the base and every reward is 0)."""
+    from selfreward_vlm.client.methods import build_config, check_run
+
+    options = {k: v for k, v in method_options.items() if k not in ("reference", "preset")}
+    build_config(method, preset, **options)
+    try:
+        check_run(method, adapter_name("run", 0, has_init), method_options.get("reference", "base"))
+    except ValueError as exc:
+        raise ValueError(f"iterate --method {method} needs --init-adapter: {exc}") from None
 
 
 def iterate(
@@ -181,6 +214,8 @@ def iterate(
     train_overrides: dict[str, Any] | None = None,
     method_options: dict[str, Any] | None = None,
     run: str | None = None,
+    init_adapter: str | Path | None = None,
+    preset: str | None = None,
 ) -> list[IterationRecord]:
     """Run (or resume) `iterations` rounds of pairs -> DPO -> upload; see the module doc.
 
@@ -189,27 +224,39 @@ def iterate(
     `method_options`: fields of the method's client config (num_candidates, max_new_tokens,
     ...), plus `reference` (the implicit-reward reference adapter name).
     `run`: prefix of dataset and adapter names (default: the work dir's name).
+    `init_adapter`: a LoRA dir to start from (iteration 0; SBSPO needs one).
+    `preset`: paper | official | tuned (client.methods.presets); explicit options win.
     Prints the table after each iteration; writes work/iterations.json.
     """
     from rich.console import Console
 
     from selfreward_vlm.client import ScoringClient
+    from selfreward_vlm.client.methods.presets import train_options
 
     work = Path(work_dir)
+    run = run or work.resolve().name
+    init = Path(init_adapter) if init_adapter else None
+    options = dict(method_options or {})
+    if preset is not None:
+        options = {"preset": preset, **options}
+    check_iterate(method, init is not None, preset, options)
     work.mkdir(parents=True, exist_ok=True)
     client = ScoringClient(service_url, api_key=os.environ.get("SELFREWARD_API_KEY"))
     loop = _Loop(
-        service_url.rstrip("/"), method, str(prompts), str(images), work,
-        run or work.resolve().name, model or client.info().model.model,
-        dict(train_overrides or {}), dict(method_options or {}), IterationState(work), client,
+        service_url.rstrip("/"), method, str(prompts), str(images), work, run,
+        model or client.info().model.model, {**train_options(preset), **(train_overrides or {})},
+        options, IterationState(work), client, init,
     )  # fmt: skip
     # A log file (no terminal) gets wide tables rather than rich's 80-column default.
     console, records = Console(width=None if sys.stdout.isatty() else 140), []
     table_file = work / "iterations.json"
     try:
+        if init is not None:
+            _upload(client, loop.name(0), init, loop.state.done(0, "uploaded"))
+            loop.state.mark(0, "uploaded", init_adapter=str(init))
         for t in range(1, iterations + 1):
             worked = loop.step(t)
-            names = adapter_name(loop.run, t - 1), adapter_name(loop.run, t)
+            names = loop.name(t - 1), loop.name(t)
             entry = loop.state.entry(t)
             records.append(build_record(t, *names, entry, work / f"iter{t}" / "pairs.jsonl"))
             if worked:  # a rerun with nothing to do rewrites nothing

@@ -20,6 +20,7 @@ from selfreward_vlm.client.methods.base import (
 )
 from selfreward_vlm.client.methods.csr import CSRConfig, csr
 from selfreward_vlm.client.methods.csr_official import CSROfficialConfig, csr_official
+from selfreward_vlm.client.methods.presets import PRESET_NAMES, PRESETS, method_options
 from selfreward_vlm.client.methods.sbspo import (
     SamePolicyError,
     SBSPOConfig,
@@ -64,21 +65,25 @@ def check_run(method: str, model: str, reference: str) -> None:
         check_policy(model, reference)
 
 
-def build_config(method: str, **overrides: Any) -> Any:
-    """The method's config with `overrides` applied; None means 'keep the default'. An option
-    the method does not have is a ValueError naming it (a typo must not be a silent default)."""
+def build_config(method: str, preset: str | None = None, **overrides: Any) -> Any:
+    """The method's config: its defaults, then the preset's values (`presets.py`; taken as
+    they are, None included), then `overrides`, where None means 'keep'. An option the method
+    does not have is a ValueError naming it (a typo must not be a silent default)."""
     cls = get_method(method).config_cls
     fields = {f.name for f in dataclasses.fields(cls)}
     given = {k: v for k, v in overrides.items() if v is not None}
     unknown = sorted(set(given) - fields)
     if unknown:
         raise ValueError(f"{method} has no option(s) {unknown}; it takes {sorted(fields)}")
-    return cls(**given)
+    values = {**method_options(preset, method), **given}
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 
 __all__ = [
     "JUDGE_PROMPT",
     "METHODS",
+    "PRESETS",
+    "PRESET_NAMES",
     "AsyncScorer",
     "CSRConfig",
     "CSROfficialConfig",

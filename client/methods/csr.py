@@ -76,6 +76,7 @@ class CSRConfig:
     stop_text: str = "."
     clip_scale: float = 100.0
     clip_batch: int = 64  # texts per /v1/clip request
+    preset: str | None = None  # the preset these settings came from (recorded in `params`)
 
     def __post_init__(self) -> None:
         check_config(

@@ -87,6 +87,7 @@ class CSROfficialConfig:
     stop_text: str = "."
     clip_scale: float = 100.0
     clip_batch: int = 64
+    preset: str | None = None
 
     def __post_init__(self) -> None:
         check_config(self, {}, unit=("alpha",))

@@ -77,6 +77,7 @@ class SBSPOConfig:
     beta: float = 0.1
     lam: float = 0.3  # union fraction: top/bottom ⌈λm⌉ of each ranking
     dedupe: bool = True
+    preset: str | None = None
 
     def __post_init__(self) -> None:
         check_config(self, {})

@@ -58,6 +58,7 @@ class SelfJudgeConfig:
     both_orders: bool = False
     judge_max_new_tokens: int = 16
     attempts: int = 3
+    preset: str | None = None
 
     def __post_init__(self) -> None:
         check_config(self, {"judge": Literal["logprobs", "generate"]})

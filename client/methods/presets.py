@@ -1,0 +1,112 @@
+"""Named presets of every search and training setting: `paper`, `official`, `tuned`.
+
+- `paper`: the papers' text taken literally: CSR eq. 2-4 and Algorithm 1 (R_T = product of
+  token probabilities, path reward = sum, search until EOS), SBSPO §2.4 (m = 10, λ = 0.3).
+  Neither paper states training hyper-parameters, so its `train` block is the official CSR
+  code's (below), and says so.
+- `official`: what the released CSR code does (github.com/YiyangZhou/CSR: `inference_csr/`
+  rank fusion, mean rank, its pruning; `scripts/run_train.sh`: LoRA r 128 / α 256, lr 1e-7,
+  cosine schedule, 3 % warm-up, 1 epoch, batch 1). SBSPO has no released code: its `sbspo`
+  entry is the paper's.
+- `tuned`: what measured best on the demo's miniature world (README, "The demo"): sizes fit its
+  six-token sentences, and the DPO settings fit a tiny model trained from scratch. Not a
+  recommendation for a 7B model.
+
+A preset is plain data (client installs have no trainer): `method_options(preset, method)` are
+fields of the method's config dataclass, `train_options(preset)` fields of the trainer's
+`DPOTrainConfig`. Explicit options override a preset's; every config records its preset name,
+and a pair records every field of its config (`params`), so a pair says what made it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+PRESET_NAMES = ("paper", "official", "tuned")
+
+# The official CSR code's training (scripts/run_train.sh); the papers state none of it.
+OFFICIAL_TRAIN: dict[str, Any] = {
+    "lora_r": 128, "lora_alpha": 256, "lora_dropout": 0.05, "lr": 1e-7,
+    "lr_scheduler_type": "cosine", "warmup_steps": 0.03, "epochs": 1.0, "batch_size": 1,
+    "loss_type": ["sigmoid"], "beta": 0.1,
+}  # fmt: skip
+
+# CSR paper, appendix A.1 and Algorithm 1 (max_steps None: search until EOS or 1024 tokens).
+PAPER_CSR: dict[str, Any] = {
+    "lam": 0.9, "language_score": "prob", "path_score": "sum", "num_candidates": 5,
+    "num_beam_groups": 5, "diversity_penalty": 3.0, "max_new_tokens": 74,
+    "max_total_tokens": 1024, "keep_top": 1, "keep_bottom": 2, "max_steps": None,
+    "drop_duplicate_sentences": False,
+}  # fmt: skip
+
+PAPER_SBSPO: dict[str, Any] = {"num_samples": 10, "lam": 0.3, "beta": 0.1}
+
+
+@dataclass(frozen=True)
+class Preset:
+    """One preset: options per method, training options, and the CSR flavour it runs."""
+
+    name: str
+    description: str
+    csr_method: str  # what "CSR" means under this preset: csr (paper search) or csr-official
+    methods: dict[str, dict[str, Any]] = field(default_factory=dict)
+    train: dict[str, Any] = field(default_factory=dict)
+
+
+PRESETS: dict[str, Preset] = {
+    "paper": Preset(
+        "paper", "CSR eq. 2-4 + Algorithm 1 and SBSPO §2.4 literally; training: the official "
+        "CSR code's (no paper states it)", "csr",
+        {"csr": PAPER_CSR, "csr-official": {}, "sbspo": PAPER_SBSPO, "self-judge": {}},
+        OFFICIAL_TRAIN,
+    ),
+    "official": Preset(
+        "official", "the released CSR code: rank fusion, mean rank, its pruning; its training "
+        "script (SBSPO: no code released, the paper's values)", "csr-official",
+        {"csr": PAPER_CSR, "csr-official": {}, "sbspo": PAPER_SBSPO, "self-judge": {}},
+        OFFICIAL_TRAIN,
+    ),
+    "tuned": Preset(
+        "tuned", "measured best on the miniature world (README, The demo)", "csr",
+        {
+            "csr": {
+                "lam": 0.9, "language_score": "mean_logprob", "path_score": "mean",
+                "num_candidates": 5, "keep_top": 1, "keep_bottom": 2, "max_new_tokens": 12,
+                "max_steps": 5, "stop_r_i": "zero", "drop_duplicate_sentences": True,
+            },
+            "csr-official": {"max_new_tokens": 12, "max_steps": 5},
+            "sbspo": {"max_new_tokens": 40},
+            "self-judge": {"max_new_tokens": 40},
+        },
+        {
+            "lr": 2e-4, "loss_type": ["sigmoid", "sft"], "lora_r": 16, "lora_alpha": 32,
+            "batch_size": 8, "epochs": 3.0, "max_length": 256, "save_steps": 1000,
+        },
+    ),
+}  # fmt: skip
+
+
+def get_preset(name: str) -> Preset:
+    """The preset `name`, or a ValueError listing the known ones."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}; choose from {list(PRESET_NAMES)}") from None
+
+
+def method_options(preset: str | None, method: str) -> dict[str, Any]:
+    """The preset's config fields for `method` (empty for no preset), `preset` included."""
+    if preset is None:
+        return {}
+    spec = get_preset(preset)
+    if method not in spec.methods:
+        raise ValueError(f"preset {preset!r} has no settings for method {method!r}")
+    return {**spec.methods[method], "preset": preset}
+
+
+def train_options(preset: str | None) -> dict[str, Any]:
+    """The preset's DPOTrainConfig fields (empty for no preset); lists copied."""
+    if preset is None:
+        return {}
+    return {k: list(v) if isinstance(v, list) else v for k, v in get_preset(preset).train.items()}
