@@ -194,6 +194,63 @@ def test_csr_official_without_root_in_mean() -> None:
     assert pair.rejected == "Gamma three. Theta x."
 
 
+def random_tree(seed: int, depth: int = 4) -> tuple[dict[str, Any], dict[str, float]]:
+    """A synthetic search tree: every prefix has two sentences and, 40 % of the time, an EOS
+    candidate; sentence cosines uniform in [0, 0.4] (R_I 0-40, never negative)."""
+    import random
+
+    rng = random.Random(seed)
+    tree: dict[str, Any] = {}
+    cosine: dict[str, float] = {}
+    frontier = [""]
+    for _ in range(depth):
+        nxt = []
+        for prefix in frontier:
+            kids = [(f" S{len(cosine) + i}.", [rng.uniform(-2, -0.1)], False) for i in range(2)]
+            for text, _, _ in kids:
+                cosine[text.strip()] = rng.uniform(0.0, 0.4)
+                nxt.append(prefix + text)
+            tree[prefix] = kids + ([("", [-0.3], True)] if rng.random() < 0.4 else [])
+        frontier = nxt
+    return tree, cosine
+
+
+def chosen_lengths(path_score: str, trees: int = 40, **options: Any) -> list[Any]:
+    from selfreward_vlm.client.methods.lengths import length_stats
+
+    pairs = []
+    for seed in range(trees):
+        tree, cosine = random_tree(seed)
+        cfg = csr_config(lam=1.0, path_score=path_score, max_steps=4, **options)
+        pairs += run(csr(FakeScorer(tree=tree, cosine=cosine), ITEM, None, cfg)).pairs
+    return [pairs, length_stats(pairs)]
+
+
+def test_csr_sum_mode_always_chooses_the_longest_path() -> None:
+    """Paper mode (sum) with R = R_I ≥ 0: every chosen response is the longest finished one,
+    cut off by max_steps, and never shorter than its rejected; `length_stats` measures it. A
+    baseline on R_I (`r_i_offset`) makes a weak sentence cost reward, and length stops
+    deciding alone."""
+    pairs, stats = chosen_lengths("sum")
+    assert len(pairs) == 40
+    for p in pairs:
+        assert p.chosen_score.extra["num_sentences"] == 4 and p.chosen_score.extra["eos"] == 0
+    assert stats["chosen_cut_off"] == 1.0 and stats["chosen_shorter"] == 0.0
+    assert stats["chosen_words"] > stats["rejected_words"]
+    _, offset = chosen_lengths("sum", r_i_offset=25.0)
+    assert offset["chosen_cut_off"] < 1.0 and offset["chosen_shorter"] > 0.0
+
+
+def test_csr_mean_mode_prefers_cut_off_paths_unless_excluded() -> None:
+    """Mean path score with R_I = 0 for the end-of-response step: a path cut by max_steps has
+    no such step to dilute its mean, so it is chosen every time; `exclude_cut_off` chooses
+    among responses that ended."""
+    _, mean = chosen_lengths("mean")
+    assert mean["chosen_cut_off"] == 1.0
+    pairs, ended = chosen_lengths("mean", exclude_cut_off=True)
+    assert pairs and ended["chosen_cut_off"] == 0.0 and ended["rejected_cut_off"] == 0.0
+
+
 # --------------------------------------------------------------------------- SBSPO
 
 SUMS = [5.0, 4.0, 3.0, 2.0, 1.0, 0.0, -1.0, -2.0, -3.0, -4.0]

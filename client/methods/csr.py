@@ -18,6 +18,16 @@ Decisions (see WORLD-NOTES.md; the tunable ones are config fields, recorded in `
 - Finished children (EOS, or `max_total_tokens` generated tokens) always enter the finished
   pool, as in the official code; pruning only ranks the unfinished ones. After `max_steps` the
   remaining live paths are finished by length.
+- Length: with `path_score="sum"` and R ≥ 0 for every sentence (R_I ≥ 0 and λ near 1), adding
+  a sentence never lowers a path's reward, so the longest finished path (often the one cut by
+  `max_steps`) is chosen and the shortest rejected: the pairs teach length more than relevance.
+  `r_i_offset` (default 0 = paper) subtracts a baseline from each sentence's R_I, so a sentence
+  must be clearly relevant to add reward and an irrelevant one costs reward; `"mean"` divides by
+  the number of steps instead. But with `"mean"` and `stop_r_i="zero"` a path cut off by
+  `max_steps` has no end-of-response step (R_I 0) to dilute its mean, so it beats every path
+  that ended: on synthetic trees the chosen response was cut off every time.
+  `exclude_cut_off` (default off = paper) lets only EOS-ended paths be chosen or rejected.
+  Chosen vs rejected lengths per run are in the demo's report (`methods.lengths`).
 - `drop_duplicate_sentences` (default off = paper) drops a candidate repeating a sentence of its
   own path. Identical sibling candidates (same parent, same text) are always merged: they would
   grow identical subtrees.
@@ -72,6 +82,8 @@ class CSRConfig:
     keep_bottom: int = 2
     max_steps: int | None = 12  # not in the paper: a bound on sentences per response
     stop_r_i: StopRelevance = "zero"
+    r_i_offset: float = 0.0  # not in the paper: R = λ·(R_I − offset) + (1−λ)·R_T for sentences
+    exclude_cut_off: bool = False  # not in the paper: only EOS-ended paths are chosen/rejected
     drop_duplicate_sentences: bool = False
     stop_text: str = "."
     clip_scale: float = 100.0
@@ -184,10 +196,8 @@ def _child(
         r_i = stop_relevance(cfg.stop_r_i, [s.r_i for s in path.steps if s.text])
     else:
         r_i = 0.0  # whitespace only: nothing for CLIP to see
-    step = Step(
-        cand.text, text, r_t, r_i, calibrated_reward(r_i, r_t, cfg.lam), len(cand.token_ids),
-        cosine, is_stop,
-    )  # fmt: skip
+    reward = calibrated_reward(r_i - (cfg.r_i_offset if text else 0.0), r_t, cfg.lam)
+    step = Step(cand.text, text, r_t, r_i, reward, len(cand.token_ids), cosine, is_stop)
     tokens = path.tokens + len(cand.token_ids)
     reason = "eos" if cand.finished else ("length" if tokens >= cfg.max_total_tokens else None)
     return SearchPath((*path.steps, step), tokens, reason)
@@ -261,6 +271,8 @@ async def csr(
     stats: dict[str, float] = {}
     finished, steps = await search(client, item, ctx, cfg, stats)
     paths = [p for p in finished if p.response]
+    if cfg.exclude_cut_off:  # a response cut by max_steps/tokens never said it was done
+        paths = [p for p in paths if p.stop_reason == "eos"]
     stats |= {"steps": float(steps), "finished": float(len(finished))}
     scores = [p.score(cfg.path_score) for p in paths]
     pick = pick_chosen_rejected([p.response for p in paths], scores)
