@@ -74,6 +74,11 @@ class AsyncScoringClient(b.BaseClient):
         for base in self.url_order(spec):
             try:
                 response = await self._http.send(self.build(self._http, spec, base))
+                if missing := self.reuploads(spec, response):  # a replica lacks its images
+                    for data in missing:
+                        upload = self.build(self._http, b.upload_image_spec(data), base)
+                        b.check(await self._http.send(upload))
+                    response = await self._http.send(self.build(self._http, spec, base))
             except httpx.TransportError as exc:
                 error = b.transport_error(exc, base)
                 if isinstance(error, APIConnectionError):
@@ -121,7 +126,7 @@ class AsyncScoringClient(b.BaseClient):
             _, known = self.cached_image_id(raw)
             if known is None:
                 out = b.parse(await self._send(b.upload_image_spec(raw)), ImageUploadResponse)
-                self.remember_image(digest, known := out.id)
+                self.remember_image(digest, known := out.id, raw)
         return known
 
     async def get_image(self, image_id: str) -> bytes:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,8 @@ ImageLike = str | ImageRef | None  # an image id from upload_image, or an ImageR
 DEFAULT_TIMEOUT = httpx.Timeout(300.0, connect=10.0)  # generation on a big model is slow
 PAIRS_BATCH = 500  # pairs per upsert request (the service caps a batch, 1000 by default)
 MAX_RETRY_AFTER = 60.0  # never sleep longer than this on a server's Retry-After hint
+# Image bytes a client keeps (LRU) to upload again to a replica that lacks them.
+MAX_REUPLOAD_BYTES = 256 * 2**20
 
 _MAGIC = [
     (b"\x89PNG\r\n\x1a\n", "image/png"),
@@ -83,6 +86,8 @@ class BaseClient:
             self.headers["authorization"] = f"Bearer {api_key}"
         self._turn = itertools.count()
         self._image_ids: dict[str, str] = {}  # sha256 of bytes -> service image id
+        self._image_bytes: OrderedDict[str, bytes] = OrderedDict()  # image id -> bytes (LRU)
+        self._image_bytes_total = 0
 
     # ------------------------------------------------------------------ routing and retries
 
@@ -124,8 +129,42 @@ class BaseClient:
         digest = hashlib.sha256(data).hexdigest()
         return digest, self._image_ids.get(digest)
 
-    def remember_image(self, digest: str, image_id: str) -> None:
+    def remember_image(self, digest: str, image_id: str, data: bytes | None = None) -> None:
+        """Cache an upload's id, and its bytes (bounded) for re-uploads to other replicas."""
         self._image_ids[digest] = image_id
+        if data is None or len(data) > MAX_REUPLOAD_BYTES or image_id in self._image_bytes:
+            return
+        self._image_bytes[image_id] = data
+        self._image_bytes_total += len(data)
+        while self._image_bytes_total > MAX_REUPLOAD_BYTES:
+            _, dropped = self._image_bytes.popitem(last=False)
+            self._image_bytes_total -= len(dropped)
+
+    def reuploads(self, spec: RequestSpec, response: httpx.Response) -> list[bytes]:
+        """The bytes of the images to upload again before retrying `spec`: those it names
+        that this client uploaded, when the replica answered `404 image_not_found` (replicas
+        that do not share a store each need the image once)."""
+        if response.status_code != 404 or spec.path == "/v1/images" or not self._image_bytes:
+            return []
+        try:
+            type_ = response.json()["error"]["type"]
+        except (ValueError, KeyError, TypeError):
+            return []
+        if type_ != "image_not_found":
+            return []
+        named = _strings_in(spec.json)
+        return [data for image_id, data in self._image_bytes.items() if image_id in named]
+
+
+def _strings_in(value: Any) -> set[str]:
+    """Every string inside a JSON value (image ids sit in `image.id` and `pairs[].images`)."""
+    if isinstance(value, str):
+        return {value}
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, list):
+        return set().union(*map(_strings_in, value)) if value else set()
+    return set()
 
 
 _backoff = tenacity.wait_exponential_jitter(initial=0.5, max=8.0, jitter=0.5)

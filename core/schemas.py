@@ -344,6 +344,9 @@ class InfoResponse(_Response):
     version: str
     model: ModelInfo
     adapters: list[str]
+    # registry version of each uploaded adapter this replica serves (replicas sharing a store
+    # agree once each has used the name: none serves an older version than the registry's)
+    adapter_versions: dict[str, int] = {}
     limits: dict[str, int | float]
     naive_mode: bool
     versions: dict[str, str]

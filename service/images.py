@@ -34,6 +34,13 @@ class InvalidImageError(InvalidRequestError):
     type = "invalid_image"
 
 
+class ImageNotFoundError(NotFoundError):
+    """No image with this id here: never uploaded, or uploaded to another replica (clients
+    re-upload the bytes on this type and retry)."""
+
+    type = "image_not_found"
+
+
 class ImageTooLargeError(PayloadTooLargeError):
     """The image file or its pixel count is over the service's limit."""
 
@@ -133,7 +140,7 @@ class ImageStore:
         """The stored bytes, size and format of an image (404 naming `field` if unknown)."""
         row = self.store.get_image(image_id) if IMAGE_ID_RE.match(image_id) else None
         if row is None:
-            raise NotFoundError(
+            raise ImageNotFoundError(
                 f"no image with id {image_id!r}; upload it with POST /v1/images", field=field
             )
         return row

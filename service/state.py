@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from fastapi import Request
@@ -15,6 +16,7 @@ if TYPE_CHECKING:
     from selfreward_vlm.service.engine import Models
     from selfreward_vlm.service.engine.batcher import Batcher
     from selfreward_vlm.service.images import ImageStore
+    from selfreward_vlm.service.replicas import SharedAdapters
     from selfreward_vlm.service.settings import ServiceSettings
     from selfreward_vlm.service.store import Store
 
@@ -33,10 +35,24 @@ class AppState:
     error: str | None = None  # why loading failed, when phase == "failed"
     adapter_lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one change at a time
     extra: dict[str, Any] = field(default_factory=dict)
+    _shared: SharedAdapters | None = field(default=None, repr=False)
 
     @property
     def ready(self) -> bool:
         return self.models is not None and self.batcher is not None
+
+    @property
+    def shared_adapters(self) -> SharedAdapters | None:
+        """The shared adapter registry's sync (service.replicas), attached to the engine as
+        soon as the models are ready; None before, or for models without adapters (fakes)."""
+        adapters = getattr(getattr(self.models, "engine", None), "adapters", None)
+        if self._shared is None and adapters is not None:
+            from selfreward_vlm.service.replicas import SharedAdapters
+
+            root = self.settings.adapter_store or self.settings.data_dir / "adapter-store"
+            self._shared = SharedAdapters(self.store, Path(root), adapters)
+            self._shared.attach(local_root=self.settings.data_dir / "adapters")
+        return self._shared
 
     def not_ready_error(self) -> NotReadyError:
         """The 503 to answer while the models are not serving, saying why."""
@@ -75,4 +91,6 @@ def get_ready_state(request: Request) -> AppState:
     state: AppState = request.app.state.selfreward
     if not state.ready:
         raise state.not_ready_error()
+    if state._shared is None:
+        _ = state.shared_adapters  # from the first request on, adapters follow the registry
     return state

@@ -108,7 +108,7 @@ def test_body_over_the_limit_by_header_and_by_stream(client: TestClient) -> None
 
 
 def test_unknown_and_malformed_image_ids(client: TestClient) -> None:
-    assert_error(client.get("/v1/images/" + "0" * 64), 404, "not_found", "image_id")
+    assert_error(client.get("/v1/images/" + "0" * 64), 404, "image_not_found", "image_id")
     assert_error(client.get("/v1/images/not-a-hash"), 422, "invalid_request", "image_id")
 
 
@@ -163,7 +163,7 @@ def test_pairs_bad_names_limits_cursors(client: TestClient) -> None:
     assert_error(client.post("/v1/datasets/ds/pairs", json=four), 413, "payload_too_large", "pairs")
     unknown_image = {"pairs": [pair_json(images=["f" * 64])]}
     assert_error(
-        client.post("/v1/datasets/ds/pairs", json=unknown_image), 422, "invalid_request",
+        client.post("/v1/datasets/ds/pairs", json=unknown_image), 404, "image_not_found",
         "pairs.0.images.0",
     )  # fmt: skip
     malformed = client.post(
@@ -251,7 +251,7 @@ def test_image_refs_resolve_or_name_the_field(tmp_path: Path) -> None:
              "image.base64"),
             (ref(base64=base64.b64encode(png((200, 200))).decode()), 413,
              "image_too_large", "image.base64"),
-            (ref(id="0" * 64), 404, "not_found", "image.id"),
+            (ref(id="0" * 64), 404, "image_not_found", "image.id"),
         ]:  # fmt: skip
             with pytest.raises(ServiceError) as e:
                 images.resolve(bad)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +33,9 @@ class AdapterRegistry:
         self._touches_vision: set[str] = set()
         self._active = BASE
         self._counter = 0
+        # Set when replicas share an adapter registry (service.replicas): called by `check`
+        # to bring a name up to the registry's version before it is used.
+        self.sync: Callable[[str], None] | None = None
 
     def names(self) -> list[str]:
         return [BASE, *sorted(self._info)]
@@ -40,11 +43,17 @@ class AdapterRegistry:
     def info(self, name: str) -> AdapterInfo:
         if name == BASE:
             return AdapterInfo(name=BASE, source="startup")
-        self.check(name)
+        self._check_loaded(name)
         return self._info[name]
 
     def check(self, name: str, field: str = "model") -> None:
-        """Raise a 404 naming `field` unless `name` is loaded."""
+        """Raise a 404 naming `field` unless `name` is loaded (after `sync`, if attached:
+        a replica never serves a version older than the shared registry's)."""
+        if name != BASE and self.sync is not None:
+            self.sync(name)
+        self._check_loaded(name, field)
+
+    def _check_loaded(self, name: str, field: str = "model") -> None:
         if name != BASE and name not in self._info:
             raise NotFoundError(
                 f"unknown adapter {name!r}; loaded: {', '.join(self.names())}", field=field
@@ -104,7 +113,7 @@ class AdapterRegistry:
     def delete(self, name: str) -> None:
         if name == BASE:
             raise InvalidRequestError("the base model cannot be deleted", "name")
-        self.check(name, field="name")
+        self._check_loaded(name, field="name")
         with self._engine.lock:
             self._peft.delete_adapter(name)
             del self._info[name]
@@ -116,7 +125,7 @@ class AdapterRegistry:
     @contextlib.contextmanager
     def active(self, name: str) -> Iterator[None]:
         """Run the body with adapter `name` active (`base`: all adapters disabled)."""
-        self.check(name)
+        self._check_loaded(name)
         with self._engine.lock:
             self._activate(name)
             yield

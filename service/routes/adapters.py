@@ -90,7 +90,10 @@ async def upload_adapter(
     root = adapters_dir(settings)
     staged = await anyio.to_thread.run_sync(_stage, root, config.file, weights.file)
     async with state.adapter_lock:
-        return await _install(state, name, staged, root / name)
+        info = await _install(state, name, staged, root / name)
+        if (shared := state.shared_adapters) is not None:  # once, for every replica
+            await anyio.to_thread.run_sync(shared.publish, name, root / name)
+        return info
 
 
 async def _check_form(request: Request, name: str) -> None:
@@ -162,6 +165,8 @@ async def _reload_quietly(adapters: Any, name: str, path: Path) -> None:
 def list_adapters(state: AppState = Depends(get_ready_state)) -> AdapterList:
     """Every adapter the engine holds (including `base`, the model without adapter)."""
     adapters = state.models.engine.adapters  # type: ignore[union-attr]
+    if (shared := state.shared_adapters) is not None:  # uploads through other replicas too
+        shared.sync_all()
     return AdapterList(adapters=[adapters.info(n) for n in adapters.names()])
 
 
@@ -182,11 +187,15 @@ async def delete_adapter(
     async with state.adapter_lock:
         if name == "base":
             raise ConflictError("'base' is the model itself and cannot be deleted", field="name")
+        if (shared := state.shared_adapters) is not None:  # it may come from another replica
+            await anyio.to_thread.run_sync(shared.sync, name)
         if name not in adapters.names():
             raise NotFoundError(f"no adapter named {name!r}", field="name")
         if adapters.info(name).source == "startup":
             raise ConflictError(f"{name!r} is a start-up adapter; it cannot be deleted", "name")
         await anyio.to_thread.run_sync(adapters.delete, name)
+        if shared is not None:  # every replica unloads it on next use
+            await anyio.to_thread.run_sync(shared.withdraw, name)
         if ADAPTER_NAME_RE.match(name):
             shutil.rmtree(adapters_dir(state.settings) / name, ignore_errors=True)
     return Response(status_code=204)

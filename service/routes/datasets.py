@@ -2,8 +2,8 @@
 
 `POST /v1/datasets/{name}/pairs` stores a batch in one transaction (acknowledged = durable);
 a pair id already in the dataset is a duplicate and is left as it was (first write wins).
-Every image id a pair names must be stored already (`POST /v1/images`), so a trainer reading
-the dataset can always fetch its images.
+Every image id a pair names must be stored already (`POST /v1/images`; else a 404
+`image_not_found`), so a trainer reading the dataset can always fetch its images.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from selfreward_vlm.core.schemas import (
     PairsUpsertRequest,
     PairsUpsertResponse,
 )
-from selfreward_vlm.service.errors import InvalidRequestError, PayloadTooLargeError
+from selfreward_vlm.service.errors import PayloadTooLargeError
+from selfreward_vlm.service.images import ImageNotFoundError
 from selfreward_vlm.service.state import AppState, get_state
 from selfreward_vlm.service.store import DATASET_NAME_RE
 
@@ -55,7 +56,7 @@ def upsert_pairs(
 
 
 def _check_images(state: AppState, body: PairsUpsertRequest) -> None:
-    """422 naming the first pair image that is not in the image store."""
+    """404 `image_not_found` naming the first pair image this replica's store lacks."""
     wanted = [image for pair in body.pairs for image in pair.images]
     missing = state.store.missing_images(wanted)
     if not missing:
@@ -63,7 +64,7 @@ def _check_images(state: AppState, body: PairsUpsertRequest) -> None:
     for i, pair in enumerate(body.pairs):
         for j, image in enumerate(pair.images):
             if image in missing:
-                raise InvalidRequestError(
+                raise ImageNotFoundError(
                     f"unknown image id {image!r} ({len(missing)} unknown in this batch); "
                     "upload images with POST /v1/images first",
                     field=f"pairs.{i}.images.{j}",

@@ -85,6 +85,7 @@ def info(state: AppState = Depends(get_ready_state)) -> InfoResponse:
         model=models.info(),
         adapters=list(models.engine.adapters.names()),
         limits={name: getattr(settings, name) for name in _LIMITS},
+        adapter_versions=state.shared_adapters.versions() if state.shared_adapters else {},
         naive_mode=settings.naive_mode,
         versions=versions,
     )

@@ -1,0 +1,167 @@
+"""What replicas share besides the store: uploaded adapters, stored once, loaded everywhere.
+
+An uploaded adapter's two files are copied once into the shared adapter directory
+(`settings.adapter_store`, default `data_dir/adapter-store`) under their content digest, then
+the name is pointed at that digest in the store's registry, which bumps its version. Each
+replica's engine asks `SharedAdapters.sync(name)` before it serves a name (the engine's
+`AdapterRegistry.check`): one indexed query; when the registry is ahead of what this replica
+loaded, the replica loads (or, for a deleted name, unloads) first. So an adapter uploaded
+through any replica is used by every replica, and no replica serves an older version under a
+name than the registry holds.
+
+Files are written to a temp dir, fsynced and renamed into place before the registry row is
+committed, and their digest is checked again before every load: a crash mid-upload leaves at
+most an unreferenced temp dir, never a half-written adapter that gets served.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import threading
+import uuid
+from pathlib import Path
+from typing import Any
+
+from selfreward_vlm.service.errors import NotReadyError
+from selfreward_vlm.service.store import AdapterRecord, Store
+
+logger = logging.getLogger(__name__)
+
+FILES = ("adapter_config.json", "adapter_model.safetensors")
+
+
+class AdapterFilesError(NotReadyError):
+    """This replica cannot read an adapter's files that the registry names (503)."""
+
+    type = "adapter_unavailable"
+
+
+def adapter_digest(folder: Path) -> str:
+    """sha256 over both files' names and bytes: the content address of an adapter."""
+    h = hashlib.sha256()
+    for name in FILES:
+        h.update(name.encode() + b"\0")
+        with (folder / name).open("rb") as f:
+            while chunk := f.read(2**20):
+                h.update(chunk)
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+class SharedAdapters:
+    """Keeps one replica's engine adapters in step with the store's registry; thread-safe."""
+
+    def __init__(self, store: Store, root: Path, adapters: Any) -> None:
+        self.store = store
+        self.root = root
+        self.adapters = adapters  # the engine's AdapterRegistry
+        self.loaded: dict[str, int] = {}  # name -> registry version this replica serves
+        self._lock = threading.RLock()
+        self._local = threading.local()  # re-entry guard: a load may look names up itself
+
+    def attach(self, local_root: Path | None = None) -> None:
+        """Make the engine sync with the registry before serving any adapter name.
+
+        Adapters this replica already reloaded from its own upload folder (`local_root`) at
+        start-up count as loaded when their files are the registry's current version."""
+        for record in self.store.adapters() if local_root is not None else []:
+            folder = local_root / record.name  # type: ignore[operator]
+            if (
+                record.digest is not None
+                and record.name in self.adapters.names()
+                and self.adapters.info(record.name).source == "upload"
+                and all((folder / f).is_file() for f in FILES)
+                and adapter_digest(folder) == record.digest
+            ):
+                self.loaded[record.name] = record.version
+        self.adapters.sync = self.sync
+
+    # ------------------------------------------------------------------ writing
+
+    def publish(self, name: str, folder: Path) -> AdapterRecord:
+        """Store `folder`'s files once (by digest) and point `name` at them; returns the new
+        registry record. Called after this replica loaded the same files."""
+        digest = adapter_digest(folder)
+        target = self.root / digest
+        if not target.is_dir():
+            staged = self.root / ".tmp" / uuid.uuid4().hex
+            staged.mkdir(parents=True)
+            for file in FILES:
+                shutil.copyfile(folder / file, staged / file)
+                _fsync(staged / file)
+            try:
+                staged.rename(target)
+            except OSError:  # another replica stored the same digest meanwhile
+                shutil.rmtree(staged, ignore_errors=True)
+            _fsync(self.root)
+        with self._lock:
+            record = self.store.register_adapter(name, digest)
+            self.loaded[name] = record.version
+        return record
+
+    def withdraw(self, name: str) -> None:
+        """Mark `name` deleted in the registry (every replica unloads it on next use)."""
+        with self._lock:
+            record = self.store.unregister_adapter(name)
+            if record is not None:
+                self.loaded[name] = record.version
+
+    # ------------------------------------------------------------------ reading
+
+    def sync(self, name: str) -> None:
+        """Bring `name` on this replica up to the registry's version (load, replace, unload)."""
+        if getattr(self._local, "busy", False) or self._is_startup(name):
+            return
+        record = self.store.adapter(name)
+        if record is None or self.loaded.get(name) == record.version:
+            return
+        with self._lock:
+            self._local.busy = True
+            try:
+                self._apply(self.store.adapter(name) or record)
+            finally:
+                self._local.busy = False
+
+    def sync_all(self) -> None:
+        """Sync every name in the registry (for listings)."""
+        for record in self.store.adapters():
+            self.sync(record.name)
+
+    def versions(self) -> dict[str, int]:
+        """Registry version of each adapter this replica serves."""
+        names = set(self.adapters.names())
+        return {n: v for n, v in sorted(self.loaded.items()) if n in names}
+
+    def _is_startup(self, name: str) -> bool:
+        return name in self.adapters.names() and self.adapters.info(name).source == "startup"
+
+    def _apply(self, record: AdapterRecord) -> None:
+        if self.loaded.get(record.name) == record.version:
+            return  # another thread got here first
+        if record.deleted or record.digest is None:
+            if record.name in self.adapters.names():
+                self.adapters.delete(record.name)
+            self.loaded[record.name] = record.version
+            return
+        folder = self.root / record.digest
+        if not folder.is_dir() or adapter_digest(folder) != record.digest:
+            raise AdapterFilesError(
+                f"adapter {record.name!r} v{record.version}: its files ({record.digest[:12]}…) "
+                f"are missing or damaged under {self.root}; replicas sharing a store must "
+                "share the adapter store directory",
+                field="model",
+            )
+        self.adapters.load(record.name, folder, "upload")
+        self.loaded[record.name] = record.version
+        logger.info("adapter %r v%d loaded from the shared registry", record.name, record.version)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
