@@ -25,6 +25,8 @@ from selfreward_vlm.cli import app as root_app
 from selfreward_vlm.client.eval import coco
 from selfreward_vlm.client.eval.chair_eval import CHAIR_PROMPT, caption_fields, chair_summary
 from selfreward_vlm.client.eval.cli import app
+from selfreward_vlm.client.eval.compare import compare_rows
+from selfreward_vlm.client.eval.object_halbench import HALBENCH_PROMPTS
 from selfreward_vlm.client.eval.pope import POPE_SUFFIX, parse_answer, pope_metrics
 from tests.test_pairs_cli import FakeService
 
@@ -164,6 +166,9 @@ class EvalFakeService(FakeService):
         if self.path == "/v1/images":
             return self._send(200, {"id": hashlib.sha256(raw).hexdigest(), "width": 1, "height": 1})
         req = json.loads(raw)
+        if req["max_new_tokens"] > 1000:  # as the service's limit does
+            err = {"type": "invalid_request", "message": "too many", "field": "max_new_tokens"}
+            return self._send(422, {"error": err})
         key = f"{req['model']}{req['prompt']}{req['image']}".encode()
         h = int(hashlib.sha256(key).hexdigest(), 16)
         if "Is there" in req["prompt"]:
@@ -260,6 +265,9 @@ def test_resume_refuses_other_settings_and_bad_input(tmp_path: Path) -> None:
         assert res.exit_code == 2 and "another --out folder" in res.output
         res = CliRunner().invoke(app, chair_cmd(url, annotations, tmp_path / "nope", out)[3:])
         assert res.exit_code == 2 and "--images" in res.output
+        too_long = chair_cmd(url, annotations, images, tmp_path / "o3", "--max-new-tokens", "2000")
+        res = CliRunner().invoke(app, too_long[3:])
+        assert res.exit_code == 1 and "max_new_tokens" in res.output  # a run setting: stop
         (images / "COCO_val2014_000000000001.png").unlink()
         res = CliRunner().invoke(app, chair_cmd(url, annotations, images, tmp_path / "o2")[3:])
         assert res.exit_code == 0, res.output
@@ -294,3 +302,24 @@ def test_compare_lays_out_table_7(tmp_path: Path) -> None:
                          f"{100 * chair['metrics']['chair_i']:.1f}",
                          f"{chair['metrics']['avg_length']:.1f}"]  # fmt: skip
     assert "HalBench" not in res.output  # no run has it: no empty columns
+
+
+def test_object_halbench_uses_its_8_prompts(tmp_path: Path) -> None:
+    annotations, images = write_coco(tmp_path, 10, real_images=False)
+    out = tmp_path / "runs" / "sbspo" / "halbench"
+    with fake_service() as url:
+        res = CliRunner().invoke(app, ["object-halbench", "--service", url, "--annotations",
+                                       str(annotations), "--images", str(images), "--out",
+                                       str(out), "--quiet"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    order = coco.sample_images(coco.load_coco(annotations).values(), 300, 0)
+    records = {r["id"]: r for r in read_jsonl(out / "captions.jsonl")}
+    assert [records[str(im.image_id)]["prompt"] for im in order] == [
+        HALBENCH_PROMPTS[k % 8] for k in range(10)]  # fmt: skip
+    summary = json.loads((out / "summary.json").read_text())
+    m = summary["metrics"]
+    assert summary["benchmark"] == "object_halbench" and m["n_captions"] == 10
+    assert (m["response_rate"], m["mention_rate"]) == (m["chair_s"], m["chair_i"])
+    titles, rows = compare_rows([tmp_path / "runs" / "sbspo"])
+    assert titles == ["HalBench Resp.", "HalBench Ment."]
+    assert rows[0]["HalBench Ment."] == pytest.approx(100 * m["chair_i"])

@@ -8,8 +8,10 @@ last line is dropped, a repeated id kept once) and does only the missing items: 
 up in the journal exactly once. `run.json` beside it pins the settings: resuming with other
 settings is an error, not a silent mix. Images are uploaded once each (by path, then by sha256).
 
-Records: `status` "ok" (answered) or "skipped" (the image is missing or refused: final, never
-retried). Items that hit a transient error (timeout, 5xx) get no record: a rerun retries them.
+Records: `status` "ok" (answered) or "skipped" (the image is missing or refused, or the
+service refused the item's input: final, never retried). A refused run setting (the adapter,
+`max_new_tokens`) stops the run. Items that hit a transient error (timeout, 5xx) get no
+record: a rerun retries them.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from selfreward_vlm.client.errors import (
 from selfreward_vlm.client.journal import _atomic_write, _json_lines
 
 FATAL = (APIConnectionError, AuthenticationError, NotFoundError)  # wrong URL/key/adapter: stop
+RUN_FIELDS = {"model", "max_new_tokens"}  # a 422 on these is the run's settings, not an item's
 Scorer = Callable[["EvalItem", str], dict[str, Any]]
 
 
@@ -167,16 +170,17 @@ async def _one(run: _Run, item: EvalItem, sem: asyncio.Semaphore) -> None:
         try:
             image_id = await _image_id(run, item.image)
             if image_id is None:
-                run.journal.append({**base, "status": "skipped", "reason": "image missing or "
-                                    f"refused: {item.image}"})  # fmt: skip
-                run.stats.skipped += 1
-                return _advance(run, item)
+                return _skip(run, item, base, f"image missing or refused: {item.image}")
             out = await run.client.generate(
                 item.prompt, image=image_id, model=run.model, strategy="greedy", n=1,
                 stop="eos", max_new_tokens=run.max_new_tokens,
             )  # fmt: skip
         except FATAL:
             raise
+        except InvalidRequestError as exc:
+            if exc.field in RUN_FIELDS:  # every item would fail alike: stop
+                raise
+            return _skip(run, item, base, f"refused: {exc}")  # this item's input (final)
         except (APIStatusError, APITimeoutError) as exc:
             run.stats.failed[item.id] = str(exc)
             run.progress.console.print(
@@ -190,6 +194,12 @@ async def _one(run: _Run, item: EvalItem, sem: asyncio.Semaphore) -> None:
         run.journal.append(record)
         run.stats.done += 1
         _advance(run, item)
+
+
+def _skip(run: _Run, item: EvalItem, base: dict[str, Any], reason: str) -> None:
+    run.journal.append({**base, "status": "skipped", "reason": reason})
+    run.stats.skipped += 1
+    _advance(run, item)
 
 
 def _advance(run: _Run, item: EvalItem) -> None:
