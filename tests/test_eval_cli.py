@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterator
 from http.server import ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from typer.testing import CliRunner
@@ -159,11 +159,13 @@ class EvalFakeService(FakeService):
     and image (so a resumed run must reproduce an uninterrupted one exactly)."""
 
     delay = 0.04
+    uploads: ClassVar[list[str]] = []
 
     def do_POST(self) -> None:
         time.sleep(self.delay)
         raw = self.rfile.read(int(self.headers.get("content-length", 0)))
         if self.path == "/v1/images":
+            self.uploads.append(hashlib.sha256(raw).hexdigest())
             return self._send(200, {"id": hashlib.sha256(raw).hexdigest(), "width": 1, "height": 1})
         req = json.loads(raw)
         if req["max_new_tokens"] > 1000:  # as the service's limit does
@@ -277,7 +279,8 @@ def test_resume_refuses_other_settings_and_bad_input(tmp_path: Path) -> None:
 
 def test_compare_lays_out_table_7(tmp_path: Path) -> None:
     annotations, images = write_coco(tmp_path, 6, real_images=False)
-    pope = write_pope(tmp_path, "popular", 8)
+    pope = write_pope(tmp_path, "popular", 8)  # 8 questions about 4 images
+    EvalFakeService.uploads = []
     with fake_service() as url:
         for model in ("base", "iter1"):
             run = tmp_path / "runs" / model
@@ -288,6 +291,7 @@ def test_compare_lays_out_table_7(tmp_path: Path) -> None:
             res = CliRunner().invoke(app, ["pope", *common, "--questions", str(pope),
                                            "--out", str(run / "pope")])  # fmt: skip
             assert res.exit_code == 0, res.output
+    assert len(EvalFakeService.uploads) == 2 * (6 + 4)  # each image once per run
     runs = [str(tmp_path / "runs" / m) for m in ("base", "iter1")]
     res = CliRunner().invoke(app, ["compare", *runs], env={"COLUMNS": "200"})
     assert res.exit_code == 0, res.output

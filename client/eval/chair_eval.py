@@ -46,14 +46,16 @@ def caption_fields(vocab: metric.Vocabulary, caption: str, truth: frozenset[str]
 
 
 def chair_items(
-    images: Sequence[coco.CocoImage], images_dir: Path, prompt: str | Callable[[int], str]
-) -> list[EvalItem]:
+    images: Sequence[coco.CocoImage], images_dir: Path, prompt: str | Callable[[int], str],
+    group: str = "images",
+) -> list[EvalItem]:  # fmt: skip
     """An item per image; `prompt` is a fixed text or a function of the image's position."""
     return [
         EvalItem(
             id=str(im.image_id),
             image=images_dir / im.file_name,
             prompt=prompt if isinstance(prompt, str) else prompt(k),
+            group=group,
             fields={"image_id": im.image_id},
         )
         for k, im in enumerate(images)
@@ -84,7 +86,7 @@ def run_caption_benchmark(
 ) -> dict[str, Any]:  # fmt: skip
     """Caption `images` through the service (resumable), score them, write `summary.json`."""
     truth = {str(im.image_id): im.objects for im in images}
-    items = chair_items(images, Path(images_dir), prompt)
+    items = chair_items(images, Path(images_dir), prompt, group=benchmark)
     journal = EvalJournal(out, JOURNAL, {"benchmark": benchmark, **settings})
 
     def score(item: EvalItem, text: str) -> dict[str, Any]:
