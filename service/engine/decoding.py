@@ -240,3 +240,7 @@ def _draw(logp: torch.Tensor, item: GenerateItem, gen: torch.Generator | None) -
         cut = int((sorted_p.cumsum(0) < item.top_p).sum()) + 1
         probs = torch.zeros_like(probs).scatter(0, order[:cut], sorted_p[:cut])
     return int(torch.multinomial(probs, 1, generator=gen))
+    if not bool(torch.isfinite(probs).all()):  # an extreme temperature overflowed float32
+        probs = torch.softmax(logp.double().cpu() / item.temperature, dim=-1)
+        if not bool(torch.isfinite(probs).all()):  # T -> 0 is greedy in the limit
+            return int(logp.argmax())

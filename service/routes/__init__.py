@@ -49,6 +49,7 @@ def _document_error_shape(app: FastAPI) -> None:
         for operations in schema.get("paths", {}).values():
             for op in operations.values():
                 responses = op.setdefault("responses", {})
+                    _document_guards(op, responses, error)
                 if "HTTPValidationError" in str(responses.get("422", "")):
                     responses["422"] = {"description": "Invalid request (names the field)", **error}
                 if op.get("security"):
@@ -56,6 +57,28 @@ def _document_error_shape(app: FastAPI) -> None:
         components = schema.get("components", {}).get("schemas", {})
         for unused in ("HTTPValidationError", "ValidationError"):
             components.pop(unused, None)
+
+
+# What the request guards (service.auth, .deadlines, .drain, the batcher) may answer on any
+# route behind the token, whatever its handler does: documented so clients and fuzzers know.
+_GUARD_ANSWERS = {
+    "403": "This key may not do this (read-only or non-admin key)",
+    "404": "Unknown adapter, image, dataset or resource named in the request",
+    "429": "The request queue is full (see Retry-After)",
+    "503": "Not ready, or shutting down (see Retry-After)",
+    "504": "The request's deadline passed (request_timeout_s or x-request-timeout-ms)",
+}
+_BODY_ANSWERS = {
+    "400": "Malformed JSON body",
+    "413": "Body (or image, or adapter) over the limit",
+    "422": "Invalid request (names the field)",
+}
+
+
+def _document_guards(op: dict[str, Any], responses: dict[str, Any], error: dict) -> None:
+    answers = {**_GUARD_ANSWERS, **(_BODY_ANSWERS if "requestBody" in op else {})}
+    for code, description in answers.items():
+        responses.setdefault(code, {"description": description, **error})
         app.openapi_schema = schema
         return schema
 

@@ -134,6 +134,9 @@ def _prompt_texts(state: AppState, prompt: str | list[str] | list[int] | list[li
     tok = state.models.engine.tokenizer  # type: ignore[union-attr]
     if isinstance(prompt, str):
         return [prompt]
+    ids = [t for p in prompt for t in (p if isinstance(p, list) else [p]) if isinstance(t, int)]
+    if any(not 0 <= t < len(tok) for t in ids):  # the tokenizer would overflow or misread
+        raise InvalidRequestError(f"token ids must lie in [0, {len(tok)})", field="prompt")
     if prompt and all(isinstance(t, int) for t in prompt):
         return [tok.decode(prompt, skip_special_tokens=False)]
     return [p if isinstance(p, str) else tok.decode(p, skip_special_tokens=False) for p in prompt]

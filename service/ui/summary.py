@@ -91,7 +91,10 @@ def histogram(sides: _Sides, edges: list[float]) -> Histogram:
         out = [0] * bins
         lo, width = edges[0], (edges[-1] - edges[0]) / bins
         for v in values:
-            out[min(max(int((v - lo) / width), 0), bins - 1)] += 1
+            # Extreme values (1e308) overflow the span to inf or round the width to 0.
+            x = (v - lo) / width if width > 0 else 0.0
+            k = int(min(max(x, 0.0), bins - 1)) if not math.isnan(x) else 0
+            out[k] += 1
         return out
 
     return Histogram(
