@@ -84,6 +84,10 @@ def serve_command(
     torch_threads: Annotated[
         int | None, typer.Option(help="torch CPU threads (0: one per core) [0]")
     ] = None,
+    model_path: Annotated[
+        str | None,
+        typer.Option(help="auto (the family's fast path if any) | generic (model's own forward)"),
+    ] = None,
     tiny: Annotated[
         bool, typer.Option(help="build and serve tiny random models (no download; for demos)")
     ] = False,
@@ -109,6 +113,7 @@ def serve_command(
         "adapter_store": adapter_store,
         "naive_mode": naive,
         "torch_threads": torch_threads,
+        "model_path": model_path,
         "warmup": warmup,
     }
     try:

@@ -27,6 +27,12 @@ class ServiceSettings(BaseSettings):
     )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    model_path: Literal["auto", "generic"] = Field(
+        "auto",
+        description="how the policy VLM is run: 'auto' = its family's fast path (cached image "
+        "features and prefix KV) when one exists, else the generic path (the model's own full "
+        "forward for every score); 'generic' forces the generic path",
+    )
     torch_threads: int = Field(
         0,
         ge=0,

@@ -13,8 +13,13 @@ trainer's. This collator makes the trainer's tokenization the service's, by cons
   continuation `response + "</s>"` with `prefix=""`.
 
 Batch layout is TRL's: rows [chosen..., rejected...], right padded, `completion_mask` marking
-completion tokens; with service reference log-probs, `ref_chosen_logps`/`ref_rejected_logps`
-are the sums of the service's per-token log-probs over the completion tokens that fit.
+completion tokens. Per-token processor outputs (Qwen's `mm_token_type_ids`, Gemma 3's
+`token_type_ids`, which the model needs for M-RoPE positions and the bidirectional image mask)
+are extended with 0 (text) over the completion and padding, as the service extends them; image
+tensors with a per-image tile axis (Idefics3/SmolVLM, LLaVA-NeXT) are zero-padded to the most
+tiles, which those models drop as padding. With service reference log-probs,
+`ref_chosen_logps`/`ref_rejected_logps` are the sums of the service's per-token log-probs over
+the completion tokens that fit.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from typing import Any
 
 from selfreward_vlm.trainer.data import message_text
 
-IMAGE_KEYS_SKIP = ("input_ids", "attention_mask", "token_type_ids")
+IMAGE_KEYS_SKIP = ("input_ids", "attention_mask")
 
 
 def render_prompt(processing_class: Any, prompt: str, num_images: int) -> str:
@@ -66,8 +71,11 @@ class ServiceAlignedCollator:
             out = self.processing_class(text=[text], images=images, return_tensors="pt")
         else:  # as the service: no image, the tokenizer alone
             out = tokenizer_of(self.processing_class)([text], return_tensors="pt")
+        ids = out["input_ids"][0].tolist()
         extras = {k: v for k, v in out.items() if k not in IMAGE_KEYS_SKIP}
-        return out["input_ids"][0].tolist(), extras
+        if not images:  # a text-only tokenizer's token_type_ids are all 0 and not needed
+            extras = {}
+        return ids, extras
 
     def encode_completion(self, response: str) -> list[int]:
         """Response + EOS, no special tokens added (the EOS text maps to the EOS id)."""
@@ -97,7 +105,14 @@ class ServiceAlignedCollator:
                 masks.append([0] * len(ids) + [1] * len(completion))
                 kept.append(len(completion))
         batch = self._pad(rows, masks)
-        batch.update(_stack_image_tensors(extras + extras))  # the rejected half repeats them
+        width = batch["input_ids"].shape[1]
+        per_token = {
+            k for e, ids in zip(extras, prompts, strict=True) for k in per_token_keys(e, ids)
+        }
+        for key in sorted(per_token):
+            batch[key] = _per_token(key, extras + extras, width)
+        images = [{k: v for k, v in e.items() if k not in per_token} for e in extras]
+        batch.update(_stack_image_tensors(images + images))  # the rejected half repeats them
         if "ref_chosen_token_logps" in examples[0]:
             n = len(examples)
             for side, offset in (("chosen", 0), ("rejected", n)):
@@ -125,9 +140,42 @@ class ServiceAlignedCollator:
         return {"input_ids": input_ids, "attention_mask": attention, "completion_mask": completion}
 
 
+def per_token_keys(extra: dict[str, Any], ids: list[int]) -> list[str]:
+    """Processor outputs with one value per prompt token (shape (1, len(ids)))."""
+    return [k for k, v in extra.items() if getattr(v, "shape", None) == (1, len(ids))]
+
+
+def _per_token(key: str, extras: list[dict[str, Any]], width: int) -> Any:
+    """(rows, width) of a per-token input: the prompt's values, then 0 (text, padding)."""
+    import torch
+
+    out = torch.zeros((len(extras), width), dtype=torch.long)
+    for i, extra in enumerate(extras):
+        if key in extra:
+            values = extra[key][0]
+            out[i, : values.shape[0]] = values
+    return out
+
+
 def _stack_image_tensors(extras: list[dict[str, Any]]) -> dict[str, Any]:
-    """Concatenate per-example image tensors (`pixel_values`, `image_sizes`, ...) in row order."""
+    """Concatenate per-example image tensors (`pixel_values`, `image_sizes`, ...) in row order;
+    a tile axis (dim 1 of a 5-D `pixel_values` or 4-D `pixel_attention_mask`) of differing
+    length is zero-padded, as the processors pad a batch themselves."""
     import torch
 
     keys = sorted({k for extra in extras for k in extra})
-    return {k: torch.cat([extra[k] for extra in extras if k in extra], dim=0) for k in keys}
+    out = {}
+    for k in keys:
+        parts = [extra[k] for extra in extras if k in extra]
+        if parts[0].ndim >= 4 and len({p.shape[1] for p in parts}) > 1:
+            most = max(p.shape[1] for p in parts)
+            parts = [_pad_dim1(p, most) for p in parts]
+        out[k] = torch.cat(parts, dim=0)
+    return out
+
+
+def _pad_dim1(t: Any, size: int) -> Any:
+    import torch
+
+    pad = torch.zeros((t.shape[0], size - t.shape[1], *t.shape[2:]), dtype=t.dtype)
+    return torch.cat([t, pad], dim=1)

@@ -51,15 +51,29 @@ def load_base(config: DPOTrainConfig) -> tuple[Any, Any, bool]:
     return model, processing_class, is_vlm
 
 
-def lora_config(config: DPOTrainConfig, is_vlm: bool) -> Any:
+def decoder_lora_targets(model: Any) -> str:
+    """The paper's "all linear layers of the language model" for any VLM family: the linear
+    projections under the module `get_decoder()` returns, wherever the family puts it
+    (`model.language_model` for LLaVA/Qwen/Gemma 3, `model.text_model` for Idefics3/SmolVLM)."""
+    import re
+
+    decoder = model.get_decoder()
+    path = next((name for name, mod in model.named_modules() if mod is decoder), None)
+    if not path:
+        return VLM_LORA_TARGETS
+    linear = "(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+    return rf"(.*\.)?{re.escape(path)}\..*\.{linear}"
+
+
+def lora_config(config: DPOTrainConfig, is_vlm: bool, model: Any = None) -> Any:
     from peft import LoraConfig
 
+    vlm_targets = VLM_LORA_TARGETS if model is None else decoder_lora_targets(model)
     return LoraConfig(
         r=config.lora_r,
         lora_alpha=config.lora_alpha,
         lora_dropout=config.lora_dropout,
-        target_modules=config.lora_target_modules
-        or (VLM_LORA_TARGETS if is_vlm else LM_LORA_TARGETS),
+        target_modules=config.lora_target_modules or (vlm_targets if is_vlm else LM_LORA_TARGETS),
         bias="none",
         task_type="CAUSAL_LM",
     )
@@ -73,7 +87,7 @@ def build_policy(base: Any, config: DPOTrainConfig, is_vlm: bool) -> Any:
     set_seed(config.seed)  # LoRA A is random: seed it for reproducible runs
     if config.init_adapter:
         return PeftModel.from_pretrained(base, config.init_adapter, is_trainable=True)
-    return get_peft_model(base, lora_config(config, is_vlm))
+    return get_peft_model(base, lora_config(config, is_vlm, base))
 
 
 def same_path(a: str | None, b: str | None) -> bool:

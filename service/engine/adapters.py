@@ -94,7 +94,7 @@ class AdapterRegistry:
             self._counter += 1
             self._versions[name] = self._counter
             targets = config.get("target_modules")
-            if _touches_vision(self._peft, name):
+            if _touches_vision(self._peft, name, engine.decoder):
                 self._touches_vision.add(name)
             size = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
             info = AdapterInfo(
@@ -151,10 +151,13 @@ def _set_disabled(peft_model: Any, disabled: bool) -> None:
             module.enable_adapters(not disabled)
 
 
-def _touches_vision(peft_model: Any, name: str) -> bool:
-    """Whether adapter `name` put LoRA layers into the vision tower or the projector."""
-    for path, module in peft_model.base_model.model.named_modules():
+def _touches_vision(peft_model: Any, name: str, decoder: Any) -> bool:
+    """Whether adapter `name` put LoRA layers anywhere but the decoder stack (vision tower,
+    projector, merger: whatever its family calls them, e.g. Qwen's `visual`), which changes
+    the image features and so needs its own feature-cache scope."""
+    text_side = {id(m) for m in decoder.modules()}
+    for module in peft_model.base_model.model.modules():
         lora_a = getattr(module, "lora_A", None)
-        if lora_a is not None and name in lora_a and ("vision" in path or "projector" in path):
+        if lora_a is not None and name in lora_a and id(module) not in text_side:
             return True
     return False

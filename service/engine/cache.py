@@ -84,6 +84,9 @@ class PrefixState:
     token_ids: tuple[int, ...]
     kv: list[tuple[Any, Any]]
     next_logprobs: Any  # (V,) log-softmax after the last token
+    # Position of the next text token minus `length`: 0 for 1-D positions; Qwen's M-RoPE gives
+    # an image's tokens fewer positions than tokens, and text after them continues from there.
+    rope_delta: int = 0
 
     @property
     def length(self) -> int:

@@ -56,6 +56,15 @@ class ClipScorer:
         tokenizer = open_clip.get_tokenizer(name)
         return cls(model.eval(), preprocess, tokenizer, spec, device, cache_size)
 
+    @property
+    def logit_scale(self) -> float | None:
+        """exp(learned logit scale): CLIP's own multiplier of the cosine (100 for OpenAI CLIP;
+        SigLIP's sigmoid uses it with a bias), reported so users can pick `scale`."""
+        value = getattr(self.model, "logit_scale", None)
+        if value is None:
+            return None
+        return float(torch.as_tensor(value).detach().float().exp().reshape(-1)[0])
+
     def n_tokens(self, text: str) -> int:
         """BPE tokens of `text` plus start/end tokens (what CLIP's context must hold)."""
         encode = getattr(self.tokenizer, "encode", None)

@@ -17,6 +17,7 @@ import torch
 
 from selfreward_vlm.core.schemas import Usage
 from selfreward_vlm.service.engine.cache import PrefixState
+from selfreward_vlm.service.engine.generic_path import GenericRows
 from selfreward_vlm.service.engine.lm import LanguageEngine
 from selfreward_vlm.service.errors import InvalidRequestError
 
@@ -60,13 +61,17 @@ class _Rows:
         self.length = state.length
         self.cacheable = True  # generate() clears it for an image that has no id
 
+    def first(self) -> torch.Tensor:
+        """(1, V) next-token log-probs after the prefix state."""
+        return self.state.next_logprobs[None]
+
     def step(self, parents: list[int], tokens: list[int]) -> torch.Tensor:
         """Reorder rows to `parents`, append `tokens`; returns next-token log-probs (R, V)."""
         dev = self.engine.device
         idx = torch.tensor(parents, device=dev)
         past = [(k.index_select(0, idx), v.index_select(0, idx)) for k, v in self.kv]
         embeds = self.engine.embed(torch.tensor(tokens, device=dev)[:, None])
-        pos = torch.full((len(tokens), 1), self.length, device=dev)
+        pos = torch.full((len(tokens), 1), self.length + self.state.rope_delta, device=dev)
         hidden, self.kv = self.engine.run_decoder(embeds, past, None, pos)
         self.length += 1
         self.usage.tokens_forwarded += len(tokens)
@@ -80,31 +85,41 @@ class _Rows:
             return
         kv = [(k[row : row + 1], v[row : row + 1]) for k, v in self.kv]
         token_ids = self.state.token_ids + tuple(ids[:-1])
-        engine.prefix_cache.put(PrefixState(self.state.namespace, token_ids, kv, next_logprobs))
+        state = PrefixState(
+            self.state.namespace, token_ids, kv, next_logprobs, self.state.rope_delta
+        )
+        engine.prefix_cache.put(state)
 
 
 def generate(engine: LanguageEngine, item: GenerateItem) -> list[Generated]:
     """Generate `item.n` candidates after image + prompt + prefix."""
     with torch.inference_mode(), engine.lock, engine.adapters.active(item.adapter):
-        prompt_ids = engine.encode_prompt(item.prompt, item.image_id, item.image)
+        prompt = engine.encode_prompt(item.prompt, item.image_id, item.image)
         prefix_ids = engine.encode_text(item.prefix)
         engine.check_no_image_tokens(prefix_ids, "prefix")
-        ids = prompt_ids + prefix_ids
+        ids = prompt.ids + prefix_ids
         if len(ids) + item.max_new_tokens > engine.settings.max_text_tokens:
             raise InvalidRequestError(
                 f"prompt + prefix ({len(ids)} tokens) + max_new_tokens exceeds the limit of "
                 f"{engine.settings.max_text_tokens} tokens",
                 field="max_new_tokens",
             )
-        state = engine.prefix_state(
-            item.adapter, item.image_id, item.image, ids, len(prompt_ids), item.usage
-        )
+        rows: _Rows | GenericRows
+        if engine.path == "generic":
+            inputs = engine.pixel_inputs(prompt, item.image) if prompt.has_image else {}
+            rows = GenericRows(engine, ids, inputs, len(prompt.ids), item.usage)
+        else:
+            state = engine.prefix_state(
+                item.adapter, item.image_id, item.image, prompt, ids, len(prompt.ids), item.usage
+            )
+            rows = _Rows(engine, state, 1, item.usage)
+            rows.cacheable = item.image is None or item.image_id is not None
         stops = engine.stop_token_ids(item.stop, item.stop_text)
         if item.strategy in ("beam", "diverse_beam"):
             groups = (item.num_beam_groups or item.n) if item.strategy == "diverse_beam" else 1
             penalty = item.diversity_penalty if item.strategy == "diverse_beam" else 0.0
-            return group_beam_search(engine, state, item, groups, penalty, stops)
-        return sample(engine, state, item, stops, greedy=item.strategy == "greedy")
+            return group_beam_search(engine, rows, item, groups, penalty, stops)
+        return sample(engine, rows, item, stops, greedy=item.strategy == "greedy")
 
 
 def _suppress(engine: LanguageEngine, logp: torch.Tensor) -> torch.Tensor:
@@ -117,7 +132,7 @@ def _suppress(engine: LanguageEngine, logp: torch.Tensor) -> torch.Tensor:
 
 def group_beam_search(
     engine: LanguageEngine,
-    state: PrefixState,
+    rows: _Rows | GenericRows,
     item: GenerateItem,
     groups: int,
     penalty: float,
@@ -127,14 +142,12 @@ def group_beam_search(
     if item.n % groups:
         raise InvalidRequestError("n must be a multiple of num_beam_groups", "num_beam_groups")
     k = item.n // groups
-    rows = _Rows(engine, state, 1, item.usage)
-    rows.cacheable = item.image is None or item.image_id is not None
     # Each group starts from the one prefix row; its beams fan out after the first step.
     live: list[list[tuple[float, list[int], list[float], int]]] = [
         [(0.0, [], [], 0)] for _ in range(groups)
     ]  # per group: (score, tokens, raw logprobs, row index)
     hyps: list[list[Generated]] = [[] for _ in range(groups)]
-    logp = state.next_logprobs[None]
+    logp = rows.first()
     for step in range(item.max_new_tokens):
         proc_all = _suppress(engine, logp)
         freq = torch.zeros(logp.shape[-1], device=logp.device)
@@ -195,7 +208,7 @@ def _best(hyps: list[Generated], k: int) -> list[Generated]:
 
 def sample(
     engine: LanguageEngine,
-    state: PrefixState,
+    rows: _Rows | GenericRows,
     item: GenerateItem,
     stops: frozenset[int],
     greedy: bool,
@@ -204,11 +217,9 @@ def sample(
     n = 1 if greedy else item.n
     seeds = [None if item.seed is None else item.seed + i for i in range(n)]
     gens = [torch.Generator().manual_seed(s) if s is not None else None for s in seeds]
-    rows = _Rows(engine, state, 1, item.usage)
-    rows.cacheable = item.image is None or item.image_id is not None
     running: list[tuple[int, list[int], list[float], int]] = [(i, [], [], 0) for i in range(n)]
     out: dict[int, Generated] = {}
-    logp = state.next_logprobs[None]
+    logp = rows.first()
     for step in range(item.max_new_tokens):
         proc = _suppress(engine, logp)
         nxt: list[tuple[int, list[int], list[float], int]] = []
@@ -235,12 +246,12 @@ def sample(
 def _draw(logp: torch.Tensor, item: GenerateItem, gen: torch.Generator | None) -> int:
     """One token from softmax(logp / T), restricted to the top-p nucleus."""
     probs = torch.softmax(logp.float().cpu() / item.temperature, dim=-1)
+    if not bool(torch.isfinite(probs).all()):  # an extreme temperature overflowed float32
+        probs = torch.softmax(logp.double().cpu() / item.temperature, dim=-1)
+        if not bool(torch.isfinite(probs).all()):  # T -> 0 is greedy in the limit
+            return int(logp.argmax())
     if item.top_p < 1.0:
         sorted_p, order = probs.sort(descending=True)
         cut = int((sorted_p.cumsum(0) < item.top_p).sum()) + 1
         probs = torch.zeros_like(probs).scatter(0, order[:cut], sorted_p[:cut])
     return int(torch.multinomial(probs, 1, generator=gen))
-    if not bool(torch.isfinite(probs).all()):  # an extreme temperature overflowed float32
-        probs = torch.softmax(logp.double().cpu() / item.temperature, dim=-1)
-        if not bool(torch.isfinite(probs).all()):  # T -> 0 is greedy in the limit
-            return int(logp.argmax())

@@ -1,9 +1,10 @@
 """The policy model: tokenization, image features, prefix KV states and continuation scoring.
 
-Every scoring path runs the decoder on `inputs_embeds` that this module builds itself, so that
-image features (vision tower + projector) can be cached per image and a prompt+prefix KV state
-can be shared by all continuations and extended one sentence at a time. A test checks the
-numbers against the plain `model(**processor(...))` forward.
+The image + prompt (+ prefix) runs through the model's own multimodal forward (its family
+module supplies cached image features, positions and per-token inputs; see `families`); its KV
+state is cached and shared by all continuations, which run through the decoder stack at
+position `length + rope_delta`. Models without a family module take the generic path: their
+own full forward for every score. Tests check the numbers against `model(**processor(...))`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ from transformers.cache_utils import DynamicLayer
 from selfreward_vlm.core.schemas import Usage
 from selfreward_vlm.service.engine.adapters import AdapterRegistry
 from selfreward_vlm.service.engine.cache import LRUCache, PrefixCache, PrefixState
+from selfreward_vlm.service.engine.families import Prompt, pick_family
+from selfreward_vlm.service.engine.families.base import cache_keyword
+from selfreward_vlm.service.engine.generic_path import generic_score
 from selfreward_vlm.service.errors import InvalidRequestError
 from selfreward_vlm.service.settings import ServiceSettings
 
@@ -54,12 +58,14 @@ class LanguageEngine:
         self.tokenizer = getattr(processor, "tokenizer", processor)
         self.kind = kind
         self.settings = settings
+        self.family = pick_family(model, kind, settings.model_path)
         self.naive = settings.naive_mode
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
         self.lock = threading.RLock()  # one forward at a time; adapter swaps wait for it
         self.adapters = AdapterRegistry(self)
         self.decoder = model.get_decoder()
+        self.cache_kw = cache_keyword(self.decoder)
         self.lm_head = model.get_output_embeddings()
         self.embed = model.get_input_embeddings()
         cfg = model.config
@@ -70,8 +76,8 @@ class LanguageEngine:
         self.pad_token_id = self.tokenizer.pad_token_id or 0
         n_img = 0 if self.naive else settings.image_cache_size
         n_pfx = 0 if self.naive else settings.prefix_cache_size
-        self.image_features: LRUCache[torch.Tensor] = LRUCache(n_img)
-        self.prompt_ids: LRUCache[list[int]] = LRUCache(4 * n_img)
+        self.image_features: LRUCache[Any] = LRUCache(n_img)
+        self.prompts: LRUCache[Prompt] = LRUCache(4 * n_img)
         self.prefix_cache = PrefixCache(n_pfx, settings.prefix_cache_tokens)
         self._stop_sets: dict[tuple[str, str], frozenset[int]] = {}
         mode = settings.cross_prefix_batching
@@ -102,21 +108,40 @@ class LanguageEngine:
             )
         return prompt
 
-    def encode_prompt(self, prompt: str, image_id: str | None, image: Any) -> list[int]:
-        """Token ids of the templated prompt, image placeholders expanded (cached)."""
+    @property
+    def path(self) -> str:
+        """ "fast" (family module with caches) or "generic" (the model's own full forward)."""
+        return self.family.path
+
+    def encode_prompt(self, prompt: str, image_id: str | None, image: Any) -> Prompt:
+        """The templated prompt, image placeholders expanded, with the processor's outputs.
+
+        Cached per (prompt, image id) without pixel tensors; an image id names the image's
+        bytes, so its size, tiles and grid are the same on every request.
+        """
         key = (prompt, image_id, image is not None)
-        hit = self.prompt_ids.get(key) if image is None or image_id is not None else None
+        cacheable = image is None or image_id is not None
+        hit = self.prompts.get(key) if cacheable else None
         if hit is not None:
             return hit
         text = self.render_prompt(prompt, image is not None or image_id is not None)
         if self.kind == "vlm" and image is not None:
-            ids = self.processor(text=text, images=image, return_tensors="pt")["input_ids"][
-                0
-            ].tolist()
+            out = self.processor(text=text, images=image, return_tensors="pt")
+            ids = out["input_ids"][0].tolist()
+            inputs = {k: v for k, v in out.items() if k not in ("input_ids", "attention_mask")}
+            result = Prompt(text, ids, inputs, has_image=True)
         else:
-            ids = self.tokenizer(text)["input_ids"]
-        self.prompt_ids.put(key, ids)
-        return ids
+            result = Prompt(text, list(self.tokenizer(text)["input_ids"]))
+        if cacheable:
+            self.prompts.put(key, result.light())
+        return result
+
+    def pixel_inputs(self, prompt: Prompt, image: Any) -> dict[str, Any]:
+        """The processor's outputs including pixels (re-run if the cache dropped them)."""
+        if any(k.startswith("pixel_") for k in prompt.inputs):
+            return prompt.inputs
+        out = self.processor(text=prompt.text, images=image, return_tensors="pt")
+        return {k: v for k, v in out.items() if k not in ("input_ids", "attention_mask")}
 
     def encode_text(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
@@ -147,40 +172,23 @@ class LanguageEngine:
 
     # ------------------------------------------------------------------ image features
 
-    def image_embeds(self, image_id: str | None, image: Any, usage: Usage) -> torch.Tensor:
-        """(N_img_tokens, H) projected image features, cached per image (and adapter scope)."""
-        key = (self.adapters.vision_scope(), image_id)
+    def image_embeds(self, image_id: str | None, image: Any, prompt: Prompt, usage: Usage) -> Any:
+        """The image's encoder output (what the forward takes as `mm_encoder_outputs`), cached
+        per image, geometry (tiles, grid, size) and vision scope (adapters on the tower)."""
+        key = (self.adapters.vision_scope(), image_id, prompt.geometry())
         hit = self.image_features.get(key) if image_id is not None else None
         if hit is not None:
             usage.image_cache_hits += 1
             return hit
-        pixel_values = self.processor.image_processor(image, return_tensors="pt")["pixel_values"]
-        cfg = self.hf.config
-        out = self.hf.get_image_features(
-            pixel_values=pixel_values.to(self.device, self.dtype),
-            vision_feature_layer=cfg.vision_feature_layer,
-            vision_feature_select_strategy=cfg.vision_feature_select_strategy,
+        out = self.family.image_features(self.pixel_inputs(prompt, image))
+        # Keep what the forward reads back; the tower's hidden states would only cost memory.
+        feats = type(out)(
+            **{k: v for k, v in out.items() if k in ("pooler_output", "deepstack_features")}
         )
-        feats = out.pooler_output if hasattr(out, "pooler_output") else out
-        feats = torch.cat(list(feats), dim=0) if isinstance(feats, (list, tuple)) else feats
-        feats = feats.reshape(-1, feats.shape[-1])
         usage.image_encodes += 1
         if image_id is not None:
             self.image_features.put(key, feats)
         return feats
-
-    def embed_ids(
-        self, ids: Sequence[int], image_id: str | None, image: Any, usage: Usage
-    ) -> torch.Tensor:
-        """(1, T, H) input embeddings with image features scattered into the placeholders."""
-        ids_t = torch.tensor([list(ids)], device=self.device)
-        embeds = self.embed(ids_t)
-        if self.image_token_id is not None and (image is not None or image_id is not None):
-            mask = ids_t[0] == self.image_token_id
-            if bool(mask.any()):
-                feats = self.image_embeds(image_id, image, usage).to(embeds.dtype)
-                embeds[0, mask] = feats
-        return embeds
 
     # ------------------------------------------------------------------ forward
 
@@ -201,10 +209,10 @@ class LanguageEngine:
             inputs_embeds=embeds,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=cache,
             use_cache=True,
+            **{self.cache_kw: cache},
         )
-        kv = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+        kv = _kv_of(out.past_key_values)
         return out.last_hidden_state, kv
 
     def logprobs(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -221,6 +229,7 @@ class LanguageEngine:
         adapter: str,
         image_id: str | None,
         image: Any,
+        prompt: Prompt,
         ids: list[int],
         min_reuse: int,
         usage: Usage,
@@ -233,24 +242,32 @@ class LanguageEngine:
         if hit is not None and hit.length == len(ids):
             usage.tokens_cached += hit.length
             return hit
-        if hit is not None:
-            start, past = hit.length, hit.kv
+        if hit is not None:  # text appended to a cached state: the decoder stack alone
+            start, delta = hit.length, hit.rope_delta
             usage.tokens_cached += start
             embeds = self.embed(torch.tensor([ids[start:]], device=self.device))
+            positions = torch.arange(start, len(ids), device=self.device)[None] + delta
+            hidden, kv = self.run_decoder(embeds, hit.kv, None, positions)
+        elif prompt.has_image:  # the model's own multimodal forward, cached image features
+            start, cache = 0, DynamicCache()
+            feats = self.image_embeds(image_id, image, prompt, usage)
+            hidden, delta = self.family.prefix_forward(ids, prompt.inputs, feats, cache)
+            kv = _kv_of(cache)
         else:
-            start, past = 0, None
-            embeds = self.embed_ids(ids, image_id, image, usage)
-        positions = torch.arange(start, len(ids), device=self.device)[None]
-        hidden, kv = self.run_decoder(embeds, past, None, positions)
+            start, delta = 0, 0
+            embeds = self.embed(torch.tensor([ids], device=self.device))
+            positions = torch.arange(len(ids), device=self.device)[None]
+            hidden, kv = self.run_decoder(embeds, None, None, positions)
         usage.tokens_forwarded += len(ids) - start
-        state = PrefixState(ns, tuple(ids), kv, self.logprobs(hidden[0, -1]))
+        state = PrefixState(ns, tuple(ids), kv, self.logprobs(hidden[0, -1]), delta)
         if cacheable:
             self.prefix_cache.put(state)
         return state
 
     def item_state(self, item: ScoreItem) -> tuple[PrefixState, list[list[int]]]:
         """Prefix state of an item and the token ids of its continuations (limits checked)."""
-        prompt_ids = self.encode_prompt(item.prompt, item.image_id, item.image)
+        prompt = self.encode_prompt(item.prompt, item.image_id, item.image)
+        prompt_ids = prompt.ids
         ids = prompt_ids + self.encode_text(item.prefix)
         self.check_no_image_tokens(ids[len(prompt_ids) :], "prefix")
         conts = [self.encode_text(c) for c in item.continuations]
@@ -267,7 +284,7 @@ class LanguageEngine:
                     field=f"continuations[{i}]",
                 )
         state = self.prefix_state(
-            item.adapter, item.image_id, item.image, ids, len(prompt_ids), item.usage
+            item.adapter, item.image_id, item.image, prompt, ids, len(prompt_ids), item.usage
         )
         return state, conts
 
@@ -280,6 +297,8 @@ class LanguageEngine:
             return []
         adapter = items[0].adapter
         with self.lock, self.adapters.active(adapter):
+            if self.family.path == "generic":
+                return [generic_score(self, item) for item in items]
             if self.naive:
                 return [self._score_naive(item) for item in items]
             rows: list[tuple[PrefixState, list[int], Usage]] = []
@@ -296,14 +315,16 @@ class LanguageEngine:
 
     def _score_naive(self, item: ScoreItem) -> list[ScoredTokens]:
         """The published code's way: image + prompt + prefix + continuation, one at a time."""
-        prompt_ids = self.encode_prompt(item.prompt, item.image_id, item.image)
-        ids = prompt_ids + self.encode_text(item.prefix)
+        prompt = self.encode_prompt(item.prompt, item.image_id, item.image)
+        ids = prompt.ids + self.encode_text(item.prefix)
         results = []
         for text in item.continuations:
             cont = self.encode_text(text) + ([self.eos_token_id] if item.append_eos else [])
             if len(ids) + len(cont) > self.settings.max_text_tokens:
                 raise InvalidRequestError("text over the token limit", field="continuations")
-            state = self.prefix_state(item.adapter, item.image_id, item.image, ids, 0, item.usage)
+            state = self.prefix_state(
+                item.adapter, item.image_id, item.image, prompt, ids, 0, item.usage
+            )
             results.append(self.score_rows([(state, cont, item.usage)])[0])
         return results
 
@@ -345,7 +366,8 @@ class LanguageEngine:
         for i, (state, cont, usage) in enumerate(rows):
             ids[i, : len(cont)] = torch.tensor(cont, device=self.device)
             mask[i, -width : -width + len(cont) or None] = 1
-            pos[i] = torch.arange(state.length, state.length + width, device=self.device)
+            start = state.length + state.rope_delta
+            pos[i] = torch.arange(start, start + width, device=self.device)
             usage.tokens_forwarded += max(len(cont) - 1, 0)
         hidden, _ = self.run_decoder(self.embed(ids[:, :-1]), past, mask[:, :-1], pos[:, :-1])
         logp = self.logprobs(hidden)  # (B, width-1, V): predicts tokens 1..width-1
@@ -382,6 +404,11 @@ class LanguageEngine:
         for i, s in enumerate(states):
             mask[i, longest - s.length : longest] = 1
         return past, mask
+
+
+def _kv_of(cache: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per-layer (keys, values) of a `DynamicCache` after a forward."""
+    return [(layer.keys, layer.values) for layer in cache.layers]
 
 
 def _layer(keys: torch.Tensor, values: torch.Tensor) -> DynamicLayer:

@@ -9,6 +9,7 @@ import torch
 
 from selfreward_vlm.core.schemas import ModelInfo, Usage
 from selfreward_vlm.service.engine.clip import ClipScorer
+from selfreward_vlm.service.engine.families import check_supported
 from selfreward_vlm.service.engine.lm import LanguageEngine, ScoreItem
 from selfreward_vlm.service.settings import ServiceSettings
 
@@ -53,6 +54,12 @@ class Models:
             eos_token=e.tokenizer.eos_token,
         )
 
+    def served_info(self) -> dict[str, object]:
+        """The family module and path the policy takes, and CLIP's logit scale (for /info)."""
+        e = self.engine
+        scale = self.clip.logit_scale if self.clip is not None else None
+        return {"family": e.family.name, "path": e.path, "clip_logit_scale": scale}
+
     def warmup(self) -> None:
         """One small request through every model, so the first user request is not the slow one."""
         from PIL import Image
@@ -81,6 +88,7 @@ def load_models(settings: ServiceSettings) -> Models:
     device = resolve_device(settings.device)
     dtype = resolve_dtype(settings.dtype, device)
     config = AutoConfig.from_pretrained(settings.model)
+    check_supported(config)  # before loading weights: a clear error, never wrong numbers
     if getattr(config, "vision_config", None) is not None:
         kind = "vlm"
         model = AutoModelForImageTextToText.from_pretrained(settings.model, dtype=dtype)
@@ -98,5 +106,8 @@ def load_models(settings: ServiceSettings) -> Models:
     if settings.clip:
         size = 0 if settings.naive_mode else settings.clip_cache_size
         clip = ClipScorer.load(settings.clip, device, size)
-    log.info("loaded %s (%s) on %s/%s; clip=%s", settings.model, kind, device, dtype, settings.clip)
+    log.info(
+        "loaded %s (%s, %s path, family %s) on %s/%s; clip=%s",
+        settings.model, kind, engine.path, engine.family.name, device, dtype, settings.clip,
+    )  # fmt: skip
     return Models(engine, clip, settings)

@@ -6,8 +6,9 @@ import importlib.metadata
 import platform
 
 from fastapi import APIRouter, Depends, Response
+from pydantic import Field
 
-from selfreward_vlm.core.schemas import ErrorResponse, InfoResponse
+from selfreward_vlm.core.schemas import ErrorResponse, InfoResponse, ModelInfo
 from selfreward_vlm.service.metrics import PROMETHEUS_CONTENT_TYPE
 from selfreward_vlm.service.state import AppState, get_ready_state, get_state
 
@@ -27,6 +28,28 @@ _LIMITS = (
     "max_batch_tokens",
     "max_queue",
 )
+
+
+class ServedModelInfo(ModelInfo):
+    """`ModelInfo` plus how the service runs the policy and what CLIP's scale is."""
+
+    family: str | None = Field(
+        None, description="family module (llava, llava_next, qwen_vl, idefics3, gemma3, text, "
+        "generic), picked by the model's config.model_type"
+    )  # fmt: skip
+    path: str | None = Field(
+        None, description="'fast' (family module: cached image features and prefix KV) or "
+        "'generic' (the model's own full forward for every score)"
+    )  # fmt: skip
+    clip_logit_scale: float | None = Field(
+        None, description="the CLIP model's learned logit scale (exp), a guide for `scale`"
+    )
+
+
+class ServedInfoResponse(InfoResponse):
+    model: ServedModelInfo
+
+
 # Distribution names whose versions /info reports (read from metadata: no torch import here).
 _DISTRIBUTIONS = ("selfreward", "torch", "transformers", "open_clip_torch", "peft", "fastapi")
 
@@ -69,20 +92,21 @@ async def metrics(state: AppState = Depends(get_state)) -> Response:
 
 @router.get(
     "/info",
-    response_model=InfoResponse,
+    response_model=ServedInfoResponse,
     summary="Models, adapters, limits and versions",
     responses={503: {"model": ErrorResponse}},
 )
-def info(state: AppState = Depends(get_ready_state)) -> InfoResponse:
+def info(state: AppState = Depends(get_ready_state)) -> ServedInfoResponse:
     """What this service serves and the limits a client must respect."""
     models = state.models
     assert models is not None  # get_ready_state
     settings = state.settings
     versions = {"python": platform.python_version()}
     versions.update({dist: _version(dist) for dist in _DISTRIBUTIONS})
-    return InfoResponse(
+    served: dict[str, object] = getattr(models, "served_info", dict)()  # fakes lack it
+    return ServedInfoResponse(
         version=versions["selfreward"].replace("not installed", "0+unknown"),
-        model=models.info(),
+        model=ServedModelInfo(**models.info().model_dump(), **served),
         adapters=list(models.engine.adapters.names()),
         limits={name: getattr(settings, name) for name in _LIMITS},
         adapter_versions=state.shared_adapters.versions() if state.shared_adapters else {},

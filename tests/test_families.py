@@ -1,0 +1,176 @@
+"""Every model family's numbers against the model's own transformers forward / generate.
+
+For each family's tiny model (LLaVA-1.5, LLaVA-NeXT, Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Idefics3,
+SmolVLM, Gemma 3): the service's per-token log-probs equal `model(**processor(text, images))`
+to 1e-4 on the fast path, the generic path and the naive baseline -- with and without prefix,
+two image sizes, base and a LoRA adapter that touches decoder AND vision tower, and again after
+cache hits; greedy generation equals `model.generate`.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from selfreward_vlm.service.engine.decoding import GenerateItem, generate
+from selfreward_vlm.service.engine.lm import ScoreItem
+from tests.families_fixtures import (
+    FAMILIES,
+    PROMPT,
+    SIZES,
+    family_adapters,
+    family_dirs,
+    family_engine,
+    own_forward_logprobs,
+    picture,
+    reference_model,
+    render,
+)
+
+__all__ = ["family_adapters", "family_dirs", "family_engine", "reference_model"]  # fixtures
+
+CONTS = [" The cat sits on the mat.", " A dog runs."]
+PREFIX = "There is a red circle."
+EXPECTED_FAMILY = {
+    "llava": "llava",
+    "llava_next": "llava_next",
+    "qwen2_vl": "qwen_vl",
+    "qwen2_5_vl": "qwen_vl",
+    "qwen3_vl": "qwen_vl",
+    "idefics3": "idefics3",
+    "smolvlm": "idefics3",
+    "gemma3": "gemma3",
+}
+
+
+def _with_adapter(models, adapter_dir) -> None:
+    if "a" not in models.engine.adapters.names():
+        models.engine.adapters.load("a", adapter_dir, source="startup")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_logprobs_equal_own_forward(
+    family, family_engine, family_adapters, reference_model
+) -> None:
+    fast, generic = family_engine(family), family_engine(family, "generic")
+    naive = family_engine(family, naive=True)
+    assert fast.engine.family.name == EXPECTED_FAMILY[family]
+    assert (fast.engine.path, generic.engine.path) == ("fast", "generic")
+    for models in (fast, generic, naive):
+        _with_adapter(models, family_adapters[family])
+    geometries = set()
+    for size in SIZES:
+        img = picture(size)
+        image_id = f"{family}-{size[0]}x{size[1]}"
+        for prefix in ("", PREFIX):
+            for adapter in ("base", "a"):
+                model, processor = reference_model(family, adapter == "a")
+                want = [own_forward_logprobs(model, processor, img, prefix, c) for c in CONTS]
+                for models, repeats in ((fast, 2), (generic, 1), (naive, 1)):
+                    for repeat in range(repeats):
+                        item = ScoreItem(adapter, PROMPT, CONTS, prefix, image_id, img)
+                        got = models.engine.score([item])[0]
+                        for scored, w in zip(got, want, strict=True):
+                            assert len(scored.token_logprobs) == len(w) > 0
+                            assert scored.token_logprobs == pytest.approx(w, abs=1e-4), (
+                                family, models.engine.path, size, prefix, adapter, repeat
+                            )  # fmt: skip
+                        if repeat:  # the second time: image, prompt and prefix all cached
+                            assert item.usage.image_encodes == 0
+                            assert item.usage.tokens_cached > 0
+        geometries.add(len(fast.engine.encode_prompt(PROMPT, image_id, img).ids))
+    # Cache keys: features per (vision scope, image, geometry): base and the vision-touching
+    # adapter never share an entry, nor do the two sizes.
+    keys = [k for k, _ in fast.engine.image_features.items()]
+    assert len(keys) == 4 and len({(k[0], k[1]) for k in keys}) == 4
+    assert fast.engine.adapters.vision_scope() in {"*", *(k[0] for k in keys)}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_greedy_generate_equals_model_generate(family, family_engine, reference_model) -> None:
+    model, processor = reference_model(family, False)
+    img = picture(SIZES[1], (30, 30, 200))
+    enc = processor(text=render(processor, PROMPT), images=img, return_tensors="pt")
+    engine = family_engine(family).engine
+    tok = processor.tokenizer
+    with torch.no_grad():
+        out = model.generate(
+            **enc,
+            max_new_tokens=10,
+            do_sample=False,
+            suppress_tokens=engine.never_generate,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+        )
+    want = out[0, enc["input_ids"].shape[1] :].tolist()
+    for path in ("auto", "generic"):
+        engine = family_engine(family, path).engine
+        item = GenerateItem(
+            "base", PROMPT, image_id=f"{family}-gen", image=img, strategy="greedy", n=1,
+            stop="eos", max_new_tokens=10,
+        )  # fmt: skip
+        got = generate(engine, item)[0]
+        assert got.token_ids == want, (family, path)
+
+
+def test_encoder_decoder_is_refused_at_start_up() -> None:
+    from transformers import T5Config
+
+    from selfreward_vlm.service.engine.families import UnsupportedModelError, check_supported
+
+    with pytest.raises(UnsupportedModelError, match="encoder-decoder"):
+        check_supported(T5Config())
+
+
+@pytest.mark.parametrize("path", ["auto", "generic"])
+def test_api_serves_a_qwen_model_and_info_names_the_path(
+    path, family_dirs, reference_model, tmp_path
+) -> None:
+    """Over HTTP: /info names family and path; /v1/logprobs equals the model's own forward;
+    /v1/generate greedy equals `model.generate`."""
+    import io
+    import time
+
+    from fastapi.testclient import TestClient
+
+    from selfreward_vlm.service.app import build_app
+    from selfreward_vlm.service.settings import ServiceSettings
+
+    settings = ServiceSettings(
+        model=str(family_dirs["qwen2_5_vl"]), model_path=path, data_dir=tmp_path, device="cpu"
+    )
+    img = picture(SIZES[1])
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    model, processor = reference_model("qwen2_5_vl", False)
+    with TestClient(build_app(settings)) as client:
+        deadline = time.monotonic() + 60
+        while client.get("/ready").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        info = client.get("/info").json()["model"]
+        assert info["family"] == ("qwen_vl" if path == "auto" else "generic")
+        assert info["path"] == ("fast" if path == "auto" else "generic")
+        image_id = client.post(
+            "/v1/images", content=buf.getvalue(), headers={"content-type": "image/png"}
+        ).json()["id"]
+        body = {
+            "image": {"id": image_id},
+            "prompt": PROMPT,
+            "prefix": PREFIX,
+            "continuations": CONTS,
+        }
+        res = client.post("/v1/logprobs", json=body)
+        assert res.status_code == 200, res.text
+        for cont, r in zip(CONTS, res.json()["results"], strict=True):
+            want = own_forward_logprobs(model, processor, img, PREFIX, cont)
+            assert r["token_logprobs"] == pytest.approx(want, abs=1e-4)
+        body = {"image": {"id": image_id}, "prompt": PROMPT, "strategy": "greedy", "n": 1,
+                "stop": "eos", "max_new_tokens": 6}  # fmt: skip
+        res = client.post("/v1/generate", json=body)
+        assert res.status_code == 200, res.text
+        got = res.json()["candidates"][0]["token_ids"]
+    enc = processor(text=render(processor, PROMPT), images=img, return_tensors="pt")
+    engine_never = [processor.tokenizer.pad_token_id, model.config.image_token_id]
+    with torch.no_grad():
+        out = model.generate(**enc, max_new_tokens=6, do_sample=False, suppress_tokens=engine_never)
+    assert got == out[0, enc["input_ids"].shape[1] :].tolist()
