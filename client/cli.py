@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from selfreward_vlm.client.errors import APIConnectionError, APIStatusError
+from selfreward_vlm.client.export import pairs_group
 from selfreward_vlm.client.journal import OutputMismatchError, PairsJournal
 from selfreward_vlm.client.methods import METHODS, build_config, check_run
 from selfreward_vlm.client.pairs import PairsSummary, load_prompts, run_pairs
@@ -153,7 +154,9 @@ def _root() -> None:
     """selfreward client commands."""
 
 
-app.command("pairs")(pairs_command)
+# `pairs` is a group: the search (default, so `pairs --service ...` still works) and `export`.
+pairs_app = pairs_group(pairs_command)
+app.add_typer(pairs_app, name="pairs")
 
 
 def main() -> None:

@@ -27,9 +27,9 @@ COMMANDS: list[tuple[str, str, str, str, str]] = [
     (
         "pairs",
         "selfreward_vlm.client.cli",
-        "pairs_command",
+        "pairs_app",
         "",
-        "Search preference pairs through a service.",
+        "Search preference pairs through a service; export them (pairs export).",
     ),
     (
         "train",
@@ -74,7 +74,10 @@ def _mount() -> None:
             command = getattr(importlib.import_module(module), func)
         except ImportError as exc:
             command = _stub(name, extra or "service", exc)
-        app.command(name, help=help_text)(command)
+        if isinstance(command, typer.Typer):  # a command group (`pairs`, `pairs export`)
+            app.add_typer(command, name=name, help=help_text)
+        else:
+            app.command(name, help=help_text)(command)
 
 
 _mount()
