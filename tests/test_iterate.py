@@ -110,3 +110,15 @@ def test_iterate_sbspo_starts_from_init_adapter(
     summary = json.loads((tmp_path / "w" / "iter1" / "train" / "train_summary.json").read_text())
     assert summary["config"]["init_adapter"] == str(init)
     assert summary["config"]["reference"] == str(init)
+
+
+def test_iteration_levers_schedule_lr_and_sft_weight() -> None:
+    """`lr_decay` and `sft_weight_growth` give each iteration its own lr and SFT weight; the
+    loop levers never reach DPOTrainConfig."""
+    from selfreward_vlm.trainer.iterate import _iteration_overrides
+
+    levers = {"lr": 2e-4, "loss_type": ["sigmoid", "sft"], "lr_decay": 0.5,
+              "sft_weight_growth": 2.0, "fresh_adapter": True}  # fmt: skip
+    third = _iteration_overrides(levers, 3)
+    assert third == {"lr": 5e-5, "loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, 4.0]}
+    assert _iteration_overrides({"lr": 1e-3}, 2) == {"lr": 1e-3}

@@ -98,6 +98,27 @@ def _generate_pairs(
     return result
 
 
+# Loop-level training levers (not DPOTrainConfig fields), read from `train_overrides`:
+# `lr_decay`: iteration t trains at lr·decay^(t−1); `sft_weight_growth`: the SFT term's loss
+# weight is multiplied by it each iteration; `fresh_adapter`: each iteration trains a new LoRA
+# from the base with the base as reference (default: continue adapter t−1, reference t−1).
+LOOP_LEVERS = ("lr_decay", "sft_weight_growth", "fresh_adapter")
+
+
+def _iteration_overrides(overrides: dict[str, Any], t: int) -> dict[str, Any]:
+    """The DPOTrainConfig fields of iteration t, after the loop levers."""
+    values = {k: v for k, v in overrides.items() if k not in LOOP_LEVERS}
+    if overrides.get("lr_decay") is not None and "lr" in values:
+        values["lr"] = values["lr"] * float(overrides["lr_decay"]) ** (t - 1)
+    growth = overrides.get("sft_weight_growth")
+    types = values.get("loss_type") or []
+    if growth is not None and "sft" in types:
+        weights = list(values.get("loss_weights") or [1.0] * len(types))
+        weights[types.index("sft")] *= float(growth) ** (t - 1)
+        values["loss_weights"] = weights
+    return values
+
+
 def _train(
     service_url: str, model: str, dataset: str, out: Path, previous: Path | None,
     previous_name: str, overrides: dict[str, Any],
@@ -106,6 +127,8 @@ def _train(
     from selfreward_vlm.trainer.config import build_config
     from selfreward_vlm.trainer.dpo import train
 
+    if overrides.get("fresh_adapter"):
+        previous, previous_name = None, "base"
     values: dict[str, Any] = {
         "model": model,
         "pairs": f"{service_url}/v1/datasets/{dataset}",
@@ -114,7 +137,7 @@ def _train(
         "reference": str(previous) if previous else "base",
         "reference_name": previous_name,
         "service": service_url,
-        **overrides,
+        **{k: v for k, v in overrides.items() if k not in LOOP_LEVERS},
     }
     config_file = values.pop("config", None)
     result = train(build_config(config_file, **values))
@@ -175,7 +198,9 @@ class _Loop:
         if not state.done(t, "trained"):
             summary = _train(
                 self.service_url, self.model, self.name(t), folder / "train",
-                previous, self.name(t - 1), dict(self.train_overrides),
+                previous, self.name(t - 1),
+                {**_iteration_overrides(self.train_overrides, t),
+                 "fresh_adapter": self.train_overrides.get("fresh_adapter")},
             )  # fmt: skip
             state.mark(t, "trained", train=summary)
             worked = True
