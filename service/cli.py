@@ -88,6 +88,20 @@ def serve_command(
         str | None,
         typer.Option(help="auto (the family's fast path if any) | generic (model's own forward)"),
     ] = None,
+    allow_image_urls: Annotated[
+        bool | None,
+        typer.Option(help="fetch http(s) image URLs (ImageRef.url); data: URIs always work"),
+    ] = None,
+    image_url_allow_host: Annotated[
+        list[str] | None,
+        typer.Option(help="host[:port] image URLs may name (repeatable); needed for internal ones"),
+    ] = None,
+    openrlhf_reward: Annotated[
+        str | None, typer.Option(help="/get_reward: calibrated | clip | implicit [calibrated]")
+    ] = None,
+    openrlhf_aggregation: Annotated[
+        str | None, typer.Option(help="/get_reward: sentences' rewards -> mean | sum [mean]")
+    ] = None,
     tiny: Annotated[
         bool, typer.Option(help="build and serve tiny random models (no download; for demos)")
     ] = False,
@@ -115,6 +129,10 @@ def serve_command(
         "torch_threads": torch_threads,
         "model_path": model_path,
         "warmup": warmup,
+        "allow_image_urls": allow_image_urls,
+        "image_url_allow_hosts": image_url_allow_host,
+        "openrlhf_reward": openrlhf_reward,
+        "openrlhf_aggregation": openrlhf_aggregation,
     }
     try:
         settings = build_settings(flags, tiny=tiny)
