@@ -23,10 +23,6 @@ def include_routers(app: FastAPI, v1_dependencies: Sequence[Any] = ()) -> None:
 
     for module in (openrlhf, openai_compat):
         app.include_router(module.router, dependencies=list(v1_dependencies))
-    # Foreign protocols (thin translators onto the handlers above), behind the same token.
-    from selfreward_vlm.service.routes import openrlhf
-
-    app.include_router(openrlhf.router, dependencies=list(v1_dependencies))
     # The pair viewer: its page is open (it holds no data), its data calls are /v1 (token).
     from selfreward_vlm.service import ui
 
@@ -49,14 +45,18 @@ def _document_error_shape(app: FastAPI) -> None:
         for operations in schema.get("paths", {}).values():
             for op in operations.values():
                 responses = op.setdefault("responses", {})
-                    _document_guards(op, responses, error)
                 if "HTTPValidationError" in str(responses.get("422", "")):
                     responses["422"] = {"description": "Invalid request (names the field)", **error}
                 if op.get("security"):
                     responses.setdefault("401", {"description": "Missing or wrong token", **error})
+                    _document_guards(op, responses, error)
         components = schema.get("components", {}).get("schemas", {})
         for unused in ("HTTPValidationError", "ValidationError"):
             components.pop(unused, None)
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 # What the request guards (service.auth, .deadlines, .drain, the batcher) may answer on any
@@ -79,7 +79,3 @@ def _document_guards(op: dict[str, Any], responses: dict[str, Any], error: dict)
     answers = {**_GUARD_ANSWERS, **(_BODY_ANSWERS if "requestBody" in op else {})}
     for code, description in answers.items():
         responses.setdefault(code, {"description": description, **error})
-        app.openapi_schema = schema
-        return schema
-
-    app.openapi = openapi  # type: ignore[method-assign]
