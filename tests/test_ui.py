@@ -184,3 +184,19 @@ def test_openapi_documents_the_summary_not_the_page(served) -> None:
     op = paths["/v1/datasets/{name}/summary"]["get"]
     assert op["security"] and "401" in op["responses"] and "404" in op["responses"]
     assert not any(p.startswith("/ui") for p in paths)
+
+
+def test_summary_of_equal_values_and_of_nothing() -> None:
+    """One value everywhere still gives a drawable histogram; no pairs give none."""
+    from selfreward_vlm.service.ui.summary import summarize
+
+    pairs = [scored_pair(i, "sbspo", 3, []) for i in range(4)]
+    for p in pairs:
+        p.chosen_score.reward = p.rejected_score.reward = 2.5
+    (d,) = summarize("same", pairs, bins=5).distributions
+    assert d.reward is not None
+    assert d.reward.edges == pytest.approx([2.0, 2.2, 2.4, 2.6, 2.8, 3.0])
+    assert d.reward.chosen == d.reward.rejected == [0, 0, 4, 0, 0]
+    assert d.r_i is None  # no sentence scores (SBSPO)
+    empty = summarize("none", [])
+    assert (empty.total, empty.groups, empty.distributions) == (0, [], [])

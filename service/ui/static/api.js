@@ -79,10 +79,21 @@ const dataset = (name) => `v1/datasets/${encodeURIComponent(name)}`;
 
 export const listDatasets = () => get('v1/datasets');
 
+const summaries = new Map(); // url -> { at, promise }: a summary reads the whole dataset
+const SUMMARY_TTL_MS = 30000;
+
+/** A dataset's summary (methods, iterations, histograms), reused for 30 s: moving between
+ * views and filters should not re-read a large dataset each time. */
 export function summary(name, { method = null, bins = 20 } = {}) {
   const query = new URLSearchParams({ bins: String(bins) });
   if (method) query.set('method', method);
-  return get(`${dataset(name)}/summary?${query}`);
+  const url = `${dataset(name)}/summary?${query}`;
+  const hit = summaries.get(url);
+  if (hit && Date.now() - hit.at < SUMMARY_TTL_MS) return hit.promise;
+  const promise = get(url);
+  promise.catch(() => summaries.delete(url));
+  summaries.set(url, { at: Date.now(), promise });
+  return promise;
 }
 
 export function pairsPage(name, after, limit) {

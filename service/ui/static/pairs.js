@@ -138,6 +138,7 @@ function select(view, pair) {
   for (const row of view.list.querySelectorAll('.row')) {
     row.classList.toggle('selected', row.dataset.pairId === pair.id);
   }
+  revealSelected(view.list);
   const params = new URLSearchParams(location.hash.split('?')[1] || '');
   params.set('pair', pair.id);
   history.replaceState(null, '', `${location.hash.split('?')[0]}?${params}`);
@@ -154,8 +155,17 @@ document.addEventListener('keydown', (event) => {
   const next = view.rows[Math.min(Math.max(i + step, 0), view.rows.length - 1)];
   event.preventDefault();
   select(view, next);
-  view.list.querySelector('.row.selected')?.scrollIntoView({ block: 'nearest' });
 });
+
+/** Scroll the list (only the list, not the page) so that the selected row shows. */
+function revealSelected(list) {
+  const row = list.querySelector('.row.selected');
+  if (!row) return;
+  const top = row.offsetTop; // the list is positioned (sticky): offsets are relative to it
+  if (top < list.scrollTop || top + row.offsetHeight > list.scrollTop + list.clientHeight) {
+    list.scrollTop = top - (list.clientHeight - row.offsetHeight) / 2;
+  }
+}
 
 // ------------------------------------------------------------------ one pair
 
@@ -225,8 +235,10 @@ function side(label, cls, text, score, scale) {
       [['R_T', fmt(s.r_t)], ['R_I', fmt(s.r_i)], ['R', fmt(s.reward)], ...extra]);
     body.append(span, ' ');
   });
-  const joined = spoken.map((s) => s.text).join(' ');
-  const same = joined.split(/\s+/).join(' ') === text.trim().split(/\s+/).join(' ');
+  // Sentences are stored normalised (what CLIP saw), the text as generated: they differ in
+  // spacing only, unless the pair was edited after scoring.
+  const squeeze = (t) => t.replace(/\s+/g, '');
+  const same = squeeze(spoken.map((s) => s.text).join('')) === squeeze(text);
   if (!spoken.length) body.append(el('span', { class: 'whole', text }));
   const stored = spoken.length && !same ? el('details', { class: 'stored' },
     el('summary', { text: 'stored text (differs from the scored sentences)' }),
