@@ -105,7 +105,10 @@ def test_one_dpo_step_and_the_adapter_changes_service_scores(
     img = picture((64, 24), COLOURS[1])
     base = engine.score([ScoreItem("base", PROMPT, [CHOSEN], "", f"t-{family}", img)])[0][0]
     tuned = engine.score([ScoreItem(name, PROMPT, [CHOSEN], "", f"t-{family}", img)])[0][0]
-    assert max(abs(a - b) for a, b in zip(base.token_logprobs, tuned.token_logprobs)) > 1e-3
+    assert (
+        max(abs(a - b) for a, b in zip(base.token_logprobs, tuned.token_logprobs, strict=True))
+        > 1e-3
+    )
     model = AutoModelForImageTextToText.from_pretrained(family_dirs[family]).eval()
     model = PeftModel.from_pretrained(model, adapter).eval()
     processor = AutoProcessor.from_pretrained(family_dirs[family])

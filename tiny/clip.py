@@ -10,8 +10,12 @@ from typing import Any
 from selfreward_vlm.tiny.common import VISION_SIZES
 
 
-def build_tiny_clip(out_dir: str | Path, seed: int = 0, image_size: int = 32) -> Path:
-    """Write a tiny open_clip model as a `local-dir:` folder (config + safetensors)."""
+def build_tiny_clip(
+    out_dir: str | Path, seed: int = 0, image_size: int = 32, siglip: bool = False
+) -> Path:
+    """Write a tiny open_clip model as a `local-dir:` folder (config + safetensors);
+    `siglip=True`: SigLIP-style (a learned logit bias for the sigmoid loss, scale 10, as
+    open_clip's SigLIP configs)."""
     import open_clip
     import torch
     from safetensors.torch import save_file
@@ -29,6 +33,8 @@ def build_tiny_clip(out_dir: str | Path, seed: int = 0, image_size: int = 32) ->
             "layers": 2,
         },
     }
+    if siglip:
+        model_cfg.update(init_logit_bias=-10.0, init_logit_scale=2.302585)  # log 10
     torch.manual_seed(seed)
     model = open_clip.CLIP(**model_cfg)
     preprocess_cfg = {

@@ -1,4 +1,6 @@
-"""CLIP relevance through open_clip: cosine of image and text embeddings, with caches."""
+"""CLIP relevance: cosine of image and text embeddings, with caches. Models: open_clip names
+(CLIP, SigLIP, SigLIP 2) and `local-dir:` folders, or transformers CLIP/SigLIP directories
+(adapted to open_clip's interface by `clip_hf`)."""
 
 from __future__ import annotations
 
@@ -41,9 +43,15 @@ class ClipScorer:
 
     @classmethod
     def load(cls, spec: str, device: torch.device, cache_size: int) -> ClipScorer:
-        """`spec`: a local open_clip directory, `local-dir:DIR`, `hf-hub:ID`, `NAME:PRETRAINED`."""
+        """`spec`: a local open_clip or transformers CLIP/SigLIP directory, `local-dir:DIR`,
+        `hf-hub:ID`, `NAME:PRETRAINED` (e.g. `ViT-SO400M-14-SigLIP-384:webli`)."""
         import open_clip
 
+        from selfreward_vlm.service.engine.clip_hf import is_hf_clip_dir, load_hf_dual_encoder
+
+        if is_hf_clip_dir(spec):
+            model, preprocess, tokenizer = load_hf_dual_encoder(spec, device)
+            return cls(model, preprocess, tokenizer, spec, device, cache_size)
         if Path(spec).is_dir():
             name, pretrained = f"local-dir:{spec}", None
         elif spec.startswith(("local-dir:", "hf-hub:")):
@@ -67,6 +75,9 @@ class ClipScorer:
 
     def n_tokens(self, text: str) -> int:
         """BPE tokens of `text` plus start/end tokens (what CLIP's context must hold)."""
+        count = getattr(self.tokenizer, "count", None)
+        if count is not None:  # transformers tokenizers (clip_hf) count their own specials
+            return int(count(text))
         encode = getattr(self.tokenizer, "encode", None)
         if encode is not None:
             return len(encode(text)) + 2
