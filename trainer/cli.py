@@ -108,6 +108,13 @@ def iterate_command(
     init_adapter: Annotated[
         str | None, Opt(help="LoRA dir to start from (iteration 0); sbspo needs one (M1')")
     ] = None,
+    launcher: Annotated[
+        str | None,
+        Opt(
+            help="run each train stage under it: 'accelerate launch --num_processes 8' or "
+            "'accelerate launch --config_file deploy/accelerate/zero2.yaml'"
+        ),
+    ] = None,
 ) -> None:
     """Iterative DPO: pairs with adapter t-1, train adapter t, upload it, repeat (resumable)."""
     from selfreward_vlm.trainer.iterate import check_iterate, iterate
@@ -130,7 +137,7 @@ def iterate_command(
         service_url=service, method=method, prompts=prompts, images=images,
         iterations=iterations, work_dir=work, model=model, run=run,
         train_overrides={k: v for k, v in overrides.items() if v is not None},
-        method_options=options, init_adapter=init_adapter, preset=preset,
+        method_options=options, init_adapter=init_adapter, preset=preset, launcher=launcher,
     )  # fmt: skip
 
 

@@ -178,7 +178,6 @@ def last_checkpoint(config: DPOTrainConfig) -> str | None:
 def train(config: DPOTrainConfig) -> TrainResult:
     """Train (or resume) a LoRA DPO adapter; write adapter/, log.jsonl, train_summary.json."""
     from selfreward_vlm.trainer.callbacks import read_log, summarize_log
-    from selfreward_vlm.trainer.model import save_adapter
 
     started = time.perf_counter()
     out = Path(config.out)
@@ -188,7 +187,9 @@ def train(config: DPOTrainConfig) -> TrainResult:
     if resume:
         logger.info("resuming from %s", resume)
     trainer.train(resume_from_checkpoint=resume)
-    adapter_dir = save_adapter(trainer.accelerator.unwrap_model(trainer.model), out / "adapter")
+    # Under `accelerate launch` every process trains (DDP / DeepSpeed); one writes the outputs.
+    accelerator = trainer.accelerator
+    adapter_dir = save_trained_adapter(trainer, out / "adapter")
     result = TrainResult(
         adapter_dir=str(adapter_dir),
         steps=int(trainer.state.global_step),
@@ -199,8 +200,33 @@ def train(config: DPOTrainConfig) -> TrainResult:
         config=config.to_dict(),
         **summarize_log(read_log(out / "log.jsonl")),
     )
-    (out / "train_summary.json").write_text(json.dumps(result.to_dict(), indent=2))
+    if accelerator.is_main_process:
+        (out / "train_summary.json").write_text(json.dumps(result.to_dict(), indent=2))
+    accelerator.wait_for_everyone()  # no process returns before the adapter is on disk
     return result
+
+
+def save_trained_adapter(trainer: Any, out_dir: Path) -> Path:
+    """Write the trained adapter (main process). Under DeepSpeed every process must take part,
+    since ZeRO-3 shards the LoRA weights: `Trainer.save_model` gathers them there."""
+    import shutil
+
+    from accelerate.utils import DistributedType
+
+    from selfreward_vlm.trainer.model import save_adapter
+
+    accelerator = trainer.accelerator
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        gathered = out_dir.with_name(out_dir.name + ".gathered")
+        trainer.save_model(str(gathered))  # collective; writes on the main process only
+        if accelerator.is_main_process:  # PEFT writes the "default" adapter at the top level
+            out_dir.mkdir(parents=True, exist_ok=True)
+            for name in ("adapter_config.json", "adapter_model.safetensors"):
+                shutil.copyfile(gathered / name, out_dir / name)
+            shutil.rmtree(gathered, ignore_errors=True)
+    elif accelerator.is_main_process:
+        save_adapter(accelerator.unwrap_model(trainer.model), out_dir)
+    return out_dir
 
 
 def main(config: DPOTrainConfig) -> TrainResult:

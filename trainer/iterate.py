@@ -121,9 +121,13 @@ def _iteration_overrides(overrides: dict[str, Any], t: int) -> dict[str, Any]:
 
 def _train(
     service_url: str, model: str, dataset: str, out: Path, previous: Path | None,
-    previous_name: str, overrides: dict[str, Any],
+    previous_name: str, overrides: dict[str, Any], launcher: str | None = None,
 ) -> dict[str, Any]:  # fmt: skip
-    """Stage 2: LoRA DPO on the published dataset, reference = adapter t−1 (or base)."""
+    """Stage 2: LoRA DPO on the published dataset, reference = adapter t−1 (or base).
+
+    `launcher` (e.g. `accelerate launch --config_file deploy/accelerate/zero2.yaml`) runs the
+    training as `LAUNCHER -m selfreward_vlm.trainer train --config FILE` (several GPUs)
+    instead of in this process."""
     from selfreward_vlm.trainer.config import build_config
     from selfreward_vlm.trainer.dpo import train
 
@@ -140,8 +144,27 @@ def _train(
         **{k: v for k, v in overrides.items() if k not in LOOP_LEVERS},
     }
     config_file = values.pop("config", None)
-    result = train(build_config(config_file, **values))
+    config = build_config(config_file, **values)
+    if launcher:
+        return _launch_train(launcher, config, out)
+    result = train(config)
     return {k: v for k, v in result.to_dict().items() if k != "config"}
+
+
+def _launch_train(launcher: str, config: Any, out: Path) -> dict[str, Any]:
+    """Run one training under `launcher` with the resolved config; its summary."""
+    import json
+    import shlex
+    import subprocess
+
+    out.mkdir(parents=True, exist_ok=True)
+    config_file = out / "train_config.json"
+    config_file.write_text(json.dumps(config.to_dict(), indent=2, default=str))
+    cmd = [*shlex.split(launcher), "-m", "selfreward_vlm.trainer", "train", "--config",
+           str(config_file)]  # fmt: skip
+    subprocess.run(cmd, check=True)  # a failed launch raises: the stage stays open
+    summary = json.loads((out / "train_summary.json").read_text())
+    return {k: v for k, v in summary.items() if k != "config"}
 
 
 def _upload(client: Any, name: str, adapter_dir: Path, already: bool) -> bool:
@@ -168,6 +191,7 @@ class _Loop:
     state: IterationState
     client: Any
     init_adapter: Path | None = None
+    launcher: str | None = None  # runs the train stage (e.g. `accelerate launch ...`)
 
     def name(self, t: int) -> str:
         return adapter_name(self.run, t, self.init_adapter is not None)
@@ -201,6 +225,7 @@ class _Loop:
                 previous, self.name(t - 1),
                 {**_iteration_overrides(self.train_overrides, t),
                  "fresh_adapter": self.train_overrides.get("fresh_adapter")},
+                self.launcher,
             )  # fmt: skip
             state.mark(t, "trained", train=summary)
             worked = True
@@ -241,6 +266,7 @@ def iterate(
     run: str | None = None,
     init_adapter: str | Path | None = None,
     preset: str | None = None,
+    launcher: str | None = None,
 ) -> list[IterationRecord]:
     """Run (or resume) `iterations` rounds of pairs -> DPO -> upload; see the module doc.
 
@@ -251,6 +277,7 @@ def iterate(
     `run`: prefix of dataset and adapter names (default: the work dir's name).
     `init_adapter`: a LoRA dir to start from (iteration 0; SBSPO needs one).
     `preset`: paper | official | tuned (client.methods.presets); explicit options win.
+    `launcher`: run each train stage under it, e.g. `accelerate launch --num_processes 8`.
     Prints the table after each iteration; writes work/iterations.json.
     """
     from rich.console import Console
@@ -270,7 +297,7 @@ def iterate(
     loop = _Loop(
         service_url.rstrip("/"), method, str(prompts), str(images), work, run,
         model or client.info().model.model, {**train_options(preset), **(train_overrides or {})},
-        options, IterationState(work), client, init,
+        options, IterationState(work), client, init, launcher,
     )  # fmt: skip
     # A log file (no terminal) gets wide tables rather than rich's 80-column default.
     console, records = Console(width=None if sys.stdout.isatty() else 140), []
