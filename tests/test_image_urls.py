@@ -192,3 +192,29 @@ def test_default_service_refuses_http_urls(
         assert res.status_code == 422 and res.json()["error"]["type"] == "image_url_refused"
         body["image"] = {"url": data_uri()}
         assert client.post("/v1/clip", json=body).status_code == 200
+
+
+def test_serve_flags_reach_the_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """`selfreward serve --allow-image-urls --image-url-allow-host H --openrlhf-reward clip`."""
+    import typer
+    import uvicorn
+    from typer.testing import CliRunner
+
+    from selfreward_vlm.service import app as app_module
+    from selfreward_vlm.service.cli import serve_command
+
+    seen: list[ServiceSettings] = []
+    monkeypatch.setattr(app_module, "build_app", lambda settings: seen.append(settings))
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: None)
+    cli = typer.Typer()
+    cli.command()(serve_command)
+    res = CliRunner().invoke(cli, [
+        "--model", "m", "--data-dir", str(tmp_path), "--allow-image-urls",
+        "--image-url-allow-host", "img.example:8080", "--image-url-allow-host", "10.0.0.7",
+        "--openrlhf-reward", "clip", "--openrlhf-aggregation", "sum",
+    ])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    (settings,) = seen
+    policy = UrlPolicy.from_settings(settings)
+    assert policy.allow_http and policy.allow_hosts == ("img.example:8080", "10.0.0.7")
+    assert (settings.openrlhf_reward, settings.openrlhf_aggregation) == ("clip", "sum")

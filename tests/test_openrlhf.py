@@ -156,6 +156,21 @@ def test_operator_modes_clip_sum_and_implicit(
         settings.openrlhf_reward, settings.openrlhf_aggregation = "calibrated", "mean"
 
 
+def test_image_expanded_beyond_a_run_of_placeholders(
+    api: TestClient, tiny_models: dict[str, Path]
+) -> None:
+    """Idefics3/Gemma-style expansions put other tokens between the placeholders: the response
+    is still found after the prompt's own text."""
+    image_id = api.image_ids[0]
+    query, prompt = openrlhf_query(tiny_models, RESPONSE, expand=False)
+    tiled = query.replace("<image>", "<image><s><image></s><image>", 1)
+    res = api.post("/get_reward", json={"query": [tiled], "prompts": [prompt],
+                                        "labels": [image_id]})  # fmt: skip
+    assert res.status_code == 200, res.text
+    native = native_sentence_rewards(api, image_id)
+    assert res.json()["rewards"] == pytest.approx([sum(r["reward"] for r in native) / 2])
+
+
 def test_bad_labels_and_prompts_are_clear_4xx(api: TestClient, tiny_models: dict[str, Path]):
     query, prompt = openrlhf_query(tiny_models, RESPONSE, expand=True)
     cases = [

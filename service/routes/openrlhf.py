@@ -184,11 +184,31 @@ def split_query(state: AppState, query: str, prompt: str | None, i: int) -> str:
             )
         prompt = query[: at + len(tail)]
     q, p = _canonical_ids(state, query), _canonical_ids(state, prompt)
-    if q[: len(p)] != p:
+    response = _after_prompt(q, p, engine.image_token_id)
+    if response is None:
         raise InvalidRequestError(
             "the query does not start with the prompt's tokens", field=f"prompts.{i}"
         )
-    return str(engine.tokenizer.decode(q[len(p) :], skip_special_tokens=True))
+    return str(engine.tokenizer.decode(response, skip_special_tokens=True))
+
+
+def _after_prompt(q: list[int], p: list[int], image: int | None) -> list[int] | None:
+    """The ids of `q` after the prompt `p`. A processor may expand an image into more than a
+    run of placeholders (tile rows, separators: Idefics3, Gemma 3): then the prompt's tokens
+    before its first placeholder must start `q`, and its tokens after the last placeholder
+    (the user's text and the assistant tag) must follow somewhere in `q`."""
+    if q[: len(p)] == p:
+        return q[len(p) :]
+    if image is None or image not in p:
+        return None
+    first, last = p.index(image), len(p) - 1 - p[::-1].index(image)
+    tail = p[last + 1 :]
+    if not tail or q[:first] != p[:first]:
+        return None
+    for start in range(first, len(q) - len(tail) + 1):
+        if q[start : start + len(tail)] == tail:
+            return q[start + len(tail) :]
+    return None
 
 
 def split_templated(state: AppState, text: str, with_image: bool) -> tuple[str, str] | None:
