@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from selfreward_vlm.client import ScoringClient
-from selfreward_vlm.client.integrations.trl import SelfRewardReward
+from selfreward_vlm.client.integrations.trl import SelfRewardReward, SyncSelfRewardReward
 from selfreward_vlm.core.integrations import split_sentences
 
 USER = "Describe the image."
@@ -78,6 +78,23 @@ def test_called_as_trl_calls_it(live_server: str) -> None:
         prompts=[USER], completions=["A."], image=[RED]
     ))  # fmt: skip
     assert down == [None]
+
+
+def test_sync_form_for_trainers_that_do_not_await(live_server: str) -> None:
+    """OnlineDPOTrainer calls `reward_func(prompts=..., completions=..., ...)` and uses the
+    list it returns; GRPO/RLOO await an async callable (trl.trainer.utils.is_async_callable)."""
+    from trl.trainer.utils import is_async_callable
+
+    shim = SyncSelfRewardReward(live_server)
+    assert not is_async_callable(shim) and is_async_callable(SelfRewardReward(live_server))
+    texts = [" There is a red circle. It is big.", " A green square."]
+    kwargs = {"prompts": [USER, USER], "completions": texts, "completion_ids": [[1], [1]],
+              "image": [RED, GREEN]}  # fmt: skip
+    got = shim(**kwargs)
+    assert got == shim(**kwargs)  # a second call opens a new client on a new loop
+    assert got == asyncio.run(SelfRewardReward(live_server)(**kwargs))
+    with ScoringClient(live_server) as client:
+        assert got[1] == pytest.approx(native_reward(client, GREEN, texts[1]), rel=1e-5)
 
 
 class _Spy(SelfRewardReward):

@@ -15,14 +15,28 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+from collections.abc import Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from selfreward_vlm.client._async import AsyncScoringClient
 from selfreward_vlm.core.integrations import Aggregation, aggregate, prefixes, split_sentences
 from selfreward_vlm.core.schemas import ImageRef
 
 RewardKind = Literal["calibrated", "clip", "implicit"]
+T = TypeVar("T")
+
+
+def run_sync(work: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine to its end from synchronous code: on this thread when no event loop runs
+    here (the usual case), else on a helper thread (never block a running loop on itself)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(work)
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, work).result()
 
 
 @dataclass(frozen=True)
@@ -73,9 +87,9 @@ class ImageUploader:
     """Turns an image (PIL, bytes, an id, a data:/http URL) into what the service takes,
     uploading each distinct image once (keyed by a hash of its pixels or bytes)."""
 
-    def __init__(self, client: AsyncScoringClient) -> None:
+    def __init__(self, client: AsyncScoringClient, known: dict[str, str] | None = None) -> None:
         self.client = client
-        self._ids: dict[str, str] = {}
+        self._ids: dict[str, str] = {} if known is None else known  # pixel hash -> image id
 
     async def ref(self, image: Any) -> str | ImageRef | None:
         """An image id, or an `ImageRef` for a URL."""

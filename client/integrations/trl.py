@@ -13,6 +13,8 @@ Prompts and completions may be plain strings or conversational messages; images 
 the `image`/`images` columns (PIL images, uploaded once per content hash), or from image parts
 in the prompt messages. The reward: `calibrated` (CSR's R per sentence, mean or sum; the
 default), `clip` (R_I per sentence), or `implicit` (policy vs reference adapter).
+`SyncSelfRewardReward` is the same reward as a blocking callable, for trainers that do not
+await reward functions (TRL's experimental `OnlineDPOTrainer`).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from selfreward_vlm.client.integrations import (
     RewardKind,
     RewardSpec,
     images_in,
+    run_sync,
     score_response,
     text_of,
 )
@@ -67,6 +70,7 @@ class SelfRewardReward:
         self._client: AsyncScoringClient | None = None
         self._uploader: ImageUploader | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._image_ids: dict[str, str] = {}  # outlives a client: uploaded once per content
 
     def _connect(self) -> tuple[AsyncScoringClient, ImageUploader]:
         """One client per event loop (an httpx.AsyncClient belongs to the loop it runs on)."""
@@ -75,7 +79,8 @@ class SelfRewardReward:
             self._client = AsyncScoringClient(
                 self.base_url, api_key=self.api_key, timeout=self.timeout
             )
-            self._uploader, self._loop = ImageUploader(self._client), loop
+            self._uploader = ImageUploader(self._client, self._image_ids)
+            self._loop = loop
         return self._client, self._uploader
 
     async def __call__(
@@ -99,8 +104,10 @@ class SelfRewardReward:
         return list(await asyncio.gather(*(one(i) for i in range(len(prompts)))))
 
     async def aclose(self) -> None:
+        """Close the HTTP client (a later call opens a new one)."""
         if self._client is not None:
             await self._client.close()
+        self._client = self._uploader = self._loop = None
 
 
 def _image_column(kwargs: dict[str, Any], n: int) -> list[Any]:
@@ -114,3 +121,25 @@ def _image_column(kwargs: dict[str, Any], n: int) -> list[Any]:
 
 def _first(items: Sequence[Any] | None) -> Any:
     return items[0] if items else None
+
+
+class SyncSelfRewardReward:
+    """The same reward as a plain (blocking) callable, for trainers that call their reward
+    functions without awaiting them (TRL's experimental `OnlineDPOTrainer`)."""
+
+    def __init__(self, base_url: str | Sequence[str], **kwargs: Any) -> None:
+        self.reward = SelfRewardReward(base_url, **kwargs)
+        self.__name__ = self.reward.__name__
+
+    def __call__(
+        self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any
+    ) -> list[float | None]:
+        return run_sync(self._call(prompts, completions, kwargs))
+
+    async def _call(
+        self, prompts: Sequence[Any], completions: Sequence[Any], kwargs: dict[str, Any]
+    ) -> list[float | None]:
+        try:  # each call runs on its own event loop: its client must close on it
+            return await self.reward(prompts, completions, **kwargs)
+        finally:
+            await self.reward.aclose()

@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from selfreward_vlm.client._async import AsyncScoringClient
@@ -31,6 +30,7 @@ from selfreward_vlm.client.integrations import (
     ImageUploader,
     RewardKind,
     RewardSpec,
+    run_sync,
     score_response,
 )
 from selfreward_vlm.core.integrations import Aggregation
@@ -80,13 +80,7 @@ def compute_score_batch(
     infos = list(extra_infos) if extra_infos is not None else [None] * len(solution_strs)
     url = base_url or os.environ.get("SELFREWARD_URL", DEFAULT_URL)
     key = api_key or os.environ.get("SELFREWARD_API_KEY")
-    work = _score_all(url, key, timeout, spec, solution_strs, infos, on_error)
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:  # the usual case: verl calls from a plain (worker) thread
-        return asyncio.run(work)
-    with ThreadPoolExecutor(1) as pool:  # called from inside an event loop: not on it
-        return pool.submit(asyncio.run, work).result()
+    return run_sync(_score_all(url, key, timeout, spec, solution_strs, infos, on_error))
 
 
 async def _score_all(
