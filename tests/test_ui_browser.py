@@ -151,6 +151,9 @@ def test_pairs_view_in_a_real_browser(
     browser.get(f"{service}/ui")
     # The service has a key: the page asks for it once, and keeps it for this tab only.
     key_input = wait(browser, ec.visibility_of_element_located(css("#key-input")))
+    key_input.send_keys("not-the-key\n")
+    refused = wait(browser, ec.visibility_of_element_located(css("#key-error")))
+    assert "refused" in refused.text
     key_input.send_keys(KEY + "\n")
     row = wait(browser, ec.presence_of_element_located(css(f'tr[data-dataset="{DATASET}"]')))
     wait(browser, lambda d: "csr" in row.text)
@@ -223,3 +226,35 @@ def test_distributions_and_filters(
         browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, ".pair-list .row")) == len(dataset)
     )
     assert not log_errors(browser)
+
+
+def test_paging_through_filters(browser: Any, service: str, dataset: list[PreferencePair]) -> None:
+    """130 pairs, every other one of iteration 2: the filtered view reads across the API's
+    cursor pages (100 a call) and shows 20 matches a page: 20, 20, 20, 5, and back."""
+    from selfreward_vlm.client import ScoringClient
+
+    base = dataset[0]
+    many = [
+        base.model_copy(update={"id": f"copy-{i:03d}", "iteration": 1 + i % 2}) for i in range(130)
+    ]
+    with ScoringClient(service, api_key=KEY) as client:
+        client.upsert_pairs("viewer-paging", many)
+    browser.get(f"{service}/ui#/d/viewer-paging/pairs?iteration=2")
+
+    def shown() -> list[str]:
+        script = (
+            "return [...document.querySelectorAll('.pair-list .row')].map((r) => r.dataset.pairId)"
+        )
+        return browser.execute_script(script)  # in one go: rows are replaced while paging
+
+    want = [p.id for p in many if p.iteration == 2]
+    pages = [want[i : i + 20] for i in range(0, len(want), 20)]
+    button = lambda label: browser.find_element(By.XPATH, f"//button[contains(., '{label}')]")  # noqa: E731
+    for n, page in enumerate(pages):
+        wait(browser, lambda d, page=page: shown() == page)
+        assert button("Next").is_enabled() == (n < len(pages) - 1)
+        assert button("Previous").is_enabled() == (n > 0)
+        if n < len(pages) - 1:
+            button("Next").click()
+    button("Previous").click()
+    wait(browser, lambda d: shown() == pages[-2])
