@@ -217,3 +217,39 @@ def test_full_queue_waits_then_answers_503_with_retry_after(
     assert res.status_code == 503 and res.headers["retry-after"] == "1"
     assert 0.25 < time.monotonic() - start < 3.0
     assert res.json()["error"]["type"] == "queue_full"
+
+
+def test_over_real_http_with_aiohttp_as_openrlhf_posts(
+    live_server: str, tiny_models: dict[str, Path]
+) -> None:
+    """OpenRLHF posts with aiohttp (`session.post(url, json=payload)`, no headers) and reads
+    `response.json()`; the same numbers as the native route on that server."""
+    import asyncio
+
+    import aiohttp
+    import httpx
+
+    image_id = httpx.post(f"{live_server}/v1/images", content=png(),
+                          headers={"content-type": "image/png"}).json()["id"]  # fmt: skip
+    query, prompt = openrlhf_query(tiny_models, RESPONSE, expand=True)
+    payload = {"query": [query, query], "prompts": [prompt, prompt], "labels": [image_id] * 2}
+
+    async def post() -> dict:
+        timeout = aiohttp.ClientTimeout(total=180)
+        async with (
+            aiohttp.ClientSession(timeout=timeout) as session,
+            session.post(f"{live_server}/get_reward", json=payload) as response,
+        ):
+            response.raise_for_status()
+            return await response.json()
+
+    data = asyncio.run(post())
+    rewards = []
+    for k, sentence in enumerate(SENTENCES):
+        body = {"image": {"id": image_id}, "prompt": USER, "prefix": "".join(SENTENCES[:k]),
+                "candidates": [sentence]}  # fmt: skip
+        rewards.append(httpx.post(f"{live_server}/v1/reward", json=body).json()["results"][0])
+    want = sum(r["reward"] for r in rewards) / 2
+    assert data["rewards"] == pytest.approx([want, want], rel=1e-5)
+    assert len(data["scores"]) == 2 and all(0 < s < 1 for s in data["scores"])
+    assert data["extra_logs"]["num_sentences"] == [2, 2]
