@@ -111,6 +111,8 @@ def pairs_command(
         _stopped(out, "stopped")
         raise typer.Exit(1) from None
     _print_summary(summary)
+    if summary.prompts_undone:  # transient failures: the run is not complete (rerun it)
+        raise typer.Exit(3)
 
 
 def _stopped(out: Path, what: str) -> None:
@@ -142,8 +144,15 @@ def _print_summary(s: PairsSummary) -> None:
     for k, v in rows:
         table.add_row(k, v)
     Console().print(table)
+    for label, kinds in (("skipped", s.skipped_kinds), ("failed", s.failed_kinds)):
+        if kinds:
+            counts = ", ".join(f"{n} × {kind}" for kind, n in sorted(kinds.items()))
+            _console.print(f"{label}: {counts}", highlight=False)
     if s.prompts_failed:
-        _console.print(f"[yellow]{s.prompts_failed} prompts failed[/yellow]: rerun to retry them")
+        _console.print(
+            f"[yellow]{s.prompts_failed} prompts failed[/yellow] on transient errors and are not "
+            "done: rerun to retry them (exit status 3)"
+        )
 
 
 app = typer.Typer(help="selfreward client commands", no_args_is_help=True)

@@ -10,9 +10,11 @@ mid-line) resumes with every prompt's pairs exactly once and no torn line.
 Every record carries the run's `meta` (method, model, reference, iteration, a hash of the
 method's config): resuming into an OUT made with other settings is an error, not a silent mix.
 
-Record statuses: `ok` (pairs written), `nopair` (the method found none), `skipped` (bad input,
-e.g. a missing or undecodable image). All three are final: a rerun does not retry them. Prompts
-that failed on a transient error (timeout, 5xx) get no record and are retried by a rerun.
+Record statuses: `ok` (pairs written), `nopair` (the method found none), `skipped` (bad input:
+a missing or undecodable image, or a deterministic 4xx from the service for this prompt, with
+its reason). All three are final: a rerun does not retry them. Prompts that failed on a
+transient error (timeout, 429/503 after retries, 504, other 5xx) get no record and are retried
+by a rerun.
 """
 
 from __future__ import annotations

@@ -3,6 +3,14 @@ resumably (see `client.journal`), optionally publishing them to the service's pa
 
 Prompts file: JSONL `{"id", "image", "prompt"}`, `image` relative to the images folder (or null
 for a text-only prompt). Output: JSONL, one `PreferencePair` per line.
+
+One bad prompt never stops a long run. What happens to a prompt the service refuses:
+- a deterministic 4xx (400, 409, 413, 422: this prompt's input cannot be served; asking again
+  gets the same answer) is recorded as `skipped` with its reason, and the run goes on;
+- a transient error (429, 503 after the client's own retries, 504, other 5xx, a timeout) is
+  `failed`: not recorded, so a rerun retries it, and the command exits non-zero;
+- a configuration error (no connection, 401/403, an unknown adapter: 404) stops the run.
+The summary counts each kind (`skipped_kinds`, `failed_kinds`: `"422 invalid_request"` → n).
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ from selfreward_vlm.client.errors import (
     InvalidRequestError,
     NotFoundError,
     PayloadTooLargeError,
+    SelfRewardError,
 )
 from selfreward_vlm.client.journal import PairsJournal
 from selfreward_vlm.client.methods import MethodSpec, PromptItem, RunContext, get_method
@@ -38,6 +47,8 @@ from selfreward_vlm.core.schemas import PreferencePair
 
 IMAGE_ERRORS = {"invalid_image", "image_too_large", "payload_too_large"}
 FATAL = (APIConnectionError, AuthenticationError, NotFoundError)  # config errors: stop the run
+# 4xx answers that say "this input cannot be served", whoever asks and however often.
+DETERMINISTIC = frozenset({400, 409, 413, 422})
 
 
 @dataclass(frozen=True)
@@ -61,6 +72,8 @@ class PairsSummary:
     prompts_skipped: int = 0  # this run: bad image or input (recorded, not retried)
     prompts_no_pair: int = 0  # this run: the method found no pair
     prompts_failed: int = 0  # this run: transient errors (not recorded: a rerun retries)
+    skipped_kinds: dict[str, int] = field(default_factory=dict)  # reason kind -> prompts
+    failed_kinds: dict[str, int] = field(default_factory=dict)
     pairs_new: int = 0
     pairs_total: int = 0
     skipped: dict[str, str] = field(default_factory=dict)
@@ -72,9 +85,30 @@ class PairsSummary:
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
+    @property
+    def prompts_undone(self) -> int:
+        """Prompts this run left for a rerun (transient failures)."""
+        return self.prompts_failed
+
+
+def error_kind(exc: SelfRewardError) -> str:
+    """A short, countable name of an error: `422 invalid_request (max_new_tokens)`."""
+    status = f"{exc.status} " if exc.status else ""
+    where = f" ({exc.field})" if exc.field else ""
+    return f"{status}{exc.type or type(exc).__name__}{where}"
+
+
+def is_deterministic(exc: SelfRewardError) -> bool:
+    """Whether asking again would get the same refusal (see the module docstring)."""
+    return isinstance(exc, APIStatusError) and exc.status in DETERMINISTIC
+
 
 class _Skip(Exception):
     """This prompt cannot be served (bad input); record it and go on."""
+
+    def __init__(self, message: str, kind: str = "bad input") -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 def load_prompts(path: str | Path, limit: int | None = None) -> list[PromptRecord]:
@@ -123,12 +157,12 @@ async def _image_id(client: AsyncScoringClient, images: Path, rec: PromptRecord)
         return None
     path = images / rec.image
     if not path.is_file():
-        raise _Skip(f"image file not found: {path}")
+        raise _Skip(f"image file not found: {path}", "image file not found")
     try:
         return await client.upload_image(path)
     except (InvalidRequestError, PayloadTooLargeError) as exc:
         if exc.type in IMAGE_ERRORS or exc.field in {"image", "body"}:
-            raise _Skip(f"image {path} refused: {exc}") from exc
+            raise _Skip(f"image {path} refused: {exc}", error_kind(exc)) from exc
         raise
 
 
@@ -154,22 +188,32 @@ async def _one(run: _Run, rec: PromptRecord, sem: asyncio.Semaphore) -> None:
         try:
             image_id = await _image_id(run.client, run.images, rec)
             if image_id is None and run.spec.needs_image:
-                raise _Skip(f"{run.spec.name} needs an image")
+                raise _Skip(f"{run.spec.name} needs an image", "needs an image")
             item = PromptItem(rec.id, rec.prompt, image_id)
-            result = await run.spec.run(run.client, item, run.ctx, run.config)
+            try:
+                result = await run.spec.run(run.client, item, run.ctx, run.config)
+            except APIStatusError as exc:
+                if not is_deterministic(exc):
+                    raise
+                raise _Skip(f"the service refused this prompt: {exc}", error_kind(exc)) from exc
         except _Skip as skip:
             run.journal.record(rec.id, [], "skipped", str(skip))
             s.prompts_done, s.prompts_skipped = s.prompts_done + 1, s.prompts_skipped + 1
             s.skipped[rec.id] = str(skip)
+            s.skipped_kinds[skip.kind] = s.skipped_kinds.get(skip.kind, 0) + 1
             run.progress.warn(f"skipped {rec.id}: {skip}")
-            return run.progress.advance(pairs=0, skipped=True)
+            return run.progress.advance(pairs=0, outcome="skipped")
         except FATAL:
             raise
         except (APIStatusError, APITimeoutError) as exc:
+            if exc.status == 403:  # a key without the right: configuration, like 401
+                raise
+            kind = error_kind(exc)
             s.prompts_failed += 1
             s.failed[rec.id] = str(exc)
-            run.progress.warn(f"failed {rec.id} (a rerun retries it): {exc}")
-            return run.progress.advance(pairs=0, skipped=True)
+            s.failed_kinds[kind] = s.failed_kinds.get(kind, 0) + 1
+            run.progress.warn(f"failed {rec.id} (transient; a rerun retries it): {exc}")
+            return run.progress.advance(pairs=0, outcome="failed")
         if result.pairs and run.publisher is not None:
             await _publish(run, rec, result.pairs)
         for key, value in result.stats.items():
@@ -179,7 +223,7 @@ async def _one(run: _Run, rec: PromptRecord, sem: asyncio.Semaphore) -> None:
         s.prompts_done += 1
         s.prompts_no_pair += status == "nopair"
         s.pairs_new += len(result.pairs)
-        run.progress.advance(pairs=len(result.pairs), skipped=False)
+        run.progress.advance(pairs=len(result.pairs), outcome=status)
 
 
 async def _publish(run: _Run, rec: PromptRecord, pairs: list[PreferencePair]) -> None:
@@ -189,6 +233,17 @@ async def _publish(run: _Run, rec: PromptRecord, pairs: list[PreferencePair]) ->
     if pub is not run.client and rec.image is not None:
         await pub.upload_image(run.images / rec.image)
     await pub.upsert_pairs(dataset, pairs)
+
+
+async def _token_limit(client: AsyncScoringClient) -> int | None:
+    """The service's `max_text_tokens` (GET /info), so a search stops at the budget instead
+    of asking for more; None when the service does not say (or /info is unreachable: the
+    first real request then reports the problem)."""
+    try:
+        limit = (await client.info()).limits.get("max_text_tokens")
+    except (SelfRewardError, ValueError):  # unreachable, or not this service's /info shape
+        return None
+    return int(limit) if limit else None
 
 
 async def _drive(run: _Run, todo: list[PromptRecord], concurrency: int) -> None:
@@ -233,7 +288,7 @@ async def arun_pairs(
         pub = client if pub_urls == urls else AsyncScoringClient(pub_urls, api_key=api_key)
         publisher = (pub, dataset)
     bar = PairsProgress(len(records), summary.prompts_resumed, enabled=progress, console=console)
-    ctx = RunContext(model, reference, iteration)
+    ctx = RunContext(model, reference, iteration, await _token_limit(client) if todo else None)
     run = _Run(client, spec, config, ctx, Path(images), journal, summary, bar, publisher)
     journal.open()
     try:

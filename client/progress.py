@@ -21,7 +21,8 @@ from rich.progress import (
 
 
 class PairsProgress:
-    """A rich bar: prompts done (resumed ones pre-counted), pairs made, skips, rate."""
+    """A rich bar: prompts done (resumed ones pre-counted), pairs made, skipped (recorded, not
+    retried) and failed (transient, left for a rerun) prompts, rate."""
 
     def __init__(
         self, total: int, resumed: int, *, enabled: bool = True, console: Console | None = None
@@ -31,7 +32,10 @@ class PairsProgress:
             TextColumn("[bold]pairs"),
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn("prompts · {task.fields[pairs]} pairs · {task.fields[skipped]} skipped"),
+            TextColumn(
+                "prompts · {task.fields[pairs]} pairs · {task.fields[skipped]} skipped · "
+                "{task.fields[failed]} failed"
+            ),
             TextColumn("· {task.fields[rate]}"),
             TimeElapsedColumn(),
             TimeRemainingColumn(),
@@ -39,9 +43,9 @@ class PairsProgress:
             disable=not enabled,
         )
         self._task: TaskID = self._progress.add_task(
-            "pairs", total=total, completed=resumed, pairs=0, skipped=0, rate="-"
+            "pairs", total=total, completed=resumed, pairs=0, skipped=0, failed=0, rate="-"
         )
-        self._pairs = self._skipped = self._done = 0
+        self._pairs = self._skipped = self._failed = self._done = 0
         self._start = time.monotonic()
 
     def __enter__(self) -> PairsProgress:
@@ -53,15 +57,17 @@ class PairsProgress:
     ) -> None:
         self._progress.stop()
 
-    def advance(self, *, pairs: int, skipped: bool) -> None:
-        """One prompt finished (or skipped/failed) with `pairs` new pairs."""
+    def advance(self, *, pairs: int, outcome: str = "ok") -> None:
+        """One prompt is through with `pairs` new pairs; `outcome` is `ok`, `nopair`,
+        `skipped` (recorded, final) or `failed` (transient: a rerun retries it)."""
         self._done += 1
         self._pairs += pairs
-        self._skipped += skipped
+        self._skipped += outcome == "skipped"
+        self._failed += outcome == "failed"
         rate = self._done / max(time.monotonic() - self._start, 1e-9)
         self._progress.update(
             self._task, advance=1, pairs=self._pairs, skipped=self._skipped,
-            rate=f"{rate:.2f} prompts/s",
+            failed=self._failed, rate=f"{rate:.2f} prompts/s",
         )  # fmt: skip
 
     def warn(self, message: str) -> None:

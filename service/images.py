@@ -55,9 +55,7 @@ class ImageStore:
 
     url_policy = UrlPolicy()  # what ImageRef.url may fetch; open_state sets the operator's
 
-    def __init__(
-        self, store: Store, max_bytes: int, max_pixels: int, cache_size: int = 64
-    ) -> None:
+    def __init__(self, store: Store, max_bytes: int, max_pixels: int, cache_size: int = 64) -> None:
         self.store = store
         self.max_bytes = max_bytes
         self.max_pixels = max_pixels
@@ -99,7 +97,7 @@ class ImageStore:
                     probe.verify()
                 with Image.open(io.BytesIO(data)) as im:
                     im.load()
-                    rgb = im.convert("RGB")
+                    rgb = to_rgb(im)
         except Image.DecompressionBombError as e:
             raise ImageTooLargeError(f"image has too many pixels: {e}", field=field) from None
         except ImageTooLargeError:
@@ -188,6 +186,29 @@ class ImageStore:
             self._cache.move_to_end(image_id)
             while len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)
+
+
+# Modes whose samples are wider than 8 bits: `convert("RGB")` would clip them (a 16-bit grey of
+# 40000 came out white), so they are scaled to 0..255 first.
+_WIDE_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """The first frame of `im` as 8-bit RGB, whatever its mode: palette, grey+alpha, CMYK (by
+    Pillow's conversion), 16-bit and 32-bit grey scaled (not clipped), float grey in [0, 1]
+    scaled by 255. Alpha is dropped; an animation's later frames are not decoded."""
+    if im.mode not in _WIDE_MODES:
+        return im.convert("RGB")
+    wide = im.convert("F")  # exact for 16-bit and float samples
+    high = float(wide.getextrema()[1])  # type: ignore[arg-type]  # (low, high) for mode F
+    if im.mode == "F" and high <= 1.0:
+        scale = 255.0  # float images hold intensities in [0, 1]
+    elif high > 255 or im.mode.startswith("I;16"):
+        scale = 255.0 / 65535.0  # 16-bit data (also in a 32-bit "I" image)
+    else:
+        scale = 1.0
+    grey = wide.point(lambda v: v * scale)  # F -> L below rounds and clips to 0..255
+    return grey.convert("L").convert("RGB")
 
 
 def media_type(fmt: str) -> str:

@@ -90,10 +90,13 @@ def _generate_pairs(
     )  # fmt: skip
     result = dict(summary.as_dict())
     if result.get("prompts_failed"):
-        # transient errors are not in the journal: a rerun retries them, so stage 1 stays open
+        # Transient errors are not in the journal: a rerun retries them, so stage 1 stays open.
+        # Skipped prompts (a deterministic 4xx, recorded with its reason) do not block it.
         raise RuntimeError(
-            f"{result['prompts_failed']} prompt(s) failed ({result.get('failed')}); "
-            "rerun iterate to retry them"
+            f"{result['prompts_failed']} prompt(s) failed on transient errors "
+            f"({result.get('failed_kinds')}: {result.get('failed')}); "
+            f"{result.get('prompts_skipped', 0)} skipped ({result.get('skipped_kinds')}) are "
+            "final; rerun iterate to retry the failed ones"
         )
     return result
 

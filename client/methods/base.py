@@ -60,6 +60,7 @@ class RunContext:
     model: str = "base"
     reference: str = "base"
     iteration: int = 0
+    max_text_tokens: int | None = None  # the service's token limit (GET /info), when known
 
 
 @dataclass

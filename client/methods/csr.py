@@ -40,6 +40,7 @@ import asyncio
 from dataclasses import dataclass, replace
 from typing import Protocol
 
+from selfreward_vlm.client.errors import InvalidRequestError
 from selfreward_vlm.client.methods.base import (
     AsyncScorer,
     MethodResult,
@@ -156,14 +157,27 @@ async def propose(
     used_tokens: int, stats: dict[str, float],
 ) -> list[Candidate]:  # fmt: skip
     """Next-sentence candidates of one path by diverse beam search (shared with csr-official);
-    a sentence may not run past the response's token budget. Work is tallied in `stats`."""
+    a sentence may not run past the response's token budget. Work is tallied in `stats`.
+
+    No candidates (`[]`) means the path has reached the service's token budget: prompt +
+    prefix + `max_new_tokens` would pass its limit (`GET /info` `max_text_tokens`; the service
+    answers 422 naming `max_new_tokens`). The caller ends such a path as `length`."""
     budget = max(1, min(cfg.max_new_tokens, cfg.max_total_tokens - used_tokens))
-    resp = await client.generate(
-        item.prompt, image=item.image_id, prefix=prefix, model=ctx.model,
-        strategy="diverse_beam", n=cfg.num_candidates, num_beam_groups=cfg.num_beam_groups,
-        diversity_penalty=cfg.diversity_penalty, stop="sentence", stop_text=cfg.stop_text,
-        max_new_tokens=budget,
-    )  # fmt: skip
+    if ctx.max_text_tokens is not None and used_tokens + 1 >= ctx.max_text_tokens:
+        stats["token_budget_reached"] = stats.get("token_budget_reached", 0.0) + 1
+        return []
+    try:
+        resp = await client.generate(
+            item.prompt, image=item.image_id, prefix=prefix, model=ctx.model,
+            strategy="diverse_beam", n=cfg.num_candidates, num_beam_groups=cfg.num_beam_groups,
+            diversity_penalty=cfg.diversity_penalty, stop="sentence", stop_text=cfg.stop_text,
+            max_new_tokens=budget,
+        )  # fmt: skip
+    except InvalidRequestError as exc:
+        if exc.field != "max_new_tokens":
+            raise
+        stats["token_budget_reached"] = stats.get("token_budget_reached", 0.0) + 1
+        return []
     tally(stats, resp)
     return resp.candidates
 
@@ -217,7 +231,10 @@ async def _expand(
     ]
     texts = [normalize_sentence(c.text) for _, c in proposals]
     clip = await clip_cosines(client, item.image_id, texts, cfg.clip_scale, cfg.clip_batch)
-    return [_child(p, c, clip, cfg) for p, c in proposals]
+    # A path that got no candidates reached the token budget: it is finished, by length.
+    ended = [replace(p, stop_reason="length") for p, cands in zip(live, batches, strict=True)
+             if not cands]  # fmt: skip
+    return [_child(p, c, clip, cfg) for p, c in proposals] + ended
 
 
 async def search(

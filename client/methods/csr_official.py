@@ -151,6 +151,7 @@ async def search(
         )
         pool = []
         for node, cands in zip(live, batches, strict=True):
+            node.final = node.final or not cands  # no candidates: the token budget is reached
             for cand in cands:
                 child = _grow(node, cand, cfg)
                 if child is not None and not child.final:

@@ -26,7 +26,12 @@ from selfreward_vlm.core.schemas import Usage
 from selfreward_vlm.service.deadlines import DeadlineExceededError, current_deadline
 from selfreward_vlm.service.engine.decoding import GenerateItem, generate
 from selfreward_vlm.service.engine.lm import ScoreItem
-from selfreward_vlm.service.errors import NotReadyError, QueueFullError, ServiceError
+from selfreward_vlm.service.errors import (
+    InvalidRequestError,
+    NotReadyError,
+    QueueFullError,
+    ServiceError,
+)
 
 if TYPE_CHECKING:
     from selfreward_vlm.service.engine.loader import Models
@@ -73,6 +78,27 @@ class Work:
         return 1
 
 
+def check_encodable(item: ScoreItem | GenerateItem | ClipItem) -> None:
+    """422 for text no tokenizer can take: JSON allows lone surrogates (`"\\ud800"`), UTF-8
+    and the Rust tokenizers do not (they raised TypeError: a 500)."""
+    fields: list[tuple[str, str]] = []
+    if isinstance(item, ClipItem):
+        fields = [(f"texts[{i}]", t) for i, t in enumerate(item.texts)]
+    else:
+        fields = [("prompt", item.prompt), ("prefix", item.prefix)]
+        if isinstance(item, ScoreItem):
+            fields += [(f"continuations[{i}]", t) for i, t in enumerate(item.continuations)]
+    for name, text in fields:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise InvalidRequestError(
+                f"{name} holds a lone surrogate ({e.object[e.start : e.end]!r} at {e.start}): "
+                "not valid Unicode text",
+                field=name,
+            ) from None
+
+
 class Batcher:
     """Runs model work on one thread; `await submit(item)` from the event loop."""
 
@@ -98,6 +124,7 @@ class Batcher:
         """Queue `item`; returns (result, work) once a batch has run it."""
         if self._thread is None:
             raise NotReadyError("the model worker is not running")
+        check_encodable(item)
         work = Work(item, deadline=current_deadline.get())
         try:
             self._queue.put_nowait(work)

@@ -3,9 +3,14 @@
 An upload is a multipart form with exactly three fields: `name`, and the two files PEFT's
 `save_pretrained` writes, as fields named `adapter_config.json` and `adapter_model.safetensors`.
 Nothing is ever unpickled and no client-supplied path is used: the server names every file.
-The files are checked (config: JSON with `peft_type == "LORA"`; weights: a well-formed
-safetensors header), written under `data_dir/adapters/.tmp/`, renamed into
-`data_dir/adapters/<name>/` and loaded by the engine; a load failure is a 422 and leaves
+The files are checked before anything is stored or loaded: the config is JSON with
+`peft_type == "LORA"` whose `target_modules` match modules of the served model; the weights
+are a safetensors file whose header tells the truth (every tensor's byte range matches its
+dtype and shape, the ranges tile the data exactly) and whose LoRA matrices fit the served
+model's layers (an adapter trained on another base model is refused, naming the file). The
+files are written under `data_dir/adapters/.tmp/`, fsynced, renamed into
+`data_dir/adapters/<name>/` in one atomic rename (a crash never leaves a half-written adapter
+to be served after a restart) and loaded by the engine; a load failure is a 422 and leaves
 nothing behind. Uploaded adapters come back after a restart.
 
 Uploading a name that exists replaces that adapter (the engine swaps it between batches).
@@ -15,8 +20,8 @@ deleting them is a 409.
 
 from __future__ import annotations
 
-import json
 import logging
+import os
 import re
 import shutil
 import uuid
@@ -28,6 +33,15 @@ from fastapi import APIRouter, Depends, File, Form, Request, Response, UploadFil
 from fastapi import Path as PathParam
 
 from selfreward_vlm.core.schemas import AdapterInfo, AdapterList, ErrorResponse
+from selfreward_vlm.service.adapter_files import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    InvalidAdapterError,
+    check_config,
+    check_fits,
+    check_safetensors,
+    fsync_dir,
+)
 from selfreward_vlm.service.errors import (
     ConflictError,
     InvalidRequestError,
@@ -42,20 +56,11 @@ logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["adapters"])
 
 ADAPTER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-CONFIG_FILE = "adapter_config.json"
-WEIGHTS_FILE = "adapter_model.safetensors"
 _FIELDS = {"name", CONFIG_FILE, WEIGHTS_FILE}
 _MAX_CONFIG_BYTES = 2**20
-_MAX_HEADER_BYTES = 100 * 2**20
 _ERRORS: dict[int | str, dict] = {
     code: {"model": ErrorResponse} for code in (404, 409, 413, 422, 503)
 }
-
-
-class InvalidAdapterError(InvalidRequestError):
-    """The uploaded files are not a loadable PEFT LoRA adapter."""
-
-    type = "invalid_adapter"
 
 
 def adapters_dir(settings: ServiceSettings) -> Path:
@@ -89,6 +94,11 @@ async def upload_adapter(
         )
     root = adapters_dir(settings)
     staged = await anyio.to_thread.run_sync(_stage, root, config.file, weights.file)
+    try:
+        await anyio.to_thread.run_sync(check_fits, staged, state.models)
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
     async with state.adapter_lock:
         info = await _install(state, name, staged, root / name)
         if (shared := state.shared_adapters) is not None:  # once, for every replica
@@ -119,8 +129,11 @@ def _stage(root: Path, config: IO[bytes], weights: IO[bytes]) -> Path:
             src.seek(0)
             with (staged / filename).open("wb") as dst:
                 shutil.copyfileobj(src, dst, 2**20)
+                dst.flush()
+                os.fsync(dst.fileno())  # durable before the rename that publishes them
         check_config(staged / CONFIG_FILE)
         check_safetensors(staged / WEIGHTS_FILE)
+        fsync_dir(staged)
     except BaseException:
         shutil.rmtree(staged, ignore_errors=True)
         raise
@@ -136,7 +149,8 @@ async def _install(state: AppState, name: str, staged: Path, final: Path) -> Ada
     previous = staged.with_name(staged.name + "-previous") if final.exists() else None
     if previous is not None:
         final.rename(previous)
-    staged.rename(final)
+    staged.rename(final)  # atomic: the adapter appears whole or not at all
+    fsync_dir(final.parent)
     try:
         info = await anyio.to_thread.run_sync(adapters.load, name, final, "upload")
     except Exception as exc:
@@ -199,64 +213,6 @@ async def delete_adapter(
         if ADAPTER_NAME_RE.match(name):
             shutil.rmtree(adapters_dir(state.settings) / name, ignore_errors=True)
     return Response(status_code=204)
-
-
-# --------------------------------------------------------------------------- validation
-
-
-def check_config(path: Path) -> dict[str, Any]:
-    """The adapter config, if it is a JSON object describing a LoRA adapter."""
-    try:
-        config = json.loads(path.read_bytes())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InvalidAdapterError(f"{CONFIG_FILE} is not JSON: {e}", CONFIG_FILE) from None
-    if not isinstance(config, dict):
-        raise InvalidAdapterError(f"{CONFIG_FILE} must be a JSON object", CONFIG_FILE)
-    if config.get("peft_type") != "LORA":
-        raise InvalidAdapterError(
-            f"only LoRA adapters are served (peft_type {config.get('peft_type')!r})", CONFIG_FILE
-        )
-    return config
-
-
-def check_safetensors(path: Path) -> int:
-    """Parse a safetensors header without loading tensors; returns the tensor count.
-
-    Layout: 8-byte little-endian header length N, N bytes of JSON header, then the data;
-    every tensor's `data_offsets` must lie inside the file.
-    """
-    size = path.stat().st_size
-    with path.open("rb") as f:
-        prefix = f.read(8)
-        n = int.from_bytes(prefix, "little") if len(prefix) == 8 else -1
-        if n < 2 or n > min(size - 8, _MAX_HEADER_BYTES):
-            raise InvalidAdapterError(f"{WEIGHTS_FILE} is not a safetensors file", WEIGHTS_FILE)
-        raw = f.read(n)
-    try:
-        header = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise InvalidAdapterError(f"{WEIGHTS_FILE} has a broken header", WEIGHTS_FILE) from None
-    tensors = (
-        {k: v for k, v in header.items() if k != "__metadata__"}
-        if isinstance(header, dict)
-        else None
-    )
-    if not tensors:
-        raise InvalidAdapterError(f"{WEIGHTS_FILE} holds no tensors", WEIGHTS_FILE)
-    data_size = size - 8 - n
-    for key, meta in tensors.items():
-        offsets = meta.get("data_offsets") if isinstance(meta, dict) else None
-        ok = (
-            isinstance(offsets, list)
-            and len(offsets) == 2
-            and all(isinstance(o, int) for o in offsets)
-            and 0 <= offsets[0] <= offsets[1] <= data_size
-            and isinstance(meta.get("dtype"), str)
-            and isinstance(meta.get("shape"), list)
-        )
-        if not ok:
-            raise InvalidAdapterError(f"{WEIGHTS_FILE}: bad entry for {key!r}", WEIGHTS_FILE)
-    return len(tensors)
 
 
 async def reload_uploaded_adapters(models: Any, settings: ServiceSettings) -> list[str]:
