@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 
 from selfreward_vlm.core.schemas import ClipRequest, ImageRef, LogprobsRequest, TokenLogprobs
+from selfreward_vlm.service.chat_text import split_templated
 from selfreward_vlm.service.errors import InvalidRequestError, QueueFullError, ServiceError
 from selfreward_vlm.service.protocols.openai import (
     CompletionChoice,
@@ -34,7 +35,6 @@ from selfreward_vlm.service.protocols.openai import (
     ScoreSide,
 )
 from selfreward_vlm.service.routes import scoring
-from selfreward_vlm.service.routes.openrlhf import split_templated
 from selfreward_vlm.service.state import AppState, get_ready_state
 
 _OPENAI_TYPES = {
@@ -146,7 +146,7 @@ async def _choice(
     state: AppState, req: CompletionRequest, index: int, text: str, image_id: str | None
 ) -> CompletionChoice:
     engine = state.models.engine  # type: ignore[union-attr]
-    parts = split_templated(state, text, image_id is not None)
+    parts = split_templated(engine, text, image_id is not None)
     if parts is None:
         raise InvalidRequestError(
             "the prompt must be this model's chat-templated text (apply_chat_template with "

@@ -42,6 +42,7 @@ from selfreward_vlm.core.schemas import (
     ImplicitRewardRequest,
     RewardRequest,
 )
+from selfreward_vlm.service.chat_text import response_after, split_templated, template_parts
 from selfreward_vlm.service.errors import (
     InvalidRequestError,
     QueueFullError,
@@ -52,7 +53,6 @@ from selfreward_vlm.service.state import AppState, get_ready_state
 
 T = TypeVar("T")
 _IMAGE_ID = re.compile(r"^[0-9a-f]{64}$")
-_SENTINEL = "\x00selfreward-user-turn\x00"
 
 
 class OpenRLHFRewardRequest(BaseModel):
@@ -163,19 +163,11 @@ def parse_label(label: Any, field: str) -> tuple[ImageRef | None, str | None]:
     )
 
 
-def _canonical_ids(state: AppState, text: str) -> list[int]:
-    """Token ids of `text` with each run of image placeholders collapsed to one."""
-    engine = state.models.engine  # type: ignore[union-attr]
-    ids = engine.tokenizer(text, add_special_tokens=False)["input_ids"]
-    image = engine.image_token_id
-    return [t for k, t in enumerate(ids) if t != image or k == 0 or ids[k - 1] != image]
-
-
 def split_query(state: AppState, query: str, prompt: str | None, i: int) -> str:
     """The response: `query` minus `prompt`, on token ids; special tokens (EOS) dropped."""
     engine = state.models.engine  # type: ignore[union-attr]
     if prompt is None:  # an older OpenRLHF: query only; the template's tail marks the turn
-        tail = engine.render_prompt(_SENTINEL, False).partition(_SENTINEL)[2]
+        tail = template_parts(engine, False)[1]
         at = query.find(tail) if tail else -1
         if at < 0:
             raise InvalidRequestError(
@@ -183,54 +175,18 @@ def split_query(state: AppState, query: str, prompt: str | None, i: int) -> str:
                 field=f"query.{i}",
             )
         prompt = query[: at + len(tail)]
-    q, p = _canonical_ids(state, query), _canonical_ids(state, prompt)
-    response = _after_prompt(q, p, engine.image_token_id)
+    response = response_after(engine, query, prompt)
     if response is None:
         raise InvalidRequestError(
             "the query does not start with the prompt's tokens", field=f"prompts.{i}"
         )
-    return str(engine.tokenizer.decode(response, skip_special_tokens=True))
-
-
-def _after_prompt(q: list[int], p: list[int], image: int | None) -> list[int] | None:
-    """The ids of `q` after the prompt `p`. A processor may expand an image into more than a
-    run of placeholders (tile rows, separators: Idefics3, Gemma 3): then the prompt's tokens
-    before its first placeholder must start `q`, and its tokens after the last placeholder
-    (the user's text and the assistant tag) must follow somewhere in `q`."""
-    if q[: len(p)] == p:
-        return q[len(p) :]
-    if image is None or image not in p:
-        return None
-    first, last = p.index(image), len(p) - 1 - p[::-1].index(image)
-    tail = p[last + 1 :]
-    if not tail or q[:first] != p[:first]:
-        return None
-    for start in range(first, len(q) - len(tail) + 1):
-        if q[start : start + len(tail)] == tail:
-            return q[start + len(tail) :]
-    return None
-
-
-def split_templated(state: AppState, text: str, with_image: bool) -> tuple[str, str] | None:
-    """(user turn, what follows the assistant tag) of a chat-templated text, by inverting the
-    model's own template (runs of image placeholders collapsed first); None if it does not fit.
-    Shared with the OpenAI completions route."""
-    engine = state.models.engine  # type: ignore[union-attr]
-    if engine.image_token_id is not None:
-        placeholder = engine.tokenizer.convert_ids_to_tokens(engine.image_token_id)
-        text = re.sub(f"(?:{re.escape(placeholder)})+", placeholder, text)
-    head, _, tail = engine.render_prompt(_SENTINEL, with_image).partition(_SENTINEL)
-    if not text.startswith(head):
-        return None
-    end = text.find(tail, len(head)) if tail else len(text)
-    if end < 0:
-        return None
-    return text[len(head) : end], text[end + len(tail) :]
+    return response
 
 
 def user_turn(state: AppState, templated: str | None, query: str, with_image: bool, i: int) -> str:
     """The user's text, read out of the templated prompt (or, without one, the query)."""
-    parts = split_templated(state, templated if templated is not None else query, with_image)
+    engine = state.models.engine  # type: ignore[union-attr]
+    parts = split_templated(engine, templated if templated is not None else query, with_image)
     if parts is None or (templated is not None and parts[1].strip()):
         raise InvalidRequestError(
             "cannot read the user turn out of the prompt with this model's chat template; put "
