@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from selfreward_vlm.core.schemas import PreferencePair, ResponseScore, SentenceScore
@@ -214,8 +215,17 @@ def test_distributions_and_filters(
     charts = wait(browser, ec.presence_of_all_elements_located(css(".chart svg")))
     assert len(charts) == 3 * len({p.iteration for p in dataset})
     assert not browser.find_element(By.ID, "tooltip").is_displayed()  # left with its view
-    bars = browser.find_elements(By.CSS_SELECTOR, ".chart rect.bar")
-    assert bars and browser.find_element(By.CSS_SELECTOR, "table.lengths").text
+    # One bar per non-empty (bin, side) of the summary the page drew from.
+    summary = httpx.get(
+        f"{service}/v1/datasets/{DATASET}/summary",
+        params={"method": "csr", "bins": 24},
+        headers={"Authorization": f"Bearer {KEY}"},
+    ).json()
+    hists = [d[q] for d in summary["distributions"] for q in ("reward", "r_i", "words")]
+    want = sum(c > 0 for h in hists if h for c in (*h["chosen"], *h["rejected"]))
+    assert len(browser.find_elements(By.CSS_SELECTOR, ".chart rect.bar")) == want > 0
+    rows = browser.find_elements(By.CSS_SELECTOR, "table.lengths tbody tr")
+    assert len(rows) == len(summary["groups"])
     save_screenshot(browser, tmp_path, "ui-distributions.png")
     # A minimum margin above every pair's margin leaves none; one below every margin, all.
     margins = [p.chosen_score.reward - p.rejected_score.reward for p in dataset]
