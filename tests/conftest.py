@@ -13,6 +13,12 @@ import httpx
 import pytest
 
 from selfreward_vlm.localserver import free_port
+from tests.families_fixtures import (  # noqa: F401  (session fixtures shared by test_families*)
+    family_adapters,
+    family_dirs,
+    family_engine,
+    reference_model,
+)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 from PIL import Image
 
 from selfreward_vlm.tiny import FAMILY_BUILDERS, build_family
@@ -39,6 +38,7 @@ def family_adapters(
     family_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
 ) -> dict[str, Path]:
     """A random (B != 0) LoRA per family, touching decoder and vision tower."""
+    import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForImageTextToText
 
@@ -84,6 +84,8 @@ def own_forward_logprobs(
 ) -> list[float]:
     """Log-probs of `cont`'s tokens from `model(**processor(text, images))` over the prompt
     followed by prefix and continuation tokens (per-token inputs extended as text)."""
+    import torch
+
     enc = processor(text=render(processor, prompt), images=image, return_tensors="pt")
     tok = processor.tokenizer
     prompt_ids = enc["input_ids"][0].tolist()

@@ -1,10 +1,11 @@
 """Every model family's numbers against the model's own transformers forward / generate.
 
-For each family's tiny model (LLaVA-1.5, LLaVA-NeXT, Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Idefics3,
-SmolVLM, Gemma 3): the service's per-token log-probs equal `model(**processor(text, images))`
-to 1e-4 on the fast path, the generic path and the naive baseline -- with and without prefix,
-two image sizes, base and a LoRA adapter that touches decoder AND vision tower, and again after
-cache hits; greedy generation equals `model.generate`.
+For each family's tiny model (LLaVA-1.5, LLaVA-NeXT, LLaVA-OneVision, Qwen2-VL, Qwen2.5-VL,
+Qwen3-VL, Idefics3, SmolVLM, Gemma 3): the service's per-token log-probs equal
+`model(**processor(text, images))` to 1e-4 on the fast path, the generic path and the naive
+baseline -- with and without prefix, two image sizes, base and a LoRA adapter that touches
+decoder AND vision tower, and again after cache hits; greedy generation equals
+`model.generate`; every strategy's candidates carry the model's raw log-probs.
 """
 
 from __future__ import annotations
@@ -18,22 +19,17 @@ from tests.families_fixtures import (
     FAMILIES,
     PROMPT,
     SIZES,
-    family_adapters,
-    family_dirs,
-    family_engine,
     own_forward_logprobs,
     picture,
-    reference_model,
     render,
 )
-
-__all__ = ["family_adapters", "family_dirs", "family_engine", "reference_model"]  # fixtures
 
 CONTS = [" The cat sits on the mat.", " A dog runs."]
 PREFIX = "There is a red circle."
 EXPECTED_FAMILY = {
     "llava": "llava",
     "llava_next": "llava_next",
+    "llava_onevision": "llava_next",
     "qwen2_vl": "qwen_vl",
     "qwen2_5_vl": "qwen_vl",
     "qwen3_vl": "qwen_vl",
@@ -111,6 +107,38 @@ def test_greedy_generate_equals_model_generate(family, family_engine, reference_
         )  # fmt: skip
         got = generate(engine, item)[0]
         assert got.token_ids == want, (family, path)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_strategy_returns_the_models_raw_logprobs(
+    family, family_engine, reference_model
+) -> None:
+    """Diverse beam, beam and sampling after a prefix: each candidate's token log-probs are the
+    model's own raw log-softmax of those tokens (so a search never re-scores them)."""
+    model, processor = reference_model(family, False)
+    img = picture(SIZES[0], (30, 200, 30))
+    enc = processor(text=render(processor, PROMPT), images=img, return_tensors="pt")
+    engine = family_engine(family).engine
+    prefix_ids = engine.encode_text(PREFIX)
+    kwargs = {k: v for k, v in enc.items() if k not in ("input_ids", "attention_mask")}
+    for strategy in ("diverse_beam", "beam", "sample"):
+        item = GenerateItem(
+            "base", PROMPT, prefix=PREFIX, image_id=f"{family}-strat", image=img,
+            strategy=strategy, n=3, seed=0, stop="sentence", max_new_tokens=4,
+        )  # fmt: skip
+        for cand in generate(engine, item):
+            ids = enc["input_ids"][0].tolist() + prefix_ids + cand.token_ids
+            extra = dict(kwargs)
+            for key in ("mm_token_type_ids", "token_type_ids"):
+                if key in extra:
+                    pad = len(ids) - extra[key].shape[1]
+                    extra[key] = torch.nn.functional.pad(extra[key], (0, pad))
+            with torch.no_grad():
+                logits = model(input_ids=torch.tensor([ids]), **extra).logits[0].float()
+            logp = torch.log_softmax(logits, -1)
+            start = len(ids) - len(cand.token_ids)
+            want = [float(logp[start + j - 1, t]) for j, t in enumerate(cand.token_ids)]
+            assert cand.token_logprobs == pytest.approx(want, abs=1e-4), (family, strategy)
 
 
 def test_encoder_decoder_is_refused_at_start_up() -> None:

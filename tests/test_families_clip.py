@@ -9,9 +9,7 @@ import pytest
 import torch
 
 from selfreward_vlm.core.schemas import Usage
-from tests.families_fixtures import family_dirs, picture
-
-__all__ = ["family_dirs"]  # fixture
+from tests.families_fixtures import picture
 
 TEXTS = ["a red circle", "a blue square on the mat", "the cat"]
 

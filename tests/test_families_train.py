@@ -17,13 +17,9 @@ import pytest
 from tests.families_fixtures import (
     FAMILIES,
     PROMPT,
-    family_dirs,
-    family_engine,
     own_forward_logprobs,
     picture,
 )
-
-__all__ = ["family_dirs", "family_engine"]  # fixtures
 
 COLOURS = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (200, 200, 30)]
 CHOSEN, REJECTED = " There is a red circle.", " A dog runs in the park."

@@ -18,6 +18,7 @@ from selfreward_vlm.tiny.llava import (
     TinyVLMSpec,
     build_tiny_causal_lm,
     build_tiny_llava_next,
+    build_tiny_llava_onevision,
     build_tiny_vlm,
     build_tokenizer,
 )
@@ -31,6 +32,8 @@ __all__ = [
     "build_tiny_causal_lm",
     "build_tiny_clip",
     "build_tiny_hf_clip",
+    "build_tiny_llava_next",
+    "build_tiny_llava_onevision",
     "build_tiny_vlm",
     "build_tokenizer",
 ]
@@ -42,6 +45,7 @@ def _builders() -> dict[str, Callable[[Path], Path]]:
     return {
         "llava": build_tiny_vlm,
         "llava_next": build_tiny_llava_next,
+        "llava_onevision": build_tiny_llava_onevision,
         "qwen2_vl": qwen2_vl.build_tiny_qwen2_vl,
         "qwen2_5_vl": qwen2_vl.build_tiny_qwen2_5_vl,
         "qwen3_vl": qwen2_vl.build_tiny_qwen3_vl,
@@ -54,6 +58,7 @@ def _builders() -> dict[str, Callable[[Path], Path]]:
 FAMILY_BUILDERS: tuple[str, ...] = (
     "llava",
     "llava_next",
+    "llava_onevision",
     "qwen2_vl",
     "qwen2_5_vl",
     "qwen3_vl",

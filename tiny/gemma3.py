@@ -47,8 +47,9 @@ def build_tokenizer() -> Any:
     )  # fmt: skip
 
 
-def build_tiny_gemma3(out_dir: str | Path, seed: int = 0) -> Path:
-    """Write a tiny `Gemma3ForConditionalGeneration` + `Gemma3Processor`."""
+def build_tiny_gemma3(out_dir: str | Path, seed: int = 0, real: bool = False) -> Path:
+    """Write a tiny `Gemma3ForConditionalGeneration` + `Gemma3Processor`; `real`: Gemma 3's
+    token geometry (896-px images, 14-px patches pooled to 256 soft tokens) for benchmarks."""
     import torch
     from transformers import (
         Gemma3Config,
@@ -76,21 +77,24 @@ def build_tiny_gemma3(out_dir: str | Path, seed: int = 0) -> Path:
         "pad_token_id": tokenizer.pad_token_id,
     }
     vision = {**VISION_SIZES, "vision_use_head": False}
+    size, tokens = (896, 256) if real else (32, MM_TOKENS)
+    if real:
+        vision.update(image_size=896, patch_size=14)
     config = Gemma3Config(
         text_config=text,
         vision_config=vision,
-        mm_tokens_per_image=MM_TOKENS,
+        mm_tokens_per_image=tokens,
         boi_token_index=tokenizer.convert_tokens_to_ids("<start_of_image>"),
         eoi_token_index=tokenizer.convert_tokens_to_ids("<end_of_image>"),
         image_token_index=tokenizer.convert_tokens_to_ids("<image_soft_token>"),
     )
     torch.manual_seed(seed)
     model = Gemma3ForConditionalGeneration(config).eval()
-    image_processor = Gemma3ImageProcessor(size={"height": 32, "width": 32})
+    image_processor = Gemma3ImageProcessor(size={"height": size, "width": size})
     processor = Gemma3Processor(
         image_processor=image_processor,
         tokenizer=tokenizer,
-        image_seq_length=MM_TOKENS,
+        image_seq_length=tokens,
         chat_template=CHAT_TEMPLATE,
     )
     save(model, processor, out, tokenizer)

@@ -45,8 +45,12 @@ def build_tokenizer(bos: str, template: str) -> Any:
     )
 
 
-def _configs(tokenizer: Any) -> dict[str, Any]:
+def _configs(tokenizer: Any, real: bool = False) -> dict[str, Any]:
+    """`real`: SmolVLM's geometry (512-px tiles, 16-px patches, pixel shuffle by 4 -> 64
+    tokens per tile)."""
     vision = {**VISION_SIZES, "image_size": TILE}
+    if real:
+        vision.update(image_size=512, patch_size=16)
     text = {
         "model_type": "llama",
         "vocab_size": len(tokenizer),
@@ -59,7 +63,7 @@ def _configs(tokenizer: Any) -> dict[str, Any]:
     return {
         "vision_config": vision,
         "text_config": text,
-        "scale_factor": 2,
+        "scale_factor": 4 if real else 2,
         "image_token_id": tokenizer.convert_tokens_to_ids("<image>"),
         "pad_token_id": tokenizer.pad_token_id,
     }
@@ -92,8 +96,10 @@ def build_tiny_idefics3(out_dir: str | Path, seed: int = 0) -> Path:
     return finish(model, processor, tokenizer, out_dir)
 
 
-def build_tiny_smolvlm(out_dir: str | Path, seed: int = 0) -> Path:
-    """Write a tiny `SmolVLMForConditionalGeneration` + `SmolVLMProcessor`."""
+def build_tiny_smolvlm(out_dir: str | Path, seed: int = 0, real: bool = False) -> Path:
+    """Write a tiny `SmolVLMForConditionalGeneration` + `SmolVLMProcessor`; `real`: SmolVLM's
+    token geometry (a 1024-px image -> 2x2 tiles of 512 px + a global view, 64 tokens each)
+    for benchmarks."""
     import torch
     from transformers import (
         SmolVLMConfig,
@@ -104,18 +110,19 @@ def build_tiny_smolvlm(out_dir: str | Path, seed: int = 0) -> Path:
     )
 
     tokenizer = build_tokenizer("<|im_start|>", SMOLVLM_TEMPLATE)
+    tile = 512 if real else TILE
     image_processor = SmolVLMImageProcessor(
         do_image_splitting=True,
-        size={"longest_edge": 2 * TILE},
-        max_image_size={"longest_edge": TILE},
+        size={"longest_edge": 2 * tile},
+        max_image_size={"longest_edge": tile},
     )
     processor = SmolVLMProcessor(
         image_processor=image_processor,
         tokenizer=tokenizer,
         video_processor=SmolVLMVideoProcessor(),
-        image_seq_len=IMAGE_SEQ_LEN,
+        image_seq_len=64 if real else IMAGE_SEQ_LEN,
         chat_template=SMOLVLM_TEMPLATE,
     )
     torch.manual_seed(seed)
-    model = SmolVLMForConditionalGeneration(SmolVLMConfig(**_configs(tokenizer)))
+    model = SmolVLMForConditionalGeneration(SmolVLMConfig(**_configs(tokenizer, real)))
     return finish(model, processor, tokenizer, out_dir)

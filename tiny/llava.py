@@ -153,11 +153,13 @@ def build_tiny_causal_lm(out_dir: str | Path, seed: int = 0) -> Path:
 
 # Any-resolution grid of the tiny LLaVA-NeXT: 32-px tiles, up to 2x2 of them.
 NEXT_PINPOINTS = [[32, 32], [32, 64], [64, 32], [64, 64]]
+REAL_PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
 
 
-def build_tiny_llava_next(out_dir: str | Path, seed: int = 0) -> Path:
+def build_tiny_llava_next(out_dir: str | Path, seed: int = 0, real: bool = False) -> Path:
     """Write a tiny `LlavaNextForConditionalGeneration` + `LlavaNextProcessor`: a 32-px base
-    view plus any-resolution tiles on `NEXT_PINPOINTS`, with image-newline tokens."""
+    view plus any-resolution tiles on `NEXT_PINPOINTS`, with image-newline tokens; `real`:
+    LLaVA-NeXT's geometry (336-px views, 14-px patches, its 5 grid pinpoints) for benchmarks."""
     import torch
     from transformers import (
         CLIPVisionConfig,
@@ -170,13 +172,15 @@ def build_tiny_llava_next(out_dir: str | Path, seed: int = 0) -> Path:
 
     out = Path(out_dir)
     tokenizer = build_tokenizer()
+    size, patch = (336, 14) if real else (32, 8)
+    pinpoints = REAL_PINPOINTS if real else NEXT_PINPOINTS
     vision = CLIPVisionConfig(
         hidden_size=32,
         intermediate_size=64,
         num_hidden_layers=2,
         num_attention_heads=4,
-        image_size=32,
-        patch_size=8,
+        image_size=size,
+        patch_size=patch,
         projection_dim=32,
     )
     text = LlamaConfig(
@@ -191,7 +195,7 @@ def build_tiny_llava_next(out_dir: str | Path, seed: int = 0) -> Path:
         vision_config=vision,
         text_config=text,
         image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-        image_grid_pinpoints=NEXT_PINPOINTS,
+        image_grid_pinpoints=pinpoints,
         vision_feature_layer=-2,
         vision_feature_select_strategy="default",
     )
@@ -201,17 +205,88 @@ def build_tiny_llava_next(out_dir: str | Path, seed: int = 0) -> Path:
     model = LlavaNextForConditionalGeneration(config).eval()
     sharpen(model)
     image_processor = LlavaNextImageProcessor(
-        size={"shortest_edge": 32},
-        crop_size={"height": 32, "width": 32},
-        image_grid_pinpoints=NEXT_PINPOINTS,
+        size={"shortest_edge": size},
+        crop_size={"height": size, "width": size},
+        image_grid_pinpoints=pinpoints,
     )
     processor = LlavaNextProcessor(
         image_processor=image_processor,
         tokenizer=tokenizer,
-        patch_size=8,
+        patch_size=patch,
         vision_feature_select_strategy="default",
         num_additional_image_tokens=1,
         chat_template=CHAT_TEMPLATE,
+    )
+    save(model, processor, out, tokenizer)
+    return out
+
+
+# LLaVA-OneVision (Qwen2 chat format): "<|im_start|>user <image>\n{prompt}<|im_end|>\n..."
+ONEVISION_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }} "
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for content in message['content'] if content['type'] == 'image' %}"
+    "{{ '<image>\n' }}{% endfor %}"
+    "{% for content in message['content'] if content['type'] == 'text' %}"
+    "{{ content['text'] }}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def build_tiny_llava_onevision(out_dir: str | Path, seed: int = 0) -> Path:
+    """Write a tiny `LlavaOnevisionForConditionalGeneration` + `LlavaOnevisionProcessor`:
+    SigLIP tower (all patches, no CLS), any-resolution tiles, Qwen2 decoder."""
+    import torch
+    from transformers import (
+        LlavaOnevisionConfig,
+        LlavaOnevisionForConditionalGeneration,
+        LlavaOnevisionImageProcessor,
+        LlavaOnevisionProcessor,
+        LlavaOnevisionVideoProcessor,
+    )
+
+    from selfreward_vlm.tiny.common import VISION_SIZES
+
+    out = Path(out_dir)
+    tokenizer = build_bpe_tokenizer(
+        ["<|im_start|>", "<|im_end|>", "<image>", "<video>"],
+        ONEVISION_TEMPLATE,
+        bos=None,
+        eos="<|im_end|>",
+        pad="<|endoftext|>",
+        unk=None,
+        extra_special_tokens={"image_token": "<image>", "video_token": "<video>"},
+    )
+    text = {
+        "model_type": "qwen2",
+        "vocab_size": len(tokenizer),
+        **TEXT_SIZES,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+        "tie_word_embeddings": False,
+    }
+    vision = {**VISION_SIZES, "model_type": "siglip_vision_model", "vision_use_head": False}
+    config = LlavaOnevisionConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        video_token_index=tokenizer.convert_tokens_to_ids("<video>"),
+        image_grid_pinpoints=NEXT_PINPOINTS,
+        vision_aspect_ratio="anyres_max_9",
+    )
+    torch.manual_seed(seed)
+    model = LlavaOnevisionForConditionalGeneration(config).eval()
+    sharpen(model)
+    image_processor = LlavaOnevisionImageProcessor(
+        size={"height": 32, "width": 32}, image_grid_pinpoints=NEXT_PINPOINTS
+    )
+    processor = LlavaOnevisionProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        video_processor=LlavaOnevisionVideoProcessor(),
+        num_image_tokens=16,
+        vision_feature_select_strategy="full",
+        chat_template=ONEVISION_TEMPLATE,
     )
     save(model, processor, out, tokenizer)
     return out

@@ -75,15 +75,17 @@ def _text_config(tokenizer: Any, interleaved: bool = False) -> dict[str, Any]:
     }
 
 
-def _processor(processor_cls: Any, tokenizer: Any) -> Any:
+def _processor(processor_cls: Any, tokenizer: Any, real: bool = False) -> Any:
+    """Tiny: 8-px patches, at most 64x64 pixels. Real (benchmarks): Qwen's 14-px patches and
+    up to 448x448 pixels, so a 448x448 image is its real 256 image tokens."""
     from transformers import Qwen2VLImageProcessor
 
     image_processor = Qwen2VLImageProcessor(
-        patch_size=PATCH,
+        patch_size=14 if real else PATCH,
         merge_size=MERGE,
         temporal_patch_size=2,
-        min_pixels=32 * 32,
-        max_pixels=64 * 64,
+        min_pixels=56 * 56 if real else 32 * 32,
+        max_pixels=448 * 448 if real else 64 * 64,
     )
     return _without_video(processor_cls, image_processor, tokenizer)
 
@@ -133,9 +135,10 @@ def build_tiny_qwen2_vl(out_dir: str | Path, seed: int = 0) -> Path:
     return finish(model, _processor(Qwen2VLProcessor, tokenizer), tokenizer, out_dir)
 
 
-def build_tiny_qwen2_5_vl(out_dir: str | Path, seed: int = 0) -> Path:
+def build_tiny_qwen2_5_vl(out_dir: str | Path, seed: int = 0, real: bool = False) -> Path:
     """Write a tiny `Qwen2_5_VLForConditionalGeneration` + `Qwen2_5_VLProcessor` (windowed
-    vision attention: block 0 windowed, block 1 full)."""
+    vision attention: block 0 windowed, block 1 full); `real`: Qwen2.5-VL's token geometry
+    (14-px patches, 112-px windows, 448x448 -> 256 image tokens) for benchmarks."""
     import torch
     from transformers import (
         Qwen2_5_VLConfig,
@@ -145,12 +148,15 @@ def build_tiny_qwen2_5_vl(out_dir: str | Path, seed: int = 0) -> Path:
 
     tokenizer = build_tokenizer()
     vision = {**VISION, "window_size": 32, "fullatt_block_indexes": [1]}
+    if real:
+        vision.update(patch_size=14, window_size=112)
     config = Qwen2_5_VLConfig(
         text_config=_text_config(tokenizer), vision_config=vision, **_ids(tokenizer)
     )
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(config)
-    return finish(model, _processor(Qwen2_5_VLProcessor, tokenizer), tokenizer, out_dir)
+    processor = _processor(Qwen2_5_VLProcessor, tokenizer, real)
+    return finish(model, processor, tokenizer, out_dir)
 
 
 def build_tiny_qwen3_vl(out_dir: str | Path, seed: int = 0) -> Path:

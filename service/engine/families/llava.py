@@ -29,3 +29,9 @@ class LlavaNextFamily(LlavaFamily):
 
     name: ClassVar[str] = "llava_next"
     model_types: ClassVar[tuple[str, ...]] = ("llava_next", "llava_onevision")
+
+    def feature_kwargs(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        kwargs = super().feature_kwargs(inputs)
+        if "batch_num_images" in inputs:  # OneVision: images per prompt, to split the tiles
+            kwargs["batch_num_images"] = inputs["batch_num_images"]
+        return kwargs
