@@ -1,18 +1,27 @@
 """`selfreward demo`: the whole loop on the miniature world, end to end on a laptop.
 
+Per seed (`--seeds 0,1,2`; each seed its own world):
 1. build (or load from cache) the world: images, a tiny CLIP, a tiny VLM that hallucinates;
 2. start the scoring service on loopback with both models (the same paths as hub models);
-3. CSR: `iterate` for T iterations on the prompt images (pairs → DPO → adapter upload);
-4. ablations of CSR Table 2 (λ = 0: language score only; λ = 1: CLIP only) and SBSPO
-   (policy = the CSR iteration-1 adapter, reference = base), one iteration each;
+3. CSR with the preset's settings (`--preset paper | official | tuned`, default tuned):
+   `iterate` for T iterations on the prompt images (pairs → DPO → adapter upload);
+4. ablation rows, one iteration each: λ = 0, 0.5, 0.9, 1 (CSR Table 2), the official code's
+   rank fusion (`csr-official`), SBSPO (starting policy M1′ = CSR iteration 1, reference base);
 5. evaluate the base model and every adapter on the evaluation images with greedy decoding
-   (CHAIR_S, CHAIR_I, recall, length, malformed rate) — only this step reads ground truth;
-6. print the tables, write report.json and a PNG plot, show one caption per model.
+   (CHAIR_S, CHAIR_I, recall, length, malformed and repeat rates): only this step reads
+   ground truth;
+6. mean ± sd over seeds per row, the tables (metrics; chosen vs rejected lengths per run),
+   report.json (every setting of the preset included) and a plot with error bars.
+
+Reproducibility: every process runs one torch thread (`OMP_NUM_THREADS=1`, `--torch-threads
+1`) with deterministic algorithms and fixed seeds, so a rerun on one machine repeats its numbers
+exactly; CPUs differ in float kernels, so across machines the seeds' spread is the honest error.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -21,39 +30,46 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 console = Console(width=None if sys.stdout.isatty() else 140)
+
+FULL_ROWS = ("lambda0", "lambda0p5", "lambda0p9", "lambda1", "official", "sbspo")
+QUICK_ROWS = ("lambda0", "lambda1", "sbspo")
+# run names become adapter names on the service, which may not contain "."
+ROW_LAMBDA = {"lambda0": 0.0, "lambda0p5": 0.5, "lambda0p9": 0.9, "lambda1": 1.0}
 
 
 @dataclass
 class DemoConfig:
-    """Sizes and hyper-parameters of a demo run (`quick` shrinks everything for CI)."""
+    """Sizes and settings of a demo run (`quick` shrinks everything for CI)."""
 
     quick: bool = False
-    seed: int = 0
+    seeds: list[int] = field(default_factory=lambda: [0])
     work: Path = Path("runs/demo")
-    world: Path | None = None  # an already built world (`selfreward world`); None: build/cache
+    world: str | None = None  # a built world; "{seed}" in it is replaced per seed
+    preset: str = "tuned"
     iterations: int = 3
     prompts: int | None = None  # None: every prompt image of the world
     eval_images: int | None = None
     ablation_prompts: int | None = None
-    method: dict[str, Any] = field(default_factory=lambda: {
-        "lam": 0.9, "language_score": "mean_logprob", "path_score": "mean",
-        "num_candidates": 5, "keep_top": 1, "keep_bottom": 2, "max_new_tokens": 12,
-        "max_steps": 5,
-    })  # fmt: skip
-    train: dict[str, Any] = field(default_factory=lambda: {
-        "lr": 2e-4, "loss_type": ["sigmoid", "sft"], "lora_r": 16, "lora_alpha": 32,
-        "batch_size": 8, "epochs": 3.0, "max_length": 256, "save_steps": 1000,
-    })  # fmt: skip
+    rows: tuple[str, ...] = FULL_ROWS
+    method: dict[str, Any] = field(default_factory=dict)  # the preset's csr options
+    train: dict[str, Any] = field(default_factory=dict)  # the preset's training options
 
     @classmethod
-    def make(cls, quick: bool, seed: int, work: Path, world: Path | None = None) -> DemoConfig:
-        if not quick:
-            return cls(seed=seed, work=work, world=world)
-        return cls(quick=True, seed=seed, work=work, world=world, iterations=1, prompts=48,
-                   eval_images=100, ablation_prompts=32)  # fmt: skip
+    def make(
+        cls, quick: bool, seeds: list[int], work: Path, world: str | None = None,
+        preset: str = "tuned",
+    ) -> DemoConfig:  # fmt: skip
+        from selfreward_vlm.client.methods.presets import method_options, train_options
+
+        sizes: dict[str, Any] = {}
+        if quick:
+            sizes = {"iterations": 1, "prompts": 48, "eval_images": 100, "ablation_prompts": 32,
+                     "rows": QUICK_ROWS}  # fmt: skip
+        return cls(quick=quick, seeds=seeds, work=work, world=world, preset=preset,
+                   method=method_options(preset, "csr"), train=train_options(preset),
+                   **sizes)  # fmt: skip
 
 
 def _limit_prompts(src: Path, dst: Path, n: int | None) -> Path:
@@ -92,144 +108,204 @@ class Evaluator:
         return row
 
 
-def run_demo(config: DemoConfig) -> dict[str, Any]:
-    """Run the demo; returns (and writes) the report."""
+def _reproducible() -> None:
+    """One thread per process and deterministic kernels: a rerun repeats its numbers.
+
+    The demo's models are tiny: their ops are too small to split across cores, and two
+    processes (service + trainer/evaluator) each spinning a multi-thread pool on a small box
+    run many times slower (measured 20-65x on 2 busy cores), and differ from run to run.
+    """
     import torch
 
-    from selfreward_vlm.localserver import local_service
-    from selfreward_vlm.trainer.iterate import iterate
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = "1"  # the service subprocess inherits it
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def _world(config: DemoConfig, seed: int, work: Path) -> Path:
     from selfreward_vlm.world.build import build_world
 
-    # The demo's models are tiny: their ops are too small to split across cores, and two
-    # processes (service + trainer/evaluator) each spinning a multi-thread pool on a small box
-    # run many times slower (measured 20-65x on 2 busy cores). One thread each.
-    torch.set_num_threads(1)
+    if config.world is not None:
+        return Path(config.world.replace("{seed}", str(seed))).resolve()
+    name = f"world-seed{seed}{'-quick' if config.quick else ''}"
+    return build_world(work / name, seed=seed, quick=config.quick).root
+
+
+def _runs(
+    config: DemoConfig, prompts: Path, ablation: Path
+) -> dict[str, tuple[str, Path, int, dict[str, Any]]]:
+    """run name -> (method, prompts file, iterations, method options) for every row."""
+    from selfreward_vlm.client.methods.presets import PRESETS, method_options
+
+    main = PRESETS[config.preset].csr_method
+    runs = {"csr": (main, prompts, config.iterations, method_options(config.preset, main))}
+    for row in config.rows:
+        if row in ROW_LAMBDA:
+            lam = ROW_LAMBDA[row]
+            same = (main == "csr" and config.method.get("lam") == lam
+                    and config.ablation_prompts == config.prompts)  # fmt: skip
+            if not same:  # else it is CSR iteration 1 itself
+                runs[f"csr-{row}"] = ("csr", ablation, 1, {**config.method, "lam": lam})
+        elif row == "official":
+            opts = method_options(config.preset, "csr-official")
+            runs["csr-official"] = ("csr-official", ablation, 1, opts)
+    return runs
+
+
+def _label(run: str, t: int) -> str:
+    if run == "csr":
+        return f"csr iter{t}"
+    if run.startswith("csr-lambda"):
+        return f"csr λ={ROW_LAMBDA[run.removeprefix('csr-')]:g}"
+    return run
+
+
+def run_seed(config: DemoConfig, seed: int) -> dict[str, Any]:
+    """Every run of one seed on its own world; returns {seed, world, eval, lengths, runs}."""
+    from selfreward_vlm.client.methods.lengths import length_stats
+    from selfreward_vlm.client.methods.presets import method_options
+    from selfreward_vlm.core.schemas import PreferencePair
+    from selfreward_vlm.localserver import local_service
+    from selfreward_vlm.trainer.iterate import iterate
+
+    work = config.work.resolve() / f"seed{seed}" if len(config.seeds) > 1 else config.work.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    world = _world(config, seed, work)
+    prompts = _limit_prompts(world / "prompts.jsonl", work / "prompts.jsonl", config.prompts)
+    ablation = _limit_prompts(world / "prompts.jsonl", work / "prompts-ablation.jsonl",
+                              config.ablation_prompts)  # fmt: skip
+    evaluate = Evaluator(world, config.eval_images)
+    console.rule(f"seed {seed}: evaluation of the base model")
+    evaluate("base (SFT)", None)
+    out: dict[str, Any] = {"seed": seed, "world": str(world), "runs": {}, "lengths": {}}
+    train = {**config.train, "seed": seed}
+
+    def pairs_of(folder: Path) -> list[PreferencePair]:
+        lines = (folder / "pairs.jsonl").read_text().splitlines()
+        return [PreferencePair.model_validate_json(x) for x in lines if x.strip()]
+
+    with local_service(world / "vlm", world / "clip", work / "service", "--torch-threads", "1",
+                       log_file=work / "service.log") as url:  # fmt: skip
+        for run, (method, prompt_file, iterations, options) in _runs(config, prompts,
+                                                                     ablation).items():  # fmt: skip
+            console.rule(f"seed {seed}, {run}: {method}, {iterations} iteration(s)")
+            records = iterate(url, method, prompt_file, world / "images", iterations, work / run,
+                              model=str(world / "vlm"), train_overrides=train,
+                              method_options=options, run=run)  # fmt: skip
+            out["runs"][run] = [asdict(r) for r in records]
+            for t in range(1, iterations + 1):
+                folder = work / run / f"iter{t}"
+                evaluate(_label(run, t), folder / "train" / "adapter")
+                out["lengths"][_label(run, t)] = length_stats(pairs_of(folder))
+        if "sbspo" in config.rows:
+            console.rule(f"seed {seed}, sbspo: policy M1' = CSR iteration 1, reference = base")
+            csr1 = work / "csr" / "iter1" / "train" / "adapter"
+            records = iterate(url, "sbspo", ablation, world / "images", 1, work / "sbspo",
+                              model=str(world / "vlm"), train_overrides=train,
+                              method_options=method_options(config.preset, "sbspo"),
+                              run="sbspo", init_adapter=csr1)  # fmt: skip
+            out["runs"]["sbspo"] = [asdict(r) for r in records]
+            evaluate("sbspo", work / "sbspo" / "iter1" / "train" / "adapter")
+            out["lengths"]["sbspo"] = length_stats(pairs_of(work / "sbspo" / "iter1"))
+    for row in config.rows:  # rows that are CSR iteration 1 itself
+        label = f"csr λ={ROW_LAMBDA[row]:g}" if row in ROW_LAMBDA else None
+        if label and label not in evaluate.results:
+            evaluate.results[label] = {**evaluate.results["csr iter1"], "same_as": "csr iter1"}
+            out["lengths"][label] = out["lengths"]["csr iter1"]
+    out["eval"] = dict(sorted(evaluate.results.items(), key=lambda kv: _row_rank(kv[0])))
+    return out
+
+
+def _row_rank(label: str) -> tuple[int, float]:
+    """Table order: base, CSR iterations, λ rows by λ, the official code, SBSPO."""
+    if label.startswith("csr iter"):
+        return (1, float(label.removeprefix("csr iter")))
+    if label.startswith("csr λ="):
+        return (2, float(label.removeprefix("csr λ=")))
+    return {"base (SFT)": (0, 0.0), "csr-official": (3, 0.0)}.get(label, (4, 0.0))
+
+
+def check_direction(rows: dict[str, Any]) -> list[str]:
+    """What CI asserts: CSR iteration 1 has lower CHAIR_S than the base and than λ = 0."""
+    csr1 = rows["csr iter1"]["chair_s"][0]
+    problems = []
+    for other in ("base (SFT)", "csr λ=0"):
+        if other in rows and not csr1 < rows[other]["chair_s"][0]:
+            problems.append(f"csr iter1 CHAIR_S {csr1:.3f} is not below {other}'s "
+                            f"{rows[other]['chair_s'][0]:.3f}")  # fmt: skip
+    return problems
+
+
+def run_demo(config: DemoConfig) -> dict[str, Any]:
+    """Run the demo for every seed; returns (and writes) the report."""
+    from selfreward_vlm.client.methods.presets import PRESETS
+    from selfreward_vlm.demo_report import LENGTH_KEYS, METRICS, aggregate, plot, print_tables
+
+    _reproducible()
     started = time.perf_counter()
     work = config.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
-    if config.world is not None:
-        world = config.world.resolve()
-    else:
-        name = f"world-seed{config.seed}{'-quick' if config.quick else ''}"
-        world = build_world(work / name, seed=config.seed, quick=config.quick).root
-    prompts = _limit_prompts(world / "prompts.jsonl", work / "prompts.jsonl", config.prompts)
-    ablation_prompts = _limit_prompts(
-        world / "prompts.jsonl", work / "prompts-ablation.jsonl", config.ablation_prompts
-    )
-    evaluate = Evaluator(world, config.eval_images)
-    console.rule("evaluation: base model")
-    evaluate("base (SFT)", None)
+    per_seed = [run_seed(config, seed) for seed in config.seeds]
+    preset = PRESETS[config.preset]
     report: dict[str, Any] = {
         "config": json.loads(json.dumps(asdict(config), default=str)),
-        "world": str(world),
+        "preset": config.preset,
+        "preset_settings": json.loads(json.dumps(asdict(preset), default=str)),
+        "seeds": config.seeds,
+        "rows": aggregate([s["eval"] for s in per_seed], METRICS),
+        "lengths": aggregate([s["lengths"] for s in per_seed], LENGTH_KEYS),
+        "per_seed": per_seed,
     }
-    with local_service(world / "vlm", world / "clip", work / "service", "--torch-threads", "1",
-                       log_file=work / "service.log") as url:  # fmt: skip
-        runs = {
-            "csr": (prompts, config.iterations, {**config.method}),
-            "csr-lambda0": (ablation_prompts, 1, {**config.method, "lam": 0.0}),
-            "csr-lambda1": (ablation_prompts, 1, {**config.method, "lam": 1.0}),
-        }
-        for run, (prompt_file, iterations, options) in runs.items():
-            console.rule(f"{run}: {iterations} iteration(s), λ = {options['lam']}")
-            records = iterate(url, "csr", prompt_file, world / "images", iterations, work / run,
-                              model=str(world / "vlm"), train_overrides=dict(config.train),
-                              method_options=options, run=run)  # fmt: skip
-            report[run] = [asdict(r) for r in records]
-            for t in range(1, iterations + 1):
-                evaluate(f"{run} iter{t}", work / run / f"iter{t}" / "train" / "adapter")
-        console.rule("sbspo: policy = CSR iteration 1, reference = base")
-        report["sbspo"] = run_sbspo(url, world, ablation_prompts, work, config)
-        evaluate("sbspo", work / "sbspo" / "train" / "adapter")
-    report["eval"] = evaluate.results
+    report["direction_problems"] = check_direction(report["rows"])
     report["seconds"] = time.perf_counter() - started
     (work / "report.json").write_text(json.dumps(report, indent=2, default=str))
     plot(report, work / "report.png")
-    print_tables(report)
+    print_tables(report, console)
     console.print(f"\nreport: {work / 'report.json'}  plot: {work / 'report.png'}  "
                   f"({report['seconds']:.0f} s)")  # fmt: skip
+    for problem in report["direction_problems"]:
+        console.print(f"[red]direction check failed[/red]: {problem}")
     return report
 
 
-def run_sbspo(url: str, world: Path, prompts: Path, work: Path, config: DemoConfig) -> dict:
-    """SBSPO from the CSR iteration-1 model: implicit reward (CSR-1 vs base) picks the pairs,
-    then DPO continues CSR-1 with CSR-1 as the reference."""
-    from selfreward_vlm.client.methods import build_config
-    from selfreward_vlm.client.pairs import run_pairs
-    from selfreward_vlm.trainer.config import DPOTrainConfig
-    from selfreward_vlm.trainer.dpo import train
-
-    out = work / "sbspo"
-    out.mkdir(parents=True, exist_ok=True)
-    csr1 = work / "csr" / "iter1" / "train" / "adapter"
-    summary = run_pairs(
-        url, "sbspo", prompts, world / "images", out / "pairs.jsonl",
-        config=build_config("sbspo", max_new_tokens=40), model="csr-iter1", reference="base",
-        iteration=1,
-    )  # fmt: skip
-    result = train(DPOTrainConfig(model=str(world / "vlm"), pairs=str(out / "pairs.jsonl"),
-                                  out=str(out / "train"), images=str(world / "images"),
-                                  init_adapter=str(csr1), reference=str(csr1),
-                                  **config.train))  # fmt: skip
-    return {"pairs": summary.as_dict(), "train": result.to_dict()}
-
-
-def print_tables(report: dict[str, Any]) -> None:
-    table = Table(title="Greedy decoding on the evaluation images (lower CHAIR is better)")
-    for col in ("model", "CHAIR_S", "CHAIR_I", "recall", "length", "malformed", "companions"):
-        table.add_column(col, justify="right" if col != "model" else "left")
-    for label, m in report["eval"].items():
-        table.add_row(label, f"{m['chair_s']:.3f}", f"{m['chair_i']:.3f}", f"{m['recall']:.3f}",
-                      f"{m['mean_length']:.1f}", f"{m['malformed_rate']:.3f}",
-                      f"{m['companion_share']:.2f}")  # fmt: skip
-    console.print(table)
-    console.print("\nOne caption per model (first evaluation image):")
-    for label, m in report["eval"].items():
-        console.print(f"  {label:>22}: {m['example']}")
-
-
-def plot(report: dict[str, Any], path: Path) -> None:
-    """Metrics per CSR iteration, and R_I of chosen vs rejected per iteration (CSR Fig. 5)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ev = report["eval"]
-    labels = ["base (SFT)"] + [f"csr iter{r['iteration']}" for r in report.get("csr", [])]
-    xs = list(range(len(labels)))
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    for key, name in (("chair_s", "CHAIR_S"), ("chair_i", "CHAIR_I"), ("recall", "recall")):
-        ax1.plot(xs, [ev[label][key] for label in labels], marker="o", label=name)
-    ax1.set_xticks(xs, ["base"] + [f"it{t}" for t in xs[1:]])
-    ax1.set_title("CSR iterations: greedy decoding, eval images")
-    ax1.legend()
-    rows = report.get("csr", [])
-    its = [r["iteration"] for r in rows]
-    ax2.plot(its, [r["mean_chosen_r_i"] for r in rows], marker="o", label="chosen")
-    ax2.plot(its, [r["mean_rejected_r_i"] for r in rows], marker="o", label="rejected")
-    ax2.set_title("mean sentence R_I of the pairs (cf. CSR Fig. 5)")
-    ax2.set_xlabel("iteration")
-    ax2.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+def _seeds(value: str) -> list[int]:
+    try:
+        seeds = [int(x) for x in value.split(",") if x.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"expected comma-separated integers, got {value!r}") from None
+    if not seeds:
+        raise typer.BadParameter("no seed given")
+    return seeds
 
 
 def demo_command(
-    quick: Annotated[bool, typer.Option(help="small sets, 1 iteration (CI)")] = False,
-    seed: Annotated[int, typer.Option(help="world seed")] = 0,
+    quick: Annotated[bool, typer.Option(help="small sets, 1 iteration, 3 rows (CI)")] = False,
+    seed: Annotated[int, typer.Option(help="world seed (one run)")] = 0,
+    seeds: Annotated[
+        str | None, typer.Option(help="several seeds, e.g. 0,1,2: mean ± sd per row")
+    ] = None,
+    preset: Annotated[str, typer.Option(help="paper | official | tuned")] = "tuned",
     work: Annotated[Path, typer.Option(help="work dir (world cache, runs, report)")] = Path(
         "runs/demo"
     ),
     world: Annotated[
-        Path | None, typer.Option(help="use this built world instead of building one")
+        str | None,
+        typer.Option(help="use this built world instead of building one ({seed}: per seed)"),
     ] = None,
 ) -> None:
     """Run the end-to-end demo on the miniature world (resumable: rerun to continue)."""
+    from selfreward_vlm.client.methods.presets import PRESET_NAMES
+
+    if preset not in PRESET_NAMES:
+        raise typer.BadParameter(f"choose from {list(PRESET_NAMES)}", param_hint="--preset")
     if quick and work == Path("runs/demo"):
         work = Path("runs/demo-quick")
-    run_demo(DemoConfig.make(quick, seed, work, world))
+    report = run_demo(DemoConfig.make(quick, _seeds(seeds) if seeds else [seed], work, world,
+                                      preset))  # fmt: skip
+    if quick and report["direction_problems"]:
+        raise typer.Exit(1)
 
 
 def world_command(

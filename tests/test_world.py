@@ -190,3 +190,29 @@ def test_stage_hashes_chain() -> None:
     assert vlm_only["vlm"] != base["vlm"]
     assert clip_change["clip"] != base["clip"] and clip_change["vlm"] != base["vlm"]
     assert stage_hashes(WorldConfig.full(1))["images"] != base["images"]
+
+
+def test_demo_report_mean_and_sd_over_seeds() -> None:
+    """`selfreward demo --seeds` rows: the mean and the sample sd of each metric per label;
+    a label missing in one seed averages the seeds that have it."""
+    from selfreward_vlm.demo_report import aggregate, fmt
+
+    seeds = [{"a": {"chair_s": 0.2, "recall": 0.9}, "b": {"chair_s": 0.5}},
+             {"a": {"chair_s": 0.4, "recall": 0.8}}]  # fmt: skip
+    rows = aggregate(seeds, ["chair_s", "recall"])
+    assert rows["a"]["chair_s"][0] == pytest.approx(0.3)
+    assert rows["a"]["chair_s"][1] == pytest.approx(0.1414213, abs=1e-6)  # stdev(0.2, 0.4)
+    assert rows["b"]["chair_s"] == [0.5, None] and rows["b"]["seeds"][0] == 1.0
+    assert "recall" not in rows["b"]
+    assert fmt(rows["a"]["chair_s"]) == "0.300 ± 0.141" and fmt([0.5, None]) == "0.500"
+
+
+def test_demo_direction_check() -> None:
+    """CI's assertion: CSR iteration 1 below the base and below λ = 0 on CHAIR_S."""
+    from selfreward_vlm.demo import check_direction
+
+    good = {"base (SFT)": {"chair_s": [0.45, None]}, "csr iter1": {"chair_s": [0.2, None]},
+            "csr λ=0": {"chair_s": [0.44, None]}}  # fmt: skip
+    assert check_direction(good) == []
+    bad = {**good, "csr λ=0": {"chair_s": [0.2, None]}}
+    assert check_direction(bad) == ["csr iter1 CHAIR_S 0.200 is not below csr λ=0's 0.200"]

@@ -1,0 +1,111 @@
+"""The demo's report: rows across seeds (mean ± sd), the tables, the length table, the plot.
+
+A report holds, per seed, `eval[label] = metrics` (greedy CHAIR on the evaluation images) and
+`lengths[run] = length_stats` of each run's pairs. `aggregate` turns several seeds into one
+row per label with the mean and the sample standard deviation of each metric.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+METRICS = ("chair_s", "chair_i", "recall", "mean_length", "malformed_rate", "repeat_rate")
+LENGTH_KEYS = ("chosen_words", "rejected_words", "chosen_longer", "chosen_shorter",
+               "chosen_cut_off", "rejected_cut_off")  # fmt: skip
+
+
+def mean_sd(values: Sequence[float]) -> tuple[float, float | None]:
+    """Mean and sample standard deviation (None for a single value)."""
+    vals = [float(v) for v in values]
+    return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else None)
+
+
+def aggregate(per_seed: Sequence[dict[str, dict[str, Any]]], keys: Sequence[str]) -> dict:
+    """{label: {key: [mean, sd]}} over the seeds that have the label and a number for key."""
+    labels = list(dict.fromkeys(label for seed in per_seed for label in seed))
+    out: dict[str, dict[str, list[float | None]]] = {}
+    for label in labels:
+        row: dict[str, list[float | None]] = {}
+        for key in keys:
+            vals = [s[label][key] for s in per_seed if label in s and s[label].get(key) is not None]
+            if vals:
+                m, sd = mean_sd(vals)
+                row[key] = [m, sd]
+        row["seeds"] = [float(sum(label in s for s in per_seed)), None]
+        out[label] = row
+    return out
+
+
+def fmt(cell: list[float | None] | None, digits: int = 3) -> str:
+    """`0.123 ± 0.010`, or `0.123` for one seed, or `-`."""
+    if not cell or cell[0] is None or (isinstance(cell[0], float) and math.isnan(cell[0])):
+        return "-"
+    mean, sd = cell
+    return f"{mean:.{digits}f}" if sd is None else f"{mean:.{digits}f} ± {sd:.{digits}f}"
+
+
+def print_tables(report: dict[str, Any], console: Console) -> None:
+    """The metrics table (mean ± sd over seeds), the lengths table, one caption per model."""
+    table = Table(title=f"Greedy decoding on the evaluation images, seeds {report['seeds']} "
+                  "(lower CHAIR is better)")  # fmt: skip
+    cols = ("model", "CHAIR_S", "CHAIR_I", "recall", "words", "malformed", "repeats")
+    for col in cols:
+        table.add_column(col, justify="left" if col == "model" else "right")
+    for label, row in report["rows"].items():
+        digits = [3, 3, 3, 1, 3, 3]
+        table.add_row(label, *(fmt(row.get(k), d) for k, d in zip(METRICS, digits, strict=True)))
+    console.print(table)
+    lengths = Table(title="Chosen vs rejected responses of each run's pairs (words; shares)")
+    for col in ("run", "chosen", "rejected", "chosen longer", "chosen shorter",
+                "chosen cut off", "rejected cut off"):  # fmt: skip
+        lengths.add_column(col, justify="left" if col == "run" else "right")
+    for run, row in report["lengths"].items():
+        digits = [1, 1, 2, 2, 2, 2]
+        lengths.add_row(run, *(fmt(row.get(k), d) for k, d in zip(LENGTH_KEYS, digits,
+                                                                   strict=True)))  # fmt: skip
+    console.print(lengths)
+    first = report["per_seed"][0]
+    console.print(f"\nOne caption per model (first evaluation image, seed {first['seed']}):")
+    for label, m in first["eval"].items():
+        console.print(f"  {label:>22}: {m['example']}")
+
+
+def plot(report: dict[str, Any], path: Path) -> None:
+    """Left: CHAIR_S, CHAIR_I and recall per CSR iteration; right: every row side by side
+    (iterations and ablations); error bars = sd over seeds when there are several."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = report["rows"]
+    iters = ["base (SFT)"] + [k for k in rows if k.startswith("csr iter")]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.5))
+    xs = list(range(len(iters)))
+    for key, name in (("chair_s", "CHAIR_S"), ("chair_i", "CHAIR_I"), ("recall", "recall")):
+        means = [rows[k][key][0] for k in iters]
+        errs = [rows[k][key][1] or 0.0 for k in iters]
+        ax1.errorbar(xs, means, yerr=errs, marker="o", capsize=3, label=name)
+    ax1.set_xticks(xs, ["base"] + [f"it{t}" for t in xs[1:]])
+    ax1.set_title(f"CSR iterations ({report['preset']} preset), seeds {report['seeds']}")
+    ax1.legend()
+    labels = list(rows)
+    width = 0.4
+    for j, (key, name) in enumerate((("chair_s", "CHAIR_S"), ("recall", "recall"))):
+        pos = [i + (j - 0.5) * width for i in range(len(labels))]
+        means = [rows[k][key][0] for k in labels]
+        errs = [rows[k][key][1] or 0.0 for k in labels]
+        ax2.bar(pos, means, width, yerr=errs, capsize=3, label=name)
+    ax2.set_xticks(range(len(labels)), labels, rotation=35, ha="right", fontsize=8)
+    ax2.set_title("every row: iterations and ablations (1 iteration each)")
+    ax2.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
