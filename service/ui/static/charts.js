@@ -17,9 +17,11 @@ export async function renderDistributions(root, name, params, stale) {
   const method = params.get('method') || methods[0] || null;
   const s = await summary(name, { method, bins: 24 });
   if (stale()) return;
-  const picker = el('select', { name: 'method' },
-    methods.map((m) => el('option', { value: m, text: `${m} (${s.methods[m]} pairs)`, selected: m === method })));
-  picker.addEventListener('change', () => { location.hash = hashFor(['d', name, 'dist'], { method: picker.value }); });
+  const picker = el('select', { name: 'method' }, methods.map((m) =>
+    el('option', { value: m, text: `${m} (${s.methods[m]} pairs)`, selected: m === method })));
+  picker.addEventListener('change', () => {
+    location.hash = hashFor(['d', name, 'dist'], { method: picker.value });
+  });
   mount(root,
     el('div', { class: 'toolbar' }, el('label', {}, 'Method', picker),
       el('span', { class: 'spacer' }), el('span', { class: 'status', text: `${s.pairs} pairs` }),
@@ -69,28 +71,34 @@ function chart(title, h) {
   const g = svg('svg', { viewBox: `0 0 ${W} ${H}`, role: 'img', 'aria-label': title });
   for (let i = 0; i < bins; i++) {
     const x0 = x(h.edges[i]);
-    const w = (x(h.edges[i + 1]) - x0) / 2;
+    const w = (x(h.edges[i + 1]) - x0) / 2; // chosen on the left half, rejected on the right
+    const range = `[${fmt(h.edges[i])}, ${fmt(h.edges[i + 1])})`;
     for (const [side, count, dx] of [['chosen', h.chosen[i], 0], ['rejected', h.rejected[i], w]]) {
       if (!count) continue;
-      g.append(svg('rect', { class: `bar ${side}`, x: x0 + dx + 0.3, y: y(count), width: Math.max(w - 0.6, 0.5),
-        height: y(0) - y(count) }, svg('title', { text: `${side}: ${count} in [${fmt(h.edges[i])}, ${fmt(h.edges[i + 1])})` })));
+      const bar = { class: `bar ${side}`, x: x0 + dx + 0.3, y: y(count),
+        width: Math.max(w - 0.6, 0.5), height: y(0) - y(count) };
+      g.append(svg('rect', bar, svg('title', { text: `${side}: ${count} in ${range}` })));
     }
   }
   for (const [side, mean] of [['chosen', h.chosen_mean], ['rejected', h.rejected_mean]]) {
     if (mean === null) continue;
-    g.append(svg('line', { class: `mean ${side}`, x1: x(mean), x2: x(mean), y1: PAD.top, y2: y(0) },
-      svg('title', { text: `${side} mean ${fmt(mean)}` })));
+    const line = { class: `mean ${side}`, x1: x(mean), x2: x(mean), y1: PAD.top, y2: y(0) };
+    g.append(svg('line', line, svg('title', { text: `${side} mean ${fmt(mean)}` })));
   }
+  const label = (cls, px, py, anchor, text) =>
+    svg('text', { class: cls, x: px, y: py, 'text-anchor': anchor, text });
+  const mid = (PAD.left + W - PAD.right) / 2;
+  const below = H - PAD.bottom + 14;
   g.append(
     svg('line', { class: 'axis', x1: PAD.left, x2: W - PAD.right, y1: y(0), y2: y(0) }),
     svg('line', { class: 'axis', x1: PAD.left, x2: PAD.left, y1: PAD.top, y2: y(0) }),
-    svg('text', { class: 'tick', x: PAD.left - 4, y: PAD.top + 8, 'text-anchor': 'end', text: top }),
-    svg('text', { class: 'tick', x: PAD.left - 4, y: y(0), 'text-anchor': 'end', text: 0 }),
-    svg('text', { class: 'tick', x: PAD.left, y: H - PAD.bottom + 14, 'text-anchor': 'start', text: fmt(lo) }),
-    svg('text', { class: 'tick', x: (PAD.left + W - PAD.right) / 2, y: H - PAD.bottom + 14, 'text-anchor': 'middle', text: fmt((lo + hi) / 2) }),
-    svg('text', { class: 'tick', x: W - PAD.right, y: H - PAD.bottom + 14, 'text-anchor': 'end', text: fmt(hi) }),
-    svg('text', { class: 'means', x: (PAD.left + W - PAD.right) / 2, y: H - 6, 'text-anchor': 'middle',
-      text: `mean chosen ${fmt(h.chosen_mean)} · rejected ${fmt(h.rejected_mean)}` }));
+    label('tick', PAD.left - 4, PAD.top + 8, 'end', top),
+    label('tick', PAD.left - 4, y(0), 'end', 0),
+    label('tick', PAD.left, below, 'start', fmt(lo)),
+    label('tick', mid, below, 'middle', fmt((lo + hi) / 2)),
+    label('tick', W - PAD.right, below, 'end', fmt(hi)),
+    label('means', mid, H - 6, 'middle',
+      `mean chosen ${fmt(h.chosen_mean)} · rejected ${fmt(h.rejected_mean)}`));
   box.append(g);
   return box;
 }

@@ -103,17 +103,17 @@ async function loadPage(view) {
   if (next) view.pages.push({ ...next, offset: start.offset + scanned });
   view.prev.disabled = view.at === 0;
   view.next.disabled = !next;
-  const last = start.offset + scanned;
-  view.status.textContent = `${found.length} shown · read pairs ${start.offset + 1}–${last} of ${view.total}`;
+  const read = `${start.offset + 1}–${start.offset + scanned}`;
+  view.status.textContent = `${found.length} shown · read pairs ${read} of ${view.total}`;
   view.rows = found;
-  mount(view.list, found.length ? found.map((p, i) => listRow(view, p, i + start.offset))
+  mount(view.list, found.length ? found.map((p) => listRow(view, p))
     : el('p', { class: 'empty', text: 'No pair here matches the filters.' }));
   const keep = found.find((p) => p.id === view.selected) || found[0];
   if (keep) select(view, keep);
   else mount(view.detail);
 }
 
-function listRow(view, pair, n) {
+function listRow(view, pair) {
   const m = margin(pair);
   const row = el('button', { type: 'button', class: 'row', 'data-pair-id': pair.id },
     thumb(pair),
@@ -148,7 +148,8 @@ function select(view, pair) {
 
 document.addEventListener('keydown', (event) => {
   const view = current;
-  if (!view || view.stale() || !view.rows.length || event.target.closest('input, select, textarea')) return;
+  if (!view || view.stale() || !view.rows.length) return;
+  if (event.target.closest && event.target.closest('input, select, textarea')) return;
   const step = { j: 1, ArrowDown: 1, k: -1, ArrowUp: -1 }[event.key];
   if (!step) return;
   const i = view.rows.findIndex((p) => p.id === view.selected);
@@ -204,8 +205,9 @@ function image(id) {
 function params(p) {
   const entries = Object.entries(p);
   if (!entries.length) return null;
-  return el('details', { class: 'params' }, el('summary', { text: `method parameters (${entries.length})` }),
-    el('dl', {}, entries.map(([k, v]) => [el('dt', { text: k }), el('dd', { text: JSON.stringify(v) })])));
+  const rows = entries.map(([k, v]) => [el('dt', { text: k }), el('dd', { text: JSON.stringify(v) })]);
+  return el('details', { class: 'params' },
+    el('summary', { text: `method parameters (${entries.length})` }), el('dl', {}, rows));
 }
 
 /** The pair's lowest and highest sentence reward: tints are relative to this pair. */

@@ -52,7 +52,10 @@ export function installTooltip(root) {
   };
   const target = (event) => event.target.closest && event.target.closest('.has-tip');
   root.addEventListener('mouseover', (e) => { const t = target(e); if (t) show(t); });
-  root.addEventListener('mouseout', (e) => { const t = target(e); if (t && !t.contains(e.relatedTarget)) hide(t); });
+  root.addEventListener('mouseout', (e) => {
+    const t = target(e);
+    if (t && !t.contains(e.relatedTarget)) hide(t);
+  });
   root.addEventListener('focusin', (e) => { const t = target(e); if (t) show(t); });
   root.addEventListener('focusout', (e) => { const t = target(e); if (t) hide(t); });
 }
