@@ -148,6 +148,23 @@ def test_encoder_decoder_is_refused_at_start_up() -> None:
 
     with pytest.raises(UnsupportedModelError, match="encoder-decoder"):
         check_supported(T5Config())
+    from transformers import PaliGemmaConfig
+
+    with pytest.raises(UnsupportedModelError, match=r"paligemma.*prefix-LM"):
+        check_supported(PaliGemmaConfig())
+
+
+def test_start_up_error_names_the_unsupported_model(tmp_path) -> None:
+    """Through `load_models`, before any weights load: the message says what and why."""
+    from transformers import T5Config
+
+    from selfreward_vlm.service.engine.families import UnsupportedModelError
+    from selfreward_vlm.service.engine.loader import load_models
+    from selfreward_vlm.service.settings import ServiceSettings
+
+    T5Config(d_model=8, num_layers=1, num_heads=1, d_ff=8, vocab_size=10).save_pretrained(tmp_path)
+    with pytest.raises(UnsupportedModelError, match="'t5' is an encoder-decoder"):
+        load_models(ServiceSettings(model=str(tmp_path), device="cpu"))
 
 
 @pytest.mark.parametrize("path", ["auto", "generic"])

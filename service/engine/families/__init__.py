@@ -48,10 +48,22 @@ class TextFamily(Family):
     name = "text"
 
 
+# Decoder-only models whose scoring needs more than "prompt, then causal text": refused by name.
+UNSUPPORTED: dict[str, str] = {
+    "paligemma": "a prefix-LM: the prompt attends bidirectionally and a scored response must be "
+    "marked as suffix (token_type_ids=1), which neither path does",
+}
+
+
 def check_supported(config: Any) -> None:
     """Raise `UnsupportedModelError` naming what the service cannot score correctly."""
     model_type = getattr(config, "model_type", "?")
-    if getattr(config, "is_encoder_decoder", False):
+    if model_type in UNSUPPORTED:
+        raise UnsupportedModelError(
+            f"model_type {model_type!r} is not supported: {UNSUPPORTED[model_type]}"
+        )
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    if getattr(config, "is_encoder_decoder", False) or getattr(text, "is_encoder_decoder", False):
         raise UnsupportedModelError(
             f"model_type {model_type!r} is an encoder-decoder model: the service scores "
             "continuations of a decoder-only model (log p(token | image, prompt, prefix)); "
