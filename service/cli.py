@@ -29,17 +29,21 @@ def _parse_adapters(specs: list[str]) -> dict[str, str]:
     return adapters
 
 
-def build_settings(flags: dict[str, Any], tiny: bool = False) -> ServiceSettings:
+def build_settings(
+    flags: dict[str, Any], tiny: bool = False, tiny_family: str | None = None
+) -> ServiceSettings:
     """`ServiceSettings` from the given flags (None = not given) over the env; with `tiny`,
     build the tiny models under `data_dir/tiny-models` and serve them (unless --model/--clip
-    say otherwise)."""
+    say otherwise); `tiny_family` (e.g. qwen2_5_vl) picks that family's tiny VLM."""
     given = {k: v for k, v in flags.items() if v is not None}
-    if not tiny:
+    if not tiny and not tiny_family:
         return ServiceSettings(**given)
-    from selfreward_vlm.tiny import build_all
+    from selfreward_vlm.tiny import build_all, build_family
 
     settings = ServiceSettings(**{"model": "tiny", **given})
     paths = build_all(settings.data_dir / "tiny-models")
+    if tiny_family:
+        paths["vlm"] = build_family(tiny_family, settings.data_dir / "tiny-models" / tiny_family)
     update = {"model": given.get("model", str(paths["vlm"])), "clip": given.get("clip")}
     update["clip"] = update["clip"] or str(paths["clip"])
     return settings.model_copy(update=update)
@@ -105,6 +109,10 @@ def serve_command(
     tiny: Annotated[
         bool, typer.Option(help="build and serve tiny random models (no download; for demos)")
     ] = False,
+    tiny_family: Annotated[
+        str | None,
+        typer.Option(help="with tiny models: this family's VLM (llava_next, qwen2_5_vl, ...)"),
+    ] = None,
     log_level: Annotated[str, typer.Option(help="debug | info | warning | error")] = "info",
 ) -> None:
     """Serve the reward-scoring API (FastAPI + uvicorn)."""
@@ -135,13 +143,16 @@ def serve_command(
         "openrlhf_aggregation": openrlhf_aggregation,
     }
     try:
-        settings = build_settings(flags, tiny=tiny)
+        settings = build_settings(flags, tiny=tiny, tiny_family=tiny_family)
     except ValidationError as e:
         problems = "; ".join(
             f"{'.'.join(map(str, err['loc'])) or 'settings'}: {err['msg']}" for err in e.errors()
         )
         typer.echo(f"error: invalid settings: {problems}", err=True)
         typer.echo("(give the flag, or set SELFREWARD_<FIELD>; see --help)", err=True)
+        raise typer.Exit(2) from None
+    except ValueError as e:  # an unknown --tiny-family
+        typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
     logger.info(
         "serving %s (clip %s) on http://%s:%d", settings.model, settings.clip,

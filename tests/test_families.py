@@ -219,3 +219,12 @@ def test_api_serves_a_qwen_model_and_info_names_the_path(
     with torch.no_grad():
         out = model.generate(**enc, max_new_tokens=6, do_sample=False, suppress_tokens=engine_never)
     assert got == out[0, enc["input_ids"].shape[1] :].tolist()
+
+
+def test_serve_tiny_family_builds_and_serves_that_family(tmp_path) -> None:
+    from selfreward_vlm.service.cli import build_settings
+
+    settings = build_settings({"data_dir": tmp_path}, tiny_family="gemma3")
+    assert settings.model == str(tmp_path / "tiny-models" / "gemma3") and settings.clip
+    with pytest.raises(ValueError, match="no tiny model for family 'nope'"):
+        build_settings({"data_dir": tmp_path}, tiny_family="nope")

@@ -70,9 +70,12 @@ FAMILY_BUILDERS: tuple[str, ...] = (
 
 def build_family(family: str, out_dir: str | Path) -> Path:
     """Write the tiny model of `family` (a `config.model_type`) to `out_dir` unless it is there."""
+    builders = _builders()
+    if family not in builders:
+        raise ValueError(f"no tiny model for family {family!r}; known: {', '.join(builders)}")
     out = Path(out_dir)
     if not (out / "config.json").exists():
-        _builders()[family](out)
+        builders[family](out)
     return out
 
 
