@@ -319,6 +319,7 @@ def world_command(
     """Build the miniature world: images, a tiny CLIP, a tiny VLM with a language prior."""
     from selfreward_vlm.world.build import build_world
 
+    _reproducible()  # with two threads the trained CLIP differed between builds (measured)
     world = build_world(out, seed=seed, quick=quick).root
     console.print(f"world: {world}  (serve it: selfreward serve --model {world / 'vlm'} "
                   f"--clip {world / 'clip'})")  # fmt: skip

@@ -216,3 +216,24 @@ def test_demo_direction_check() -> None:
     assert check_direction(good) == []
     bad = {**good, "csr λ=0": {"chair_s": [0.2, None]}}
     assert check_direction(bad) == ["csr iter1 CHAIR_S 0.200 is not below csr λ=0's 0.200"]
+
+
+def test_demo_runs_one_thread_with_deterministic_algorithms(monkeypatch: Any) -> None:
+    """The demo's processes (and the service it starts, through the environment) run one
+    torch thread with deterministic algorithms: a rerun repeats its numbers."""
+    import os
+
+    import torch
+
+    from selfreward_vlm.demo import _reproducible
+
+    threads, strict = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.setenv(var, "2")
+    try:
+        _reproducible()
+        assert torch.get_num_threads() == 1 and torch.are_deterministic_algorithms_enabled()
+        assert os.environ["OMP_NUM_THREADS"] == "1" and os.environ["MKL_NUM_THREADS"] == "1"
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(strict)
