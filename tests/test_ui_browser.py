@@ -142,6 +142,16 @@ def log_errors(driver: Any) -> list[str]:
     return [e["message"] for e in entries if e["level"] == "SEVERE" and "401" not in e["message"]]
 
 
+def goto(browser: Any, service: str, fragment: str) -> None:
+    """Open a view of the page; a fresh tab is given the key as the dialog would store it."""
+    browser.get(f"{service}/ui#{fragment}")
+    browser.execute_script(
+        "if (sessionStorage.getItem('selfreward.apiKey') === null) {"
+        " sessionStorage.setItem('selfreward.apiKey', arguments[0]); location.reload(); }",
+        KEY,
+    )
+
+
 def number(text: str) -> float:
     return float(text.replace("–", "nan"))
 
@@ -196,7 +206,7 @@ def test_pairs_view_in_a_real_browser(
 def test_hostile_text_renders_as_text(
     browser: Any, service: str, dataset: list[PreferencePair]
 ) -> None:
-    browser.get(f"{service}/ui#/d/{DATASET}/pairs?pair=hostile")  # the key is in this tab
+    goto(browser, service, f"/d/{DATASET}/pairs?pair=hostile")  # the key is kept in this tab
     detail = wait(browser, ec.presence_of_element_located(css('.pair[data-pair-id="hostile"]')))
     chosen = detail.find_element(By.CSS_SELECTOR, ".side.chosen .sent").text
     rejected = detail.find_element(By.CSS_SELECTOR, ".side.rejected .sent").text
@@ -211,7 +221,7 @@ def test_hostile_text_renders_as_text(
 def test_distributions_and_filters(
     browser: Any, service: str, dataset: list[PreferencePair], tmp_path: Path
 ) -> None:
-    browser.get(f"{service}/ui#/d/{DATASET}/dist")
+    goto(browser, service, f"/d/{DATASET}/dist")
     charts = wait(browser, ec.presence_of_all_elements_located(css(".chart svg")))
     assert len(charts) == 3 * len({p.iteration for p in dataset})
     assert not browser.find_element(By.ID, "tooltip").is_displayed()  # left with its view
@@ -229,9 +239,9 @@ def test_distributions_and_filters(
     save_screenshot(browser, tmp_path, "ui-distributions.png")
     # A minimum margin above every pair's margin leaves none; one below every margin, all.
     margins = [p.chosen_score.reward - p.rejected_score.reward for p in dataset]
-    browser.get(f"{service}/ui#/d/{DATASET}/pairs?min_margin={max(margins) + 1}")
+    goto(browser, service, f"/d/{DATASET}/pairs?min_margin={max(margins) + 1}")
     wait(browser, ec.presence_of_element_located(css(".pair-list .empty")))
-    browser.get(f"{service}/ui#/d/{DATASET}/pairs?min_margin={min(margins) - 1}")
+    goto(browser, service, f"/d/{DATASET}/pairs?min_margin={min(margins) - 1}")
     wait(
         browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, ".pair-list .row")) == len(dataset)
     )
@@ -249,7 +259,7 @@ def test_paging_through_filters(browser: Any, service: str, dataset: list[Prefer
     ]
     with ScoringClient(service, api_key=KEY) as client:
         client.upsert_pairs("viewer-paging", many)
-    browser.get(f"{service}/ui#/d/viewer-paging/pairs?iteration=2")
+    goto(browser, service, "/d/viewer-paging/pairs?iteration=2")
 
     def shown() -> list[str]:
         script = (
@@ -268,3 +278,32 @@ def test_paging_through_filters(browser: Any, service: str, dataset: list[Prefer
             button("Next").click()
     button("Previous").click()
     wait(browser, lambda d: shown() == pages[-2])
+
+
+def test_whole_response_pair(browser: Any, service: str, dataset: list[PreferencePair]) -> None:
+    """A method without sentence scores (SBSPO, self-judge): the texts whole, and the
+    response-level scores."""
+    from selfreward_vlm.client import ScoringClient
+
+    base = dataset[0]
+    extra = {"reward_sum": 1.25, "reward_avg": 0.125, "num_tokens": 10.0}
+    whole = base.model_copy(
+        update={
+            "id": "whole-1", "method": "sbspo",
+            "chosen_score": ResponseScore(reward=1.25, extra=extra),
+            "rejected_score": ResponseScore(reward=-0.5, extra={**extra, "reward_sum": -0.5}),
+        }
+    )  # fmt: skip
+    with ScoringClient(service, api_key=KEY) as client:
+        client.upsert_pairs("viewer-whole", [whole])
+    goto(browser, service, "/d/viewer-whole/pairs?method=sbspo&pair=whole-1")
+    pair = wait(browser, ec.presence_of_element_located(css('.pair[data-pair-id="whole-1"]')))
+    assert pair.find_element(By.CSS_SELECTOR, ".side.chosen .whole").text == base.chosen
+    assert pair.find_element(By.CSS_SELECTOR, ".side.rejected .whole").text == base.rejected
+    assert not pair.find_elements(By.CSS_SELECTOR, ".sent")
+    assert pair.find_element(By.CSS_SELECTOR, ".side.chosen .score").text == "R 1.25"
+    terms = pair.find_elements(By.CSS_SELECTOR, ".side.chosen .extras dt")
+    values = pair.find_elements(By.CSS_SELECTOR, ".side.chosen .extras dd")
+    shown = {t.text: v.text for t, v in zip(terms, values, strict=True)}
+    assert shown == {"reward_sum": "1.25", "reward_avg": "0.125", "num_tokens": "10"}
+    assert "margin +1.75" in pair.find_element(By.CSS_SELECTOR, ".pair-head").text
