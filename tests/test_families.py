@@ -83,6 +83,29 @@ def test_logprobs_equal_own_forward(
 
 
 @pytest.mark.parametrize("family", FAMILIES)
+def test_cross_prefix_batch_equals_own_forward(family, family_engine, reference_model) -> None:
+    """One padded forward over rows after different prefix states (left-padded KV, explicit
+    positions incl. the rope delta): what the service does on CUDA."""
+    engine = family_engine(family).engine
+    model, processor = reference_model(family, False)
+    images = [picture(SIZES[0], (200, 200, 30)), picture(SIZES[1], (30, 200, 200))]
+    items = [
+        ScoreItem("base", PROMPT, CONTS, prefix, f"{family}-x{k}", img)
+        for k, img in enumerate(images)
+        for prefix in ("", PREFIX)
+    ]
+    engine.cross_prefix_batching = True
+    try:
+        got = engine.score(items)
+    finally:
+        engine.cross_prefix_batching = False
+    for item, scored in zip(items, got, strict=True):
+        for cont, s in zip(CONTS, scored, strict=True):
+            want = own_forward_logprobs(model, processor, item.image, item.prefix, cont)
+            assert s.token_logprobs == pytest.approx(want, abs=1e-4), (family, item.prefix)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
 def test_greedy_generate_equals_model_generate(family, family_engine, reference_model) -> None:
     model, processor = reference_model(family, False)
     img = picture(SIZES[1], (30, 30, 200))
