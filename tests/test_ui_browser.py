@@ -162,6 +162,7 @@ def test_pairs_view_in_a_real_browser(
     browser.get(f"{service}/ui")
     # The service has a key: the page asks for it once, and keeps it for this tab only.
     key_input = wait(browser, ec.visibility_of_element_located(css("#key-input")))
+    save_screenshot(browser, tmp_path, "ui-key.png")
     key_input.send_keys("not-the-key\n")
     refused = wait(browser, ec.visibility_of_element_located(css("#key-error")))
     assert "refused" in refused.text
