@@ -180,7 +180,7 @@ def run_seed(config: DemoConfig, seed: int) -> dict[str, Any]:
     console.rule(f"seed {seed}: evaluation of the base model")
     evaluate("base (SFT)", None)
     out: dict[str, Any] = {"seed": seed, "world": str(world), "runs": {}, "lengths": {}}
-    train = {**config.train, "seed": seed}
+    train = dict(config.train)  # the trainer's own seed: seeds vary the world
 
     def pairs_of(folder: Path) -> list[PreferencePair]:
         lines = (folder / "pairs.jsonl").read_text().splitlines()

@@ -71,9 +71,10 @@ PRESETS: dict[str, Preset] = {
         "tuned", "measured best on the miniature world (README, The demo)", "csr",
         {
             "csr": {
-                "lam": 0.9, "language_score": "mean_logprob", "path_score": "mean",
-                "num_candidates": 5, "keep_top": 1, "keep_bottom": 2, "max_new_tokens": 12,
-                "max_steps": 5, "stop_r_i": "zero", "drop_duplicate_sentences": True,
+                "lam": 0.9, "language_score": "mean_logprob", "path_score": "sum",
+                "r_i_offset": 15.0, "num_candidates": 5, "keep_top": 1, "keep_bottom": 2,
+                "max_new_tokens": 12, "max_steps": 5, "stop_r_i": "zero",
+                "drop_duplicate_sentences": True,
             },
             "csr-official": {"max_new_tokens": 12, "max_steps": 5},
             "sbspo": {"max_new_tokens": 40},
