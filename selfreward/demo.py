@@ -63,7 +63,9 @@ class DemoConfig:
     ) -> DemoConfig:  # fmt: skip
         from selfreward_vlm.client.methods.presets import method_options, train_options
 
-        sizes: dict[str, Any] = {}
+        # 1-iteration ablation rows on half the prompt images: 6 rows × 400 prompts would
+        # double the demo's time; λ = 0.9 then gets its own row on the same 200
+        sizes: dict[str, Any] = {"ablation_prompts": 200}
         if quick:
             sizes = {"iterations": 1, "prompts": 48, "eval_images": 100, "ablation_prompts": 32,
                      "rows": QUICK_ROWS}  # fmt: skip
