@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install test demo demo-quick lint bench openapi
+.PHONY: install test demo demo-quick lint bench openapi container-smoke
 
 install: $(VENV)/.installed
 
@@ -38,3 +38,8 @@ bench: install
 
 openapi: install
 	$(VENV)/bin/python scripts/gen_openapi.py
+
+# Build docker/Dockerfile (CPU variant) with podman on a debootstrapped Debian base and score a
+# request inside the built image (needs root; minutes; not part of CI: see docker/README.md).
+container-smoke:
+	bash docker/smoke.sh
