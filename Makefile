@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install test demo demo-quick lint bench openapi container-smoke
+.PHONY: install test demo demo-quick lint bench openapi
 
 install: $(VENV)/.installed
 
@@ -39,7 +39,22 @@ bench: install
 openapi: install
 	$(VENV)/bin/python scripts/gen_openapi.py
 
-# Build docker/Dockerfile (CPU variant) with podman on a debootstrapped Debian base and score a
-# request inside the built image (needs root; minutes; not part of CI: see docker/README.md).
-container-smoke:
-	bash docker/smoke.sh
+# Reliability (README "Reliability"): the CI suite's longer versions. `fuzz`: Schemathesis on
+# every operation with FUZZ_EXAMPLES examples each; `reliability`: fuzz + load + overload +
+# deadlines + SIGTERM + hostile input + retries, figures in build/reliability-figures.jsonl.
+.PHONY: fuzz reliability
+FUZZ_EXAMPLES ?= 200
+RELIABILITY_TESTS = tests/test_fuzz.py tests/test_load.py tests/test_shutdown.py \
+	tests/test_deadlines.py tests/test_hostile_input.py tests/test_auth_walk.py \
+	tests/test_client_retry.py tests/test_one_bad_item.py
+
+fuzz: install
+	SELFREWARD_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(VENV)/bin/python -m pytest -q tests/test_fuzz.py
+
+reliability: install
+	mkdir -p build && rm -f build/reliability-figures.jsonl
+	SELFREWARD_FUZZ_EXAMPLES=50 SELFREWARD_LOAD_CLIENTS=16 SELFREWARD_LOAD_REQUESTS=100 \
+	SELFREWARD_OVERLOAD_CLIENTS=256 \
+	SELFREWARD_RELIABILITY_REPORT=$(CURDIR)/build/reliability-figures.jsonl \
+	$(VENV)/bin/python -m pytest -q $(RELIABILITY_TESTS)
+	cat build/reliability-figures.jsonl

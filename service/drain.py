@@ -4,7 +4,8 @@ What an orchestrator (or a person) sees after SIGTERM:
 1. `/ready` answers 503 at once, so a load balancer stops sending traffic;
 2. requests already in flight run to completion, for up to `drain_timeout_s`;
 3. new requests get a clean 503 `not_ready` with `Retry-After` and `Connection: close`
-   (never a dropped connection), `/health` and `/metrics` still answer;
+   (never a dropped connection), `/health` and `/metrics` still answer; every answer while
+   draining closes its connection, so no idle keep-alive connection is cut later;
 4. then uvicorn's own shutdown runs: it stops listening, the lifespan stops the batcher and
    closes the pair store.
 
@@ -24,7 +25,8 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from selfreward_vlm.service.errors import NotReadyError
 
@@ -129,8 +131,17 @@ class DrainMiddleware:
             return
         if self.drain.draining and scope["path"] not in _ALWAYS_OPEN:
             raise ShuttingDownError("the service is shutting down; retry on another replica")
-        self.drain.enter()
+        drain = self.drain
+
+        async def closing_send(message: Message) -> None:
+            # While draining, every answer closes its connection: no keep-alive connection
+            # is left idle for the server to cut under a client's next request.
+            if drain.draining and message["type"] == "http.response.start":
+                MutableHeaders(scope=message)["connection"] = "close"
+            await send(message)
+
+        drain.enter()
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, closing_send)
         finally:
-            self.drain.leave()
+            drain.leave()

@@ -71,8 +71,9 @@ class Server:
 
 
 def start(
-    tiny_models: dict[str, Path], data_dir: Path, *, keys: bool = False, **env: object
-) -> Server:
+    tiny_models: dict[str, Path], data_dir: Path, *, keys: bool = False,
+    log_level: str = "warning", **env: object,
+) -> Server:  # fmt: skip
     """Start a service on loopback; `env` items become `SELFREWARD_<NAME>` variables."""
     port = free_port()
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -85,7 +86,7 @@ def start(
         sys.executable, "-m", "selfreward_vlm.service",
         "--model", str(tiny_models["vlm"]), "--clip", str(tiny_models["clip"]),
         "--host", "127.0.0.1", "--port", str(port), "--data-dir", str(data_dir),
-        "--torch-threads", "1", "--log-level", "warning",
+        "--torch-threads", "1", "--log-level", log_level,
     ]  # fmt: skip
     with log.open("w") as out:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=environ, stdout=out, stderr=subprocess.STDOUT)
@@ -162,3 +163,11 @@ def upload_png(server: Server, data: bytes | None = None) -> str:
     )  # fmt: skip
     assert r.status_code in (200, 201), r.text
     return str(r.json()["id"])
+
+
+def report(kind: str, **figures: object) -> None:
+    """Append figures as a JSON line to `$SELFREWARD_RELIABILITY_REPORT` (make reliability)."""
+    path = os.environ.get("SELFREWARD_RELIABILITY_REPORT")
+    if path:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"test": kind, **figures}) + "\n")

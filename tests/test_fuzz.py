@@ -24,6 +24,7 @@ from tests.reliability import (
     Server,
     keyed_server,
     reference_numbers,
+    report,
     upload_png,
 )
 
@@ -44,6 +45,7 @@ def before(keyed_server: Server) -> tuple[str, dict[str, list[float]]]:
 @pytest.mark.parametrize("operation", OPERATIONS, ids=lambda op: op.label)
 def test_fuzz_operation(keyed_server: Server, before: object, operation) -> None:  # type: ignore[no-untyped-def]
     failures: list[str] = []
+    statuses: list[int] = []
 
     @given(case=operation.as_strategy())
     @settings(
@@ -52,15 +54,20 @@ def test_fuzz_operation(keyed_server: Server, before: object, operation) -> None
     )  # fmt: skip
     def run(case: schemathesis.Case) -> None:
         try:
-            case.call_and_validate(
+            response = case.call_and_validate(
                 base_url=keyed_server.url,
                 headers=keyed_server.headers("admin"),
                 excluded_checks=[positive_data_acceptance],
             )
+            statuses.append(response.status_code)
         except Exception as exc:  # collect, so one report shows every distinct failure
             failures.append(str(exc)[:1500])
 
     run()
+    report(
+        "fuzz", operation=operation.label, cases=len(statuses) + len(failures),
+        failures=len(failures), server_errors=sum(s >= 500 for s in statuses),
+    )  # fmt: skip
     assert not failures, "\n\n".join(sorted(set(failures))[:5])
 
 
