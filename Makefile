@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install test demo demo-quick lint bench openapi
+.PHONY: install test demo demo-quick lint bench openapi container-smoke
 
 install: $(VENV)/.installed
 
@@ -58,3 +58,8 @@ reliability: install
 	SELFREWARD_RELIABILITY_REPORT=$(CURDIR)/build/reliability-figures.jsonl \
 	$(VENV)/bin/python -m pytest -q $(RELIABILITY_TESTS)
 	cat build/reliability-figures.jsonl
+
+# Build docker/Dockerfile (CPU variant) with podman on a debootstrapped Debian base and score a
+# request inside the built image (needs root; minutes; not part of CI: see docker/README.md).
+container-smoke:
+	bash docker/smoke.sh
