@@ -253,3 +253,23 @@ def test_over_real_http_with_aiohttp_as_openrlhf_posts(
     assert data["rewards"] == pytest.approx([want, want], rel=1e-5)
     assert len(data["scores"]) == 2 and all(0 < s < 1 for s in data["scores"])
     assert data["extra_logs"]["num_sentences"] == [2, 2]
+
+
+def test_an_empty_first_response_in_clip_mode_is_no_500(
+    api: TestClient, tiny_models: dict[str, Path]
+) -> None:
+    """Every sample's logs have the mode's keys, whether or not its response has a sentence."""
+    settings = api.app.state.selfreward.settings  # type: ignore[attr-defined]
+    empty, prompt = openrlhf_query(tiny_models, "", expand=True)
+    full, _ = openrlhf_query(tiny_models, " A red circle.", expand=True)
+    body = {"query": [empty, full], "prompts": [prompt] * 2, "labels": [api.image_ids[0]] * 2}
+    for mode in ("clip", "calibrated"):
+        try:
+            settings.openrlhf_reward = mode
+            res = api.post("/get_reward", json=body)
+        finally:
+            settings.openrlhf_reward = "calibrated"
+        assert res.status_code == 200, (mode, res.text)
+        logs = res.json()["extra_logs"]
+        assert logs["num_sentences"] == [0, 1] and logs["r_i"][0] == 0.0
+        assert ("r_t" in logs) == (mode == "calibrated")

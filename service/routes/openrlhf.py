@@ -223,8 +223,9 @@ async def _score(
         raise InvalidRequestError(f"the {mode} reward needs an image in the label", field=field)
     image_id, _ = await scoring.resolve_image(state, image, for_policy=mode == "calibrated")
     ref = ImageRef(id=image_id)
-    if not sentences:
-        return {"reward": 0.0, "r_i": 0.0, "r_t": 0.0, "num_sentences": 0.0}
+    if not sentences:  # the mode's own keys: every sample's extra_logs share them
+        logs = {"reward": 0.0, "r_i": 0.0, "num_sentences": 0.0}
+        return logs if mode == "clip" else {**logs, "r_t": 0.0}
     if mode == "clip":
         creq = ClipRequest(image=ref, texts=[s.strip() for s in sentences])
         clip = await _patiently(state, lambda: scoring.clip(creq, Response(), state))
