@@ -112,11 +112,13 @@ def bench_row(name: str, root: Path, clip: Path, args: argparse.Namespace) -> di
         "decoder_params": decoder_params(model),
         "image_size": list(size),
     }
+    rewards = {}
     for mode in ("naive", "optimized"):
         extra = ["--naive"] if mode == "naive" else []
         with local_service(model, clip, root / f"data-{name}-{mode}", *extra,
                            log_file=root / f"{name}-{mode}.log", timeout=900) as url:  # fmt: skip
             res = asyncio.run(run_search(url, pngs, mode == "naive", cfg))
+        rewards[mode] = [r for pair in res["rewards"] for r in pair]
         distinct = n_prompt * args.prompts + res["generated"]
         row[mode] = {
             "seconds_per_prompt": res["seconds"] / args.prompts,
@@ -124,6 +126,10 @@ def bench_row(name: str, root: Path, clip: Path, args: argparse.Namespace) -> di
             "distinct": distinct,
             "amplification": res["forwarded"] / distinct,
         }
+    naive, optimized = rewards["naive"], rewards["optimized"]
+    row["same_pair_scores"] = len(naive) == len(optimized) and all(
+        abs(a - b) <= 1e-3 * max(1.0, abs(a)) for a, b in zip(naive, optimized, strict=True)
+    )
     row["wall_ratio"] = row["naive"]["seconds_per_prompt"] / row["optimized"]["seconds_per_prompt"]
     row["token_ratio"] = row["naive"]["forwarded"] / row["optimized"]["forwarded"]
     return row
