@@ -18,6 +18,10 @@ Aggregation = Literal["mean", "sum"]
 # caption sits around 20-35 for ViT-L/14; implicit rewards (β·log-ratio) sit around 0.
 SCORE_CENTER = {"calibrated": 20.0, "clip": 20.0, "implicit": 0.0}
 SCORE_SCALE = {"calibrated": 5.0, "clip": 5.0, "implicit": 1.0}
+# Most sentences one response is scored by (each is a call, after a prefix of all those before
+# it: the prefixes' total size grows with the square of their count). The service's own cap on
+# /get_reward is its `max_items`, 64 by default.
+MAX_SENTENCES = 64
 
 
 def split_sentences(text: str, stop: str = ".") -> list[str]:

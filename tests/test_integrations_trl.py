@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from selfreward_vlm.client import ScoringClient
+from selfreward_vlm.client.integrations import RewardSpec, score_response
 from selfreward_vlm.client.integrations.trl import SelfRewardReward, SyncSelfRewardReward
 from selfreward_vlm.core.integrations import split_sentences
 
@@ -95,6 +96,19 @@ def test_sync_form_for_trainers_that_do_not_await(live_server: str) -> None:
     assert got == asyncio.run(SelfRewardReward(live_server)(**kwargs))
     with ScoringClient(live_server) as client:
         assert got[1] == pytest.approx(native_reward(client, GREEN, texts[1]), rel=1e-5)
+
+
+def test_too_many_sentences_raise_before_any_call() -> None:
+    """A response's prefixes grow with the square of its sentences: over the cap it is a
+    ValueError (a None row for TRL, `on_error` for verl), and nothing is sent."""
+
+    class NoClient:
+        def __getattr__(self, name: str) -> Any:
+            raise AssertionError(f"client.{name} called")
+
+    for kind in ("calibrated", "clip"):
+        with pytest.raises(ValueError, match="65 sentences; at most 64"):
+            asyncio.run(score_response(NoClient(), RewardSpec(kind), USER, " a." * 65, "id"))  # type: ignore[arg-type]
 
 
 class _Spy(SelfRewardReward):

@@ -273,3 +273,25 @@ def test_an_empty_first_response_in_clip_mode_is_no_500(
         logs = res.json()["extra_logs"]
         assert logs["num_sentences"] == [0, 1] and logs["r_i"][0] == 0.0
         assert ("r_t" in logs) == (mode == "calibrated")
+
+
+def test_an_overlong_response_is_a_422_before_any_scoring(
+    api: TestClient, tiny_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sentences' prefixes grow with the square of the response: a response over the token
+    limit, or with more sentences than `max_items`, is refused before they are built."""
+    import selfreward_vlm.service.routes.openrlhf as openrlhf
+
+    def no_prefixes(sentences: Any) -> list[str]:
+        raise AssertionError("prefixes built for an over-long response")
+
+    monkeypatch.setattr(openrlhf, "prefixes", no_prefixes)
+    settings = api.app.state.selfreward.settings  # type: ignore[attr-defined]
+    _, prompt = openrlhf_query(tiny_models, "", expand=False)
+    for response, limit in [(" a." * 5000, "tokens"), (" a." * 65, "sentences")]:
+        query, _ = openrlhf_query(tiny_models, response, expand=False)
+        body = {"query": [query], "prompts": [prompt], "labels": [api.image_ids[0]]}
+        res = api.post("/get_reward", json=body)
+        assert res.status_code == 422, res.text
+        assert res.json()["error"]["field"] == "query.0" and limit in res.text
+    assert settings.max_items == 64 and settings.max_text_tokens < 10_000

@@ -21,7 +21,13 @@ from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
 from selfreward_vlm.client._async import AsyncScoringClient
-from selfreward_vlm.core.integrations import Aggregation, aggregate, prefixes, split_sentences
+from selfreward_vlm.core.integrations import (
+    MAX_SENTENCES,
+    Aggregation,
+    aggregate,
+    prefixes,
+    split_sentences,
+)
 from selfreward_vlm.core.schemas import ImageRef
 
 RewardKind = Literal["calibrated", "clip", "implicit"]
@@ -142,6 +148,8 @@ async def score_response(
     sentences = split_sentences(response)
     if not sentences:
         return 0.0
+    if len(sentences) > MAX_SENTENCES:
+        raise ValueError(f"the response has {len(sentences)} sentences; at most {MAX_SENTENCES}")
     if spec.reward == "clip":
         clip = await client.clip(image, [s.strip() for s in sentences])
         return aggregate([c.relevance for c in clip.results], spec.aggregation)

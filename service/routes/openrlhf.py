@@ -180,7 +180,25 @@ def split_query(state: AppState, query: str, prompt: str | None, i: int) -> str:
         raise InvalidRequestError(
             "the query does not start with the prompt's tokens", field=f"prompts.{i}"
         )
+    check_response(state, response, f"query.{i}")
     return response
+
+
+def check_response(state: AppState, response: str, field: str) -> None:
+    """Refuse a response too long to score, before its sentences' prefixes are built: their
+    total size grows with the square of its length (and each sentence is one scoring call)."""
+    settings = state.settings
+    tokenizer = state.models.engine.tokenizer  # type: ignore[union-attr]
+    tokens = len(tokenizer(response, add_special_tokens=False)["input_ids"])
+    if tokens > settings.max_text_tokens:
+        raise InvalidRequestError(
+            f"the response is {tokens} tokens; at most {settings.max_text_tokens}", field=field
+        )
+    count = len(split_sentences(response))
+    if count > settings.max_items and settings.openrlhf_reward != "implicit":
+        raise InvalidRequestError(
+            f"the response has {count} sentences; at most {settings.max_items}", field=field
+        )
 
 
 def user_turn(state: AppState, templated: str | None, query: str, with_image: bool, i: int) -> str:
