@@ -5,8 +5,10 @@ the fetch is fenced (server-side request forgery is the risk):
 
 - off by default (`--allow-image-urls` turns it on);
 - an optional host allow-list (`image_url_allow_hosts`, `host` or `host:port`);
-- every address the host resolves to is checked, and a loopback, link-local, private, reserved
-  or multicast one is refused unless the allow-list names the host; the request then goes to the
+- every address the host resolves to is checked, and one that is not globally reachable
+  unicast (loopback, link-local, private, carrier-grade NAT, reserved, multicast; or an IPv6
+  address wrapping such an IPv4 one: mapped, 6to4, Teredo) is refused unless the allow-list
+  names the host; the request then goes to the
   checked address itself (Host header and TLS SNI keep the name), so a second DNS answer cannot
   swap in another address between the check and the connection;
 - no redirects, a size cap counted while the body streams, one deadline for the whole fetch.
@@ -120,12 +122,16 @@ def decode_data_uri(url: str, max_bytes: int, field: str) -> bytes:
 
 
 def _is_internal(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return (
-        ip.is_loopback or ip.is_link_local or ip.is_private or ip.is_reserved
-        or ip.is_multicast or ip.is_unspecified
-    )  # fmt: skip
+    """Not a globally reachable unicast address, or an IPv6 one carrying an IPv4 address that
+    is not (6to4 and Teredo reach it through a relay; carrier-grade NAT 100.64/10 holds cloud
+    metadata services, and `is_global` excludes it where `is_private` does not)."""
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return _is_internal(ip.ipv4_mapped)
+        wrapped = [ip.sixtofour, *(ip.teredo or ())]
+        if any(_is_internal(v4) for v4 in wrapped if v4 is not None):
+            return True
+    return not ip.is_global or ip.is_multicast or ip.is_reserved
 
 
 def _checked_address(host: str, port: int, listed: bool, field: str) -> str:

@@ -108,6 +108,48 @@ def test_loopback_needs_the_allow_list(image_server: str) -> None:
         assert load_image_url(url, UrlPolicy(allow_http=True, allow_hosts=(listed,))) == PNG
 
 
+@pytest.mark.parametrize(
+    "address",
+    [
+        "100.100.100.200",  # carrier-grade NAT (100.64/10): a cloud metadata service
+        "2002:7f00:1::",  # 6to4 wrapping 127.0.0.1
+        "2002:a9fe:a9fe::",  # 6to4 wrapping 169.254.169.254
+        "2001:0:4136:e378:8000:63bf:80ff:fffe",  # Teredo (client 127.0.0.1)
+        "64:ff9b::a9fe:a9fe",  # NAT64 wrapping 169.254.169.254
+        "::ffff:10.0.0.1",
+        "239.1.2.3",
+    ],
+)
+def test_non_global_and_wrapped_internal_addresses_are_refused(
+    address: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the host resolves to is checked after unwrapping the IPv4 address an IPv6 one
+    carries; anything not globally reachable needs the allow-list."""
+    import socket
+
+    def resolve(host: str, port: int, **kw: object) -> list[tuple]:
+        return [(socket.AF_INET6, socket.SOCK_STREAM, 6, "", (address, port))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolve)
+    with pytest.raises(ImageUrlRefusedError, match="internal address"):
+        load_image_url("http://images.example.com/a.png", UrlPolicy(allow_http=True))
+
+
+@pytest.mark.parametrize("address", ["93.184.216.34", "2002:5db8:d822::", "2606:4700::1"])
+def test_global_addresses_are_fetched(address: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    from selfreward_vlm.service import image_urls
+
+    def resolve(host: str, port: int, **kw: object) -> list[tuple]:
+        return [(socket.AF_INET6, socket.SOCK_STREAM, 6, "", (address, port))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolve)
+    monkeypatch.setattr(image_urls, "_fetch", lambda url, host, addr, *a: addr.encode())
+    got = load_image_url("http://images.example.com/a.png", UrlPolicy(allow_http=True))
+    assert got == address.encode()
+
+
 def test_oversized_slow_and_redirected_are_refused(image_server: str) -> None:
     policy = UrlPolicy(allow_http=True, allow_hosts=("127.0.0.1",), max_bytes=2000, timeout_s=0.5)
     for path in ("/big", "/big-chunked"):
