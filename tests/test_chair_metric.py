@@ -125,6 +125,8 @@ def test_reference_captions_add_ground_truth(tmp_path: Path) -> None:
         ("A passenger jet over buses; the stop signs.",
          [("jet", "airplane"), ("bus", "bus"), ("stop sign", "stop sign")]),
         ("A man's dog-sled and hot sauce.", [("man", "person")]),  # hyphenated: not a dog
+        ("A man crosses the train tracks.", [("man", "person")]),  # a train track is no train
+        ("A train on a train track.", [("train", "train")]),
         ("Policemen, children and ladies.", [("policeman", "person"), ("children", "person"),
                                              ("lady", "person")]),
     ],

@@ -119,7 +119,7 @@ COCO_DOUBLE_WORDS = (
     "stop light", "fire hydrant", "stop sign", "parking meter", "suit case", "sports ball",
     "baseball bat", "baseball glove", "tennis racket", "wine glass", "hot dog", "cell phone",
     "mobile phone", "teddy bear", "hair drier", "potted plant", "bow tie", "laptop computer",
-    "stove top oven", "home plate",
+    "stove top oven", "home plate", "train track",
 )  # fmt: skip
 # "baby bird" is a bird, not a person; "passenger jet" a jet, not a person.
 ANIMAL_WORDS = ("bird", "cat", "dog", "horse", "sheep", "cow", "elephant", "bear", "zebra",
