@@ -5,9 +5,9 @@ An uploaded adapter's two files are copied once into the shared adapter director
 the name is pointed at that digest in the store's registry, which bumps its version. Each
 replica's engine asks `SharedAdapters.sync(name)` before it serves a name (the engine's
 `AdapterRegistry.check`): one indexed query; when the registry is ahead of what this replica
-loaded, the replica loads (or, for a deleted name, unloads) first. So an adapter uploaded
-through any replica is used by every replica, and no replica serves an older version under a
-name than the registry holds.
+loaded, the replica loads (or, for a deleted name, unloads) first; a request meanwhile gets a
+503 `adapter_loading` (clients retry it). So an adapter uploaded through any replica is used by
+every replica, and no replica serves an older version under a name than the registry holds.
 
 Files are written to a temp dir, fsynced and renamed into place before the registry row is
 committed, and their digest is checked again before every load: a crash mid-upload leaves at
@@ -16,6 +16,7 @@ most an unreferenced temp dir, never a half-written adapter that gets served.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import os
@@ -37,6 +38,13 @@ class AdapterFilesError(NotReadyError):
     """This replica cannot read an adapter's files that the registry names (503)."""
 
     type = "adapter_unavailable"
+
+
+class AdapterLoadingError(NotReadyError):
+    """This replica is loading the registry's newer version of an adapter (503: retry; the
+    client does, with backoff)."""
+
+    type = "adapter_loading"
 
 
 def adapter_digest(folder: Path) -> str:
@@ -61,6 +69,9 @@ class SharedAdapters:
         self.loaded: dict[str, int] = {}  # name -> registry version this replica serves
         self._lock = threading.RLock()
         self._local = threading.local()  # re-entry guard: a load may look names up itself
+        self._pending: set[tuple[str, int]] = set()  # loads running in worker threads
+        self._failed: dict[tuple[str, int], AdapterFilesError] = {}
+        self._pending_lock = threading.Lock()
 
     def attach(self, local_root: Path | None = None) -> None:
         """Make the engine sync with the registry before serving any adapter name.
@@ -112,18 +123,57 @@ class SharedAdapters:
     # ------------------------------------------------------------------ reading
 
     def sync(self, name: str) -> None:
-        """Bring `name` on this replica up to the registry's version (load, replace, unload)."""
+        """Bring `name` on this replica up to the registry's version (load, replace, unload).
+
+        In the event loop's thread (a route checking a request's adapter) a load would stall
+        every request and probe for seconds: it starts in a worker thread instead and this
+        request gets a 503 `adapter_loading`, which clients retry."""
         if getattr(self._local, "busy", False) or self._is_startup(name):
             return
         record = self.store.adapter(name)
         if record is None or self.loaded.get(name) == record.version:
             return
+        if _in_event_loop():
+            self._apply_in_background(record)
+            return
+        self._apply_now(record)
+
+    def _apply_now(self, record: AdapterRecord) -> None:
         with self._lock:
             self._local.busy = True
             try:
-                self._apply(self.store.adapter(name) or record)
+                self._apply(self.store.adapter(record.name) or record)
             finally:
                 self._local.busy = False
+
+    def _apply_in_background(self, record: AdapterRecord) -> None:
+        """Start (once per version) the load in a thread, then answer 503 meanwhile; a load
+        that failed is reported to the next request instead of being retried forever."""
+        key = (record.name, record.version)
+        with self._pending_lock:
+            failed = self._failed.get(key)
+            if failed is not None:
+                raise AdapterFilesError(failed.message, field="model")
+            if key not in self._pending:
+                self._pending.add(key)
+                threading.Thread(target=self._load_job, args=(record,), daemon=True).start()
+        raise AdapterLoadingError(
+            f"adapter {record.name!r} v{record.version} is loading on this replica; retry",
+            field="model",
+        )
+
+    def _load_job(self, record: AdapterRecord) -> None:
+        key = (record.name, record.version)
+        try:
+            self._apply_now(record)
+        except AdapterFilesError as exc:
+            self._failed[key] = exc
+        except Exception as exc:
+            logger.exception("loading adapter %r v%d failed", *key)
+            self._failed[key] = AdapterFilesError(f"adapter {key[0]!r} v{key[1]}: {exc}", "model")
+        finally:
+            with self._pending_lock:
+                self._pending.discard(key)
 
     def sync_all(self) -> None:
         """Sync every name in the registry (for listings)."""
@@ -157,6 +207,15 @@ class SharedAdapters:
         self.adapters.load(record.name, folder, "upload")
         self.loaded[record.name] = record.version
         logger.info("adapter %r v%d loaded from the shared registry", record.name, record.version)
+
+
+def _in_event_loop() -> bool:
+    """Whether this thread runs an asyncio event loop (a route's own thread)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 def _fsync(path: Path) -> None:

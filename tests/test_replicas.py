@@ -18,6 +18,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -82,16 +83,16 @@ class AsyncRouter(httpx.AsyncBaseTransport):
 def two_apps(
     tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Router]:
-    """Replicas `a` and `b` in-process: one loaded tiny model, two separate SQLite stores."""
+    """Replicas `a` and `b` in-process: the tiny models, two separate SQLite stores."""
     from selfreward_vlm.service.app import build_app
     from selfreward_vlm.service.engine import load_models
     from selfreward_vlm.service.settings import ServiceSettings
 
     settings = {"model": str(tiny_models["vlm"]), "clip": str(tiny_models["clip"])}
-    models = load_models(ServiceSettings(**settings))
     apps = {}
     for name in ("a", "b"):
         data = tmp_path_factory.mktemp(f"replica-{name}")
+        models = load_models(ServiceSettings(**settings))  # each replica its own engine
         app = build_app(ServiceSettings(**settings, data_dir=data, warmup=False), models)
         apps[name] = TestClient(app).__enter__()
     yield Router(apps)
@@ -138,6 +139,27 @@ def test_async_client_reuploads_too(two_apps: Router) -> None:
     assert after["a"] == before["a"] + 1
     # b lacked it: each of its two concurrent requests may have re-uploaded (idempotent)
     assert 1 <= after["b"] - before["b"] <= 2
+
+
+def test_registry_adapter_without_files_is_a_clear_503(two_apps: Router) -> None:
+    """A registry entry whose files this replica cannot read (adapter store not shared): the
+    request that triggers the load gets 503 adapter_loading, the next 503 adapter_unavailable
+    naming the adapter store; the replica keeps serving everything else."""
+    client = two_apps.apps["b"]
+    state = client.app.state.selfreward  # type: ignore[attr-defined]
+    state.store.register_adapter("ghost", "0" * 64)
+    body = {"prompt": PROMPT, "continuations": [TEXT], "model": "ghost"}
+    first = client.post("/v1/logprobs", json=body)
+    assert first.status_code == 503 and first.json()["error"]["type"] == "adapter_loading"
+    deadline = time.monotonic() + 30
+    while (again := client.post("/v1/logprobs", json=body)).json()["error"]["type"] != (
+        "adapter_unavailable"
+    ):
+        assert time.monotonic() < deadline, again.json()
+        time.sleep(0.05)
+    assert again.status_code == 503 and "adapter store" in again.json()["error"]["message"]
+    assert client.post("/v1/logprobs", json={**body, "model": "base"}).status_code == 200
+    assert client.get("/health").status_code == 200
 
 
 # --------------------------------------------------------------------------- PostgreSQL
@@ -217,6 +239,10 @@ def _adapters_follow_the_registry(
     with ScoringClient(url_a) as a, ScoringClient(url_b) as b:
         base = sum_logprob(b, "base")
         a.upload_adapter("iter1", first)
+        # B loads it in a worker thread: meanwhile a 503 (the client retries), never a stall
+        raw = httpx.post(f"{url_b}/v1/logprobs", json={"prompt": PROMPT, "continuations": [TEXT],
+                                                      "model": "iter1"})  # fmt: skip
+        assert raw.status_code == 503 and raw.json()["error"]["type"] == "adapter_loading"
         on_b, on_a = sum_logprob(b, "iter1"), sum_logprob(a, "iter1")
         assert on_b == pytest.approx(on_a, abs=1e-4) and abs(on_b - base) > 1e-3
         assert a.info().adapter_versions == b.info().adapter_versions == {"iter1": 1}
