@@ -317,3 +317,13 @@ def test_migrates_an_old_sqlite_file_and_refuses_a_newer_schema(tmp_path: Path) 
     store.close()
     with pytest.raises(SchemaTooNewError, match="upgrade selfreward"):
         SQLiteStore(db)
+
+
+def test_an_unreachable_postgres_is_a_clear_error() -> None:
+    from selfreward_vlm.localserver import free_port
+    from selfreward_vlm.service.store.postgres import PostgresStore, StoreUnavailableError
+
+    url = f"postgresql://someone:secret@127.0.0.1:{free_port()}/nothing"
+    with pytest.raises(StoreUnavailableError, match="cannot reach") as e:
+        PostgresStore(url, connect_timeout=1.0)
+    assert "secret" not in str(e.value) and "***@127.0.0.1" in str(e.value)

@@ -54,8 +54,12 @@ def open_store(url: str | Path) -> Store:
     (`sqlite:///abs/path.db` is accepted too)."""
     text = str(url)
     if is_postgres_url(text):
-        from selfreward_vlm.service.store.postgres import PostgresStore
-
+        try:
+            from selfreward_vlm.service.store.postgres import PostgresStore
+        except ImportError as exc:  # the client-only or plain service install
+            raise RuntimeError(
+                f"a PostgreSQL store needs psycopg: pip install 'selfreward-vlm[postgres]' ({exc})"
+            ) from None
         return PostgresStore(text.replace("postgresql+psycopg://", "postgresql://", 1))
     if text.startswith("sqlite://"):
         text = text.removeprefix("sqlite://")

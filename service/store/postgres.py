@@ -14,12 +14,16 @@ from contextlib import contextmanager
 from typing import Any
 
 import psycopg
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from selfreward_vlm.service.store.base import Store
 from selfreward_vlm.service.store.migrations import migrate
 
 _MIGRATION_LOCK = 0x5E1F8E3A  # pg_advisory_xact_lock key: one replica migrates at a time
+
+
+class StoreUnavailableError(RuntimeError):
+    """The database does not answer (wrong URL, down, refused)."""
 
 
 class _Conn:
@@ -42,7 +46,9 @@ class PostgresStore(Store):
 
     kind = "postgresql"
 
-    def __init__(self, url: str, min_size: int = 1, max_size: int = 8) -> None:
+    def __init__(
+        self, url: str, min_size: int = 1, max_size: int = 8, connect_timeout: float = 30.0
+    ) -> None:
         self.url = url
         self._pool = ConnectionPool(
             url,
@@ -52,7 +58,14 @@ class PostgresStore(Store):
             name="selfreward-store",
             check=ConnectionPool.check_connection,  # a restarted server is reconnected
         )
-        self._pool.open(wait=True, timeout=30.0)
+        try:
+            self._pool.open(wait=True, timeout=connect_timeout)
+        except PoolTimeout as exc:  # say where, without the password
+            self._pool.close()
+            raise StoreUnavailableError(
+                f"cannot reach the PostgreSQL store {self.describe()} within "
+                f"{connect_timeout:.0f} s: {exc}"
+            ) from None
         try:
             with self._write() as conn:
                 conn.execute("SELECT pg_advisory_xact_lock(?)", (_MIGRATION_LOCK,))
