@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
@@ -25,6 +24,7 @@ from selfreward_vlm.service.engine.cache import LRUCache, PrefixCache, PrefixSta
 from selfreward_vlm.service.engine.families import Prompt, pick_family
 from selfreward_vlm.service.engine.families.base import cache_keyword
 from selfreward_vlm.service.engine.generic_path import generic_score
+from selfreward_vlm.service.engine.rows import ScoredTokens, score_grouped, score_rows
 from selfreward_vlm.service.errors import InvalidRequestError
 from selfreward_vlm.service.settings import ServiceSettings
 
@@ -41,12 +41,6 @@ class ScoreItem:
     image: Any = None  # PIL image (only needed on a feature-cache miss)
     append_eos: bool = False
     usage: Usage = field(default_factory=Usage)
-
-
-@dataclass
-class ScoredTokens:
-    token_ids: list[int]
-    token_logprobs: list[float]
 
 
 class LanguageEngine:
@@ -305,7 +299,7 @@ class LanguageEngine:
             for item in items:
                 state, conts = self.item_state(item)
                 rows.extend((state, c, item.usage) for c in conts)
-            flat = self._score_grouped(rows)
+            flat = score_grouped(self, rows)
         out: list[list[ScoredTokens]] = []
         k = 0
         for item in items:
@@ -325,85 +319,8 @@ class LanguageEngine:
             state = self.prefix_state(
                 item.adapter, item.image_id, item.image, prompt, ids, 0, item.usage
             )
-            results.append(self.score_rows([(state, cont, item.usage)])[0])
+            results.append(score_rows(self, [(state, cont, item.usage)])[0])
         return results
-
-    def _score_grouped(
-        self, rows: list[tuple[PrefixState, list[int], Usage]]
-    ) -> list[ScoredTokens]:
-        """One padded forward for all rows, or (cross-prefix batching off) one forward per
-        distinct prefix state: on a CPU the padded batch costs more than it saves."""
-        if self.cross_prefix_batching:
-            return self.score_rows(rows)
-        groups: dict[int, list[int]] = {}
-        for i, (state, _, _) in enumerate(rows):
-            groups.setdefault(id(state), []).append(i)
-        out: list[ScoredTokens | None] = [None] * len(rows)
-        for idx in groups.values():
-            for i, res in zip(idx, self.score_rows([rows[i] for i in idx]), strict=True):
-                out[i] = res
-        return out  # type: ignore[return-value]
-
-    def score_rows(
-        self, rows: Sequence[tuple[PrefixState, list[int], Usage]]
-    ) -> list[ScoredTokens]:
-        """Score continuation rows, each after its own prefix state, in one padded forward.
-
-        Prefix KVs of different lengths are left-padded with masked zeros; continuations are
-        right-padded. Position ids are explicit, so padding never shifts a real token.
-        """
-        results = [ScoredTokens(c, []) for _, c, _ in rows]
-        width = max(len(c) for _, c, _ in rows)
-        for (state, cont, usage), res in zip(rows, results, strict=True):
-            if cont:
-                res.token_logprobs.append(float(state.next_logprobs[cont[0]]))
-            usage.tokens_scored += len(cont)
-        if width <= 1:
-            return results
-        past, mask = self._batch_past([s for s, _, _ in rows], width)
-        ids = torch.full((len(rows), width), self.pad_token_id, device=self.device)
-        pos = torch.zeros((len(rows), width), dtype=torch.long, device=self.device)
-        for i, (state, cont, usage) in enumerate(rows):
-            ids[i, : len(cont)] = torch.tensor(cont, device=self.device)
-            mask[i, -width : -width + len(cont) or None] = 1
-            start = state.length + state.rope_delta
-            pos[i] = torch.arange(start, start + width, device=self.device)
-            usage.tokens_forwarded += max(len(cont) - 1, 0)
-        hidden, _ = self.run_decoder(self.embed(ids[:, :-1]), past, mask[:, :-1], pos[:, :-1])
-        logp = self.logprobs(hidden)  # (B, width-1, V): predicts tokens 1..width-1
-        for i, (_, cont, _) in enumerate(rows):
-            if len(cont) > 1:
-                tgt = torch.tensor(cont[1:], device=self.device)
-                picked = logp[i, : len(cont) - 1].gather(-1, tgt[:, None])[:, 0]
-                results[i].token_logprobs.extend(picked.tolist())
-        return results
-
-    def _batch_past(
-        self, states: Sequence[PrefixState], width: int
-    ) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
-        """Stack prefix KVs into one batch (left-padded) and an attention mask (B, L + width).
-
-        Each distinct state is padded once; rows that share a state are views of it.
-        """
-        longest = max(s.length for s in states)
-        mask = torch.zeros((len(states), longest + width), dtype=torch.long, device=self.device)
-        unique: dict[int, int] = {}
-        for s in states:
-            unique.setdefault(id(s), len(unique))
-        distinct = list({id(s): s for s in states}.values())
-        rows = torch.tensor([unique[id(s)] for s in states], device=self.device)
-        past = []
-        for layer in range(len(distinct[0].kv)):
-            ks = [F.pad(s.kv[layer][0], (0, 0, longest - s.length, 0)) for s in distinct]
-            vs = [F.pad(s.kv[layer][1], (0, 0, longest - s.length, 0)) for s in distinct]
-            k, v = (torch.cat(ks), torch.cat(vs)) if len(distinct) > 1 else (ks[0], vs[0])
-            if len(distinct) == 1:
-                past.append((k.expand(len(states), -1, -1, -1), v.expand(len(states), -1, -1, -1)))
-            else:
-                past.append((k.index_select(0, rows), v.index_select(0, rows)))
-        for i, s in enumerate(states):
-            mask[i, longest - s.length : longest] = 1
-        return past, mask
 
 
 def _kv_of(cache: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
