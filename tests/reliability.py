@@ -7,6 +7,7 @@ models, configured through `SELFREWARD_*` environment variables; their output go
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import re
@@ -99,20 +100,27 @@ def start(
     return server
 
 
+_SHARED: dict[str, Server] = {}
+
+
 @pytest.fixture(scope="session")
 def keyed_server(
     tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Server]:
     """One server with all three keys, a small queue (so overload is cheap to reach) and
-    `request_timeout_s` of 60; shared by the auth walk, the fuzzer and the load test."""
-    server = start(
-        tiny_models, tmp_path_factory.mktemp("keyed-server"), keys=True,
-        max_queue=16, request_timeout_s=60,
-    )  # fmt: skip
-    try:
-        yield server
-    finally:
-        server.stop()
+    `request_timeout_s` of 60; shared by the auth walk, the fuzzer, the load test and others.
+
+    Each test module imports this fixture, which pytest registers once per module: the server
+    itself is kept here, so the whole session starts one (stopped at exit)."""
+    server = _SHARED.get("keyed")
+    if server is None or server.proc.poll() is not None:
+        server = start(
+            tiny_models, tmp_path_factory.mktemp("keyed-server"), keys=True,
+            max_queue=16, request_timeout_s=60,
+        )  # fmt: skip
+        _SHARED["keyed"] = server
+        atexit.register(server.stop)
+    yield server
 
 
 def operations() -> Iterator[tuple[str, str, dict]]:
