@@ -11,7 +11,8 @@ the fetch is fenced (server-side request forgery is the risk):
   names the host; the request then goes to the
   checked address itself (Host header and TLS SNI keep the name), so a second DNS answer cannot
   swap in another address between the check and the connection;
-- no redirects, a size cap counted while the body streams, one deadline for the whole fetch.
+- no redirects, a size cap counted while the body streams (uncompressed: a Content-Encoding
+  is refused, never inflated), one deadline for the whole fetch.
 
 Other schemes (`file:`, `ftp:`, a bare path) are refused: a client-given path is never read.
 """
@@ -157,7 +158,10 @@ def _fetch(url: str, host: str, address: str, policy: UrlPolicy, field: str) -> 
     """GET the URL at the checked address, capped in bytes and in total time."""
     target = httpx.URL(url)
     request_url = target.copy_with(host=address)
-    headers = {"Host": target.netloc.decode("ascii"), "Accept": "image/*"}
+    # identity: the cap counts the bytes as they arrive; an inflated body could be 1000x them
+    headers = {
+        "Host": target.netloc.decode("ascii"), "Accept": "image/*", "Accept-Encoding": "identity"
+    }  # fmt: skip
     deadline = time.monotonic() + policy.timeout_s
     try:
         with (
@@ -172,11 +176,18 @@ def _fetch(url: str, host: str, address: str, policy: UrlPolicy, field: str) -> 
                 raise ImageUrlFetchError(
                     f"fetching the image URL answered HTTP {response.status_code}", field
                 )
+            encoding = response.headers.get("content-encoding", "").strip().lower()
+            if encoding not in ("", "identity"):
+                raise ImageUrlFetchError(
+                    f"the image URL answered Content-Encoding {encoding!r}; only an "
+                    "uncompressed body is fetched",
+                    field,
+                )
             declared = response.headers.get("content-length", "")
             if declared.isdigit() and int(declared) > policy.max_bytes:
                 raise _too_large(policy.max_bytes, field)
             chunks, size = [], 0
-            for chunk in response.iter_bytes():
+            for chunk in response.iter_raw():
                 size += len(chunk)
                 if size > policy.max_bytes:
                     raise _too_large(policy.max_bytes, field)

@@ -4,11 +4,13 @@ and time caps, against a real HTTP server on loopback; and through the API (/v1/
 from __future__ import annotations
 
 import base64
+import gzip
 import http.server
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 from fastapi.testclient import TestClient
@@ -29,9 +31,19 @@ BIG = b"\x89PNG" + b"0" * 5000
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
+    accept_encoding: ClassVar[list[str | None]] = []  # what each request asked for
+
     def do_GET(self) -> None:
+        _Handler.accept_encoding.append(self.headers.get("Accept-Encoding"))
         if self.path == "/img.png":
             self._send(PNG)
+        elif self.path == "/gzip-bomb":  # 20 MB of zeros in ~20 KB: the cap counts wire bytes
+            body = gzip.compress(b"\0" * 20_000_000)
+            self.send_response(200)
+            self.send_header("Content-Encoding", "gzip")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
         elif self.path == "/big":
             self._send(BIG)
         elif self.path == "/big-chunked":  # no Content-Length: the cap counts the stream
@@ -163,6 +175,17 @@ def test_oversized_slow_and_redirected_are_refused(image_server: str) -> None:
         load_image_url(f"http://{image_server}/redirect", policy)
     with pytest.raises(ImageUrlFetchError, match="HTTP 404"):
         load_image_url(f"http://{image_server}/missing", policy)
+
+
+def test_compressed_bodies_are_not_inflated(image_server: str) -> None:
+    """The service asks for the image as it is (no Content-Encoding); a server that compresses
+    anyway is refused rather than inflated past the cap in memory."""
+    policy = UrlPolicy(allow_http=True, allow_hosts=("127.0.0.1",), max_bytes=30_000)
+    _Handler.accept_encoding.clear()
+    with pytest.raises(ImageUrlFetchError, match="Content-Encoding 'gzip'"):
+        load_image_url(f"http://{image_server}/gzip-bomb", policy)
+    assert load_image_url(f"http://{image_server}/img.png", policy) == PNG
+    assert _Handler.accept_encoding == ["identity", "identity"]
 
 
 @pytest.fixture(scope="module")
