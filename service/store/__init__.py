@@ -14,11 +14,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from selfreward_vlm.service.store.base import (
+from selfreward_vlm.service.store.base import Store
+from selfreward_vlm.service.store.records import (
     DATASET_NAME_RE,
     AdapterRecord,
     ImageRow,
-    Store,
     decode_cursor,
     encode_cursor,
     iter_jsonl_pairs,

@@ -18,79 +18,28 @@ Semantics both back ends keep:
 from __future__ import annotations
 
 import abc
-import base64
-import binascii
 import itertools
 import os
-import re
 import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
 from selfreward_vlm.core.schemas import PreferencePair
-from selfreward_vlm.service.errors import InvalidRequestError, NotFoundError
-
-DATASET_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-
-
-@dataclass(frozen=True)
-class ImageRow:
-    """A stored image: its file bytes as uploaded and what Pillow read from them."""
-
-    id: str
-    data: bytes
-    width: int
-    height: int
-    format: str
-
-
-@dataclass(frozen=True)
-class AdapterRecord:
-    """An adapter in the shared registry: its files are `digest` in the shared adapter
-    directory; `version` grows by one at every upload or delete of the name."""
-
-    name: str
-    version: int
-    digest: str | None  # None once deleted
-    deleted: bool
-    created: float
-
+from selfreward_vlm.service.errors import NotFoundError
+from selfreward_vlm.service.store.records import (
+    AdapterRecord,
+    ImageRow,
+    decode_cursor,
+    encode_cursor,
+    iter_jsonl_pairs,
+    validate_dataset_name,
+)
 
 # A back end's connection: `execute(sql, params)` / `executemany(sql, rows)` with `?`
 # placeholders, returning a DB-API cursor (sqlite3's, or psycopg's through postgres._Conn).
 Conn = Any
-
-
-def validate_dataset_name(name: str, field: str = "name") -> str:
-    """Return `name` if it is a valid dataset name, else a 422 naming `field`."""
-    if not DATASET_NAME_RE.match(name):
-        raise InvalidRequestError(
-            f"invalid dataset name {name!r}: 1-128 of [A-Za-z0-9._-], starting with a letter "
-            "or digit",
-            field=field,
-        )
-    return name
-
-
-def encode_cursor(seq: int) -> str:
-    """An opaque page cursor for the pair with insertion number `seq`."""
-    return base64.urlsafe_b64encode(f"s{seq}".encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str, field: str = "after") -> int:
-    """The insertion number inside a cursor from `encode_cursor` (422 naming `field` if bad)."""
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        if not raw.startswith("s"):
-            raise ValueError(raw)
-        return int(raw[1:])
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise InvalidRequestError(f"invalid cursor {cursor!r}", field=field) from None
 
 
 class Store(abc.ABC):
@@ -324,18 +273,3 @@ class Store(abc.ABC):
 
 def _adapter_record(r: Any) -> AdapterRecord:
     return AdapterRecord(str(r[0]), int(r[1]), r[2], bool(r[3]), float(r[4]))
-
-
-def iter_jsonl_pairs(path: str | Path) -> Iterator[PreferencePair]:
-    """Read a JSONL export (one `PreferencePair` a line; blank lines skipped).
-
-    A bad line raises `ValueError` naming the file and line number.
-    """
-    with Path(path).open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                yield PreferencePair.model_validate_json(line)
-            except ValidationError as e:
-                raise ValueError(f"{path}:{lineno}: not a PreferencePair: {e}") from e
