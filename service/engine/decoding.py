@@ -68,8 +68,11 @@ class _Rows:
     def step(self, parents: list[int], tokens: list[int]) -> torch.Tensor:
         """Reorder rows to `parents`, append `tokens`; returns next-token log-probs (R, V)."""
         dev = self.engine.device
-        idx = torch.tensor(parents, device=dev)
-        past = [(k.index_select(0, idx), v.index_select(0, idx)) for k, v in self.kv]
+        if parents == list(range(self.kv[0][0].shape[0])):  # same rows, same order: no gather
+            past = self.kv
+        else:
+            idx = torch.tensor(parents, device=dev)
+            past = [(k.index_select(0, idx), v.index_select(0, idx)) for k, v in self.kv]
         embeds = self.engine.embed(torch.tensor(tokens, device=dev)[:, None])
         pos = torch.full((len(tokens), 1), self.length + self.state.rope_delta, device=dev)
         hidden, self.kv = self.engine.run_decoder(embeds, past, None, pos)

@@ -26,7 +26,9 @@ class QwenVLFamily(Family):
     def forward_kwargs(self, inputs: dict[str, Any], ids: torch.Tensor) -> dict[str, Any]:
         """Explicit M-RoPE positions from the model's own `get_rope_index` (so the model's
         stateful `rope_deltas` attribute is neither read nor trusted)."""
-        types = self.token_type_inputs(inputs, ids.shape[-1])["mm_token_type_ids"]
+        types = self.token_type_inputs(inputs, ids.shape[-1]).get("mm_token_type_ids")
+        if types is None:  # a processor that does not return them: image tokens are type 1
+            types = (ids == self.inner.config.image_token_id).long()
         grid = inputs["image_grid_thw"].to(ids.device)
         positions, _ = self.inner.get_rope_index(
             ids, mm_token_type_ids=types.to(ids.device), image_grid_thw=grid
