@@ -14,7 +14,8 @@ import pytest
 from PIL import Image
 
 from selfreward_vlm.client import ScoringClient
-from selfreward_vlm.client.integrations import RewardSpec, score_response
+from selfreward_vlm.client._async import AsyncScoringClient
+from selfreward_vlm.client.integrations import ImageUploader, RewardSpec, score_response
 from selfreward_vlm.client.integrations.trl import SelfRewardReward, SyncSelfRewardReward
 from selfreward_vlm.core.integrations import split_sentences
 
@@ -109,6 +110,43 @@ def test_too_many_sentences_raise_before_any_call() -> None:
     for kind in ("calibrated", "clip"):
         with pytest.raises(ValueError, match="65 sentences; at most 64"):
             asyncio.run(score_response(NoClient(), RewardSpec(kind), USER, " a." * 65, "id"))  # type: ignore[arg-type]
+
+
+def test_unreadable_images_are_none_rows_and_files_are_read(
+    live_server: str, tmp_path: Path
+) -> None:
+    """A numpy image (no PIL attributes) fails its own row only; a datasets image stored as a
+    file (`{"bytes": None, "path": ...}`) is read, not sent as an image id; bytes are uploaded
+    once across calls of the sync form (each call opens a new client)."""
+    import numpy as np
+
+    path = tmp_path / "green.png"
+    path.write_bytes(png(GREEN))
+    text = " A green square."
+    shim = SyncSelfRewardReward(live_server)
+    got = shim(prompts=[USER] * 3, completions=[text] * 3,
+               image=[np.zeros((8, 8, 3), np.uint8), {"bytes": None, "path": str(path)},
+                      png(GREEN)])  # fmt: skip
+    with ScoringClient(live_server) as client:
+        want = native_reward(client, GREEN, text)
+    assert got[0] is None and got[1:] == pytest.approx([want, want], rel=1e-5)
+    uploads: list[bytes] = []
+
+    class Counting(AsyncScoringClient):
+        async def upload_image(self, data: Any) -> str:
+            uploads.append(data)
+            return await super().upload_image(data)
+
+    known: dict[str, str] = {}
+    for _ in range(2):
+
+        async def twice() -> None:
+            async with Counting(live_server) as client:
+                uploader = ImageUploader(client, known)
+                assert await uploader.ref(png(GREEN)) == await uploader.ref(bytearray(png(GREEN)))
+
+        asyncio.run(twice())
+    assert len(uploads) == 1
 
 
 class _Spy(SelfRewardReward):

@@ -18,6 +18,8 @@ import io
 from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from selfreward_vlm.client._async import AsyncScoringClient
@@ -102,16 +104,20 @@ class ImageUploader:
         if image is None:
             return None
         if isinstance(image, dict) and ("bytes" in image or "path" in image):  # datasets Image
-            image = image.get("bytes") or image.get("path")
+            if not image.get("bytes") and image.get("path"):  # stored as a file: read it
+                image = Path(image["path"]).read_bytes()
+            else:
+                image = image.get("bytes")
         if isinstance(image, str):
             if image.split(":", 1)[0].lower() in ("data", "http", "https"):
                 return ImageRef(url=image)
             return image  # an image id (a local path is the caller's business: read it)
         if isinstance(image, (bytes, bytearray)):
-            return await self.client.upload_image(bytes(image))
-        key = _pixel_key(image)
-        if key not in self._ids:
-            self._ids[key] = await self.client.upload_image(_png(image))
+            key, load = "bytes:" + hashlib.sha256(image).hexdigest(), partial(bytes, image)
+        else:
+            key, load = _pixel_key(image), partial(_png, image)
+        if key not in self._ids:  # outlives a client (the sync shim and verl open one a call)
+            self._ids[key] = await self.client.upload_image(load())
         return self._ids[key]
 
 

@@ -25,7 +25,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from selfreward_vlm.client._async import AsyncScoringClient
-from selfreward_vlm.client.errors import SelfRewardError
 from selfreward_vlm.client.integrations import (
     ImageUploader,
     RewardKind,
@@ -97,7 +96,8 @@ class SelfRewardReward:
                     ref = await uploader.ref(image)
                     prompt, response = text_of(prompts[i]), text_of(completions[i])
                     return await score_response(client, self.spec, prompt, response, ref)
-                except (SelfRewardError, ValueError, TypeError, OSError) as exc:
+                except Exception as exc:  # any row's failure (an image type we cannot
+                    # read, a service error) is that row's None: the training run goes on
                     logger.warning("row %d: no reward (%s: %s)", i, type(exc).__name__, exc)
                     return None
 
