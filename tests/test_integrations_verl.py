@@ -13,6 +13,7 @@ import pytest
 
 import selfreward_vlm.client.integrations.verl as verl_shim
 from selfreward_vlm.client import ScoringClient
+from selfreward_vlm.client._async import AsyncScoringClient
 from tests.test_integrations_trl import GREEN, RED, USER, native_reward, png
 
 RESPONSES = [" There is a red circle. It is big.", " A green square."]
@@ -66,7 +67,11 @@ def test_batched_form_and_failures(live_server: str) -> None:
         ]
     assert got == pytest.approx(want, rel=1e-5)
     with pytest.raises(ValueError, match="needs an image"):
-        fn(data_sources=["a"], solution_strs=["A."], ground_truths=[None], extra_infos=[{}])
+        fn(data_sources=["a"], solution_strs=["A."], ground_truths=[None],
+           extra_infos=[{"prompt": USER}])  # fmt: skip
+    with pytest.raises(ValueError, match="no 'prompt'"):  # not scored against "" silently
+        fn(data_sources=["a"], solution_strs=["A."], ground_truths=[None],
+           extra_infos=[{"image": image_ids[0]}])  # fmt: skip
     assert fn(data_sources=["a"], solution_strs=["A."], ground_truths=[None], extra_infos=[{}],
               on_error=0.0) == [0.0]  # fmt: skip
 
@@ -76,3 +81,23 @@ def test_batched_form_and_failures(live_server: str) -> None:
                                        base_url=live_server)  # fmt: skip
 
     assert asyncio.run(inside_a_loop()) == pytest.approx(want[1], rel=1e-5)
+
+
+def test_an_image_is_uploaded_once_per_process(
+    live_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """verl calls once per response, each call a new client: the image ids outlive them."""
+    uploads: list[object] = []
+    real = AsyncScoringClient.upload_image
+
+    async def counting(self: AsyncScoringClient, data: object) -> str:
+        uploads.append(data)
+        return await real(self, data)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(AsyncScoringClient, "upload_image", counting)
+    fn = load_as_verl("compute_score", base_url=live_server)
+    info = {"image": {"bytes": png(GREEN), "path": None}, "prompt": USER}
+    got = [fn("vqa", RESPONSES[1], None, info) for _ in range(3)]
+    assert len(uploads) == 1 and got[0] == got[1] == got[2]
+    clip = load_as_verl("compute_score", base_url=live_server, reward="clip")
+    assert clip("vqa", RESPONSES[1], None, {"image": info["image"]}) >= 0  # no prompt needed

@@ -13,8 +13,9 @@ selfreward_vlm.client.integrations.verl as m; print(m.__file__)"` prints its pat
 
 The image and the user prompt come from `extra_info` (`image` or `images`: an image id, a
 data:/http(s) URL, bytes, a `{"bytes": ...}` dict as parquet stores it, or a PIL image;
-`prompt`: the user turn). `ground_truth` is not used. A failure raises, unless `on_error`
-gives the value to use instead (verl needs a number for every response).
+`prompt`: the user turn, required except for the clip reward). `ground_truth` is not used. A
+failure raises, unless `on_error` gives the value to use instead (verl needs a number for every
+response).
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from selfreward_vlm.client._async import AsyncScoringClient
-from selfreward_vlm.client.errors import SelfRewardError
 from selfreward_vlm.client.integrations import (
     ImageUploader,
     RewardKind,
@@ -36,6 +36,9 @@ from selfreward_vlm.client.integrations import (
 from selfreward_vlm.core.integrations import Aggregation
 
 DEFAULT_URL = "http://127.0.0.1:8000"
+# Image ids by service URL, for the whole process: verl calls `compute_score` once per
+# response, each call with a new client, and one image serves many responses.
+_IMAGE_IDS: dict[str, dict[str, str]] = {}
 
 
 def compute_score(
@@ -93,7 +96,7 @@ async def _score_all(
     on_error: float | None,
 ) -> list[float]:
     async with AsyncScoringClient(url, api_key=api_key, timeout=timeout) as client:
-        uploader = ImageUploader(client)
+        uploader = ImageUploader(client, _IMAGE_IDS.setdefault(url, {}))
 
         async def one(response: str, info: dict[str, Any] | None) -> float:
             info = info or {}
@@ -101,10 +104,14 @@ async def _score_all(
                 images = info.get("images")
                 image = info.get("image", images[0] if images else None)
                 ref = await uploader.ref(image)
-                return await score_response(
-                    client, spec, str(info.get("prompt", "")), response, ref
-                )
-            except (SelfRewardError, ValueError, TypeError, OSError):
+                prompt = info.get("prompt")
+                if prompt is None and spec.reward != "clip":  # CLIP scores the response alone
+                    raise ValueError(
+                        f"extra_info has no 'prompt' (the {spec.reward} reward is conditioned "
+                        "on the user turn)"
+                    )
+                return await score_response(client, spec, str(prompt or ""), response, ref)
+            except Exception:  # verl needs a number for every response: on_error, if given
                 if on_error is None:
                     raise
                 return on_error
