@@ -100,9 +100,12 @@ class Store(abc.ABC):
                 rows,
             )
             inserted = max(cur.rowcount, 0)
+            # (no RETURNING: SQLite has it only since 3.35, and older ones still ship)
+            conn.execute(
+                "UPDATE datasets SET count = count + ? WHERE name = ?", (inserted, dataset)
+            )
             total = conn.execute(
-                "UPDATE datasets SET count = count + ? WHERE name = ? RETURNING count",
-                (inserted, dataset),
+                "SELECT count FROM datasets WHERE name = ?", (dataset,)
             ).fetchone()[0]
         return inserted, len(rows) - inserted, int(total)
 
@@ -233,12 +236,15 @@ class Store(abc.ABC):
     def _set_adapter(self, name: str, digest: str | None) -> AdapterRecord:
         now = time.time()
         with self._write() as conn:
-            version = conn.execute(
+            conn.execute(
                 "INSERT INTO adapters (name, version, digest, deleted, created) "
                 "VALUES (?, 1, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
                 "version = adapters.version + 1, digest = excluded.digest, "
-                "deleted = excluded.deleted, created = excluded.created RETURNING version",
+                "deleted = excluded.deleted, created = excluded.created",
                 (name, digest, int(digest is None), now),
+            )
+            version = conn.execute(
+                "SELECT version FROM adapters WHERE name = ?", (name,)
             ).fetchone()[0]
         return AdapterRecord(name, int(version), digest, digest is None, now)
 
