@@ -327,3 +327,43 @@ def test_an_unreachable_postgres_is_a_clear_error() -> None:
     with pytest.raises(StoreUnavailableError, match="cannot reach") as e:
         PostgresStore(url, connect_timeout=1.0)
     assert "secret" not in str(e.value) and "***@127.0.0.1" in str(e.value)
+
+
+def test_copy_sqlite_into_postgres_then_check(
+    tmp_path: Path, pg_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`python -m selfreward_vlm.service.store copy SRC DST` moves a single box's store into
+    the shared one (resumable: a second copy adds nothing); `check` and `migrate` report."""
+    import hashlib
+
+    from selfreward_vlm.service.store.__main__ import main
+
+    src_path = str(tmp_path / "box.db")
+    src = open_store(src_path)
+    data = b"an image"
+    src.put_image(ImageRow(hashlib.sha256(data).hexdigest(), data, 3, 2, "PNG"))
+    src.upsert("first", [make_pair(i) for i in range(7)])
+    src.upsert("second", [make_pair(i, images=[hashlib.sha256(data).hexdigest()]) for i in (3, 1)])
+    src.register_adapter("iter1", "a" * 64)
+    src.close()
+    assert main(["copy", src_path, pg_url]) == 0
+    assert "1 images, 9 pairs, 1 adapter names" in capsys.readouterr().out
+    assert main(["copy", src_path, pg_url]) == 0
+    assert "0 images, 0 pairs, 0 adapter names" in capsys.readouterr().out
+    src, dst = open_store(src_path), open_store(pg_url)
+    try:
+        for name in ("first", "second"):
+            assert list(dst.iter_pairs(name)) == list(src.iter_pairs(name))  # same order
+        assert dst.datasets() == src.datasets()
+        adapter = dst.adapter("iter1")
+        assert adapter is not None and adapter.digest == "a" * 64
+        with dst._write() as conn:
+            conn.execute("UPDATE datasets SET count = 99 WHERE name = ?", ("first",))
+    finally:
+        src.close()
+        dst.close()
+    assert main(["migrate", pg_url]) == 0
+    assert f"schema version {LATEST}" in capsys.readouterr().out
+    assert main(["check", src_path]) == 0
+    assert main(["check", pg_url]) == 1
+    assert "'first': index says 99 pairs" in capsys.readouterr().out

@@ -211,6 +211,11 @@ class Store(abc.ABC):
             ).fetchone()
         return None if r is None else (int(r[0]), int(r[1]))
 
+    def image_ids(self) -> list[str]:
+        """Every stored image id, sorted."""
+        with self._read() as conn:
+            return [r[0] for r in conn.execute("SELECT id FROM images ORDER BY id").fetchall()]
+
     def missing_images(self, ids: list[str]) -> set[str]:
         """The ids among `ids` that are not stored."""
         wanted = set(ids)
