@@ -18,6 +18,7 @@ import torch
 from selfreward_vlm.core.schemas import Usage
 from selfreward_vlm.service.engine.cache import PrefixState
 from selfreward_vlm.service.engine.generic_path import GenericRows
+from selfreward_vlm.service.engine.kvbuffer import BufferLayer
 from selfreward_vlm.service.engine.lm import LanguageEngine
 from selfreward_vlm.service.errors import InvalidRequestError
 
@@ -55,9 +56,15 @@ class Generated:
 class _Rows:
     """Running decoder rows that share one prefix state; `step` feeds each row one token."""
 
-    def __init__(self, engine: LanguageEngine, state: PrefixState, n: int, usage: Usage):
+    def __init__(
+        self, engine: LanguageEngine, state: PrefixState, max_new_tokens: int, usage: Usage
+    ):
         self.engine, self.usage, self.state = engine, usage, state
-        self.kv = [(k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1)) for k, v in state.kv]
+        # One in-place buffer per layer, room for the whole candidate: a step appends one token
+        # instead of re-copying the prefix KV (the state's own tensors stay untouched).
+        capacity = state.length + max_new_tokens + 1
+        self.layers = [BufferLayer(k, v, capacity) for k, v in state.kv]
+        self.rows = 1
         self.length = state.length
         self.cacheable = True  # generate() clears it for an image that has no id
 
@@ -68,14 +75,14 @@ class _Rows:
     def step(self, parents: list[int], tokens: list[int]) -> torch.Tensor:
         """Reorder rows to `parents`, append `tokens`; returns next-token log-probs (R, V)."""
         dev = self.engine.device
-        if parents == list(range(self.kv[0][0].shape[0])):  # same rows, same order: no gather
-            past = self.kv
-        else:
+        if parents != list(range(self.rows)):  # rows reordered or forked: one gather
             idx = torch.tensor(parents, device=dev)
-            past = [(k.index_select(0, idx), v.index_select(0, idx)) for k, v in self.kv]
+            for layer in self.layers:
+                layer.select_rows(idx)
+            self.rows = len(parents)
         embeds = self.engine.embed(torch.tensor(tokens, device=dev)[:, None])
         pos = torch.full((len(tokens), 1), self.length + self.state.rope_delta, device=dev)
-        hidden, self.kv = self.engine.run_decoder(embeds, past, None, pos)
+        hidden, _ = self.engine.run_decoder(embeds, None, None, pos, layers=self.layers)
         self.length += 1
         self.usage.tokens_forwarded += len(tokens)
         return self.engine.logprobs(hidden[:, -1])
@@ -86,7 +93,7 @@ class _Rows:
         engine = self.engine
         if engine.naive or not ids[:-1] or not self.cacheable:
             return
-        kv = [(k[row : row + 1], v[row : row + 1]) for k, v in self.kv]
+        kv = [layer.row(row) for layer in self.layers]
         token_ids = self.state.token_ids + tuple(ids[:-1])
         state = PrefixState(
             self.state.namespace, token_ids, kv, next_logprobs, self.state.rope_delta
@@ -115,7 +122,7 @@ def generate(engine: LanguageEngine, item: GenerateItem) -> list[Generated]:
             state = engine.prefix_state(
                 item.adapter, item.image_id, item.image, prompt, ids, len(prompt.ids), item.usage
             )
-            rows = _Rows(engine, state, 1, item.usage)
+            rows = _Rows(engine, state, item.max_new_tokens, item.usage)
             rows.cacheable = item.image is None or item.image_id is not None
         stops = engine.stop_token_ids(item.stop, item.stop_text)
         if item.strategy in ("beam", "diverse_beam"):

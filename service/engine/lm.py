@@ -192,10 +192,14 @@ class LanguageEngine:
         past: list[tuple[torch.Tensor, torch.Tensor]] | None,
         attention_mask: torch.Tensor | None,
         position_ids: torch.Tensor,
+        layers: list[Any] | None = None,
     ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
-        """Run the decoder stack; returns last hidden states (B, T, H) and the new per-layer KV."""
+        """Run the decoder stack; returns last hidden states (B, T, H) and the new per-layer KV.
+        `layers`: cache layers to extend (decoding's in-place buffers) instead of `past`."""
         cache = DynamicCache()
-        if past:
+        if layers is not None:
+            cache.layers = layers
+        elif past:
             # Hand the tensors over as they are: DynamicCache(ddp_cache_data=...) would copy
             # every prefix KV once more before the forward concatenates it anyway.
             cache.layers = [_layer(k, v) for k, v in past]
