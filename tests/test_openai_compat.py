@@ -107,6 +107,32 @@ def test_a_batch_of_prompts_and_token_id_prompts(
     )
 
 
+def test_the_echo_has_one_entry_per_submitted_token(
+    api: TestClient, oai: openai.OpenAI, tiny_models: dict[str, Path]
+) -> None:
+    """As vLLM: the echoed tokens are the client's (expanded image placeholders kept, token-id
+    prompts as given), the answer's carry the native log-probs."""
+    tok = api.app.state.selfreward.models.engine.tokenizer  # type: ignore[attr-defined]
+    expanded = templated(tiny_models).replace("<image>", "<image>" * 5) + ANSWER
+    body = {"prompt": USER, "image": {"id": api.image_id}, "continuations": [ANSWER]}
+    native = api.post("/v1/logprobs", json=body).json()["results"][0]
+    ids = tok(expanded)["input_ids"]
+    for prompt in (expanded, ids):
+        out = oai.completions.create(model="base", prompt=prompt, echo=True, max_tokens=0,
+                                     logprobs=0, extra_body={"image": {"id": api.image_id},
+                                                             "prompt_logprobs": 0})  # fmt: skip
+        lp = out.choices[0].logprobs
+        assert lp.tokens == [tok.decode([t], skip_special_tokens=False) for t in ids]
+        assert len(lp.text_offset) == len(out.choices[0].model_extra["prompt_logprobs"]) == len(ids)
+        n = native["num_tokens"]
+        assert lp.token_logprobs[-n:] == pytest.approx(native["token_logprobs"], abs=1e-4)
+        assert all(v is None for v in lp.token_logprobs[:-n])
+    with pytest.raises(openai.BadRequestError) as bad:
+        oai.completions.create(model="base", prompt=expanded, echo=True, max_tokens=0, n=2,
+                               extra_body={"image": {"id": api.image_id}})  # fmt: skip
+    assert bad.value.body["param"] == "n"
+
+
 def test_errors_have_the_openai_shape(
     api: TestClient, oai: openai.OpenAI, tiny_models: dict[str, Path]
 ) -> None:

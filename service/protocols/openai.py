@@ -52,7 +52,11 @@ class CompletionRequest(_Wire):
     max_tokens: int | None = Field(16, ge=0)
     logprobs: int | None = Field(None, ge=0)
     prompt_logprobs: int | None = Field(None, ge=0, description="vLLM extension")
-    n: int = Field(1, ge=1)
+    n: int = Field(1, ge=1, description="1 only: scoring is deterministic")
+    add_special_tokens: bool = Field(
+        True, description="vLLM extension: a text prompt's tokens include the tokenizer's "
+        "special tokens (BOS), as vLLM tokenizes it; token-id prompts are taken as they are",
+    )  # fmt: skip
     stream: bool = False
     image: ImageRef | None = Field(None, description="selfreward extension: the prompt's image")
 

@@ -113,13 +113,15 @@ async def completions(
         )
     if not req.echo:
         raise InvalidRequestError("echo must be true (max_tokens=0 returns only the echo)", "echo")
-    prompts = _prompt_texts(state, req.prompt)
+    if req.n != 1:  # scoring is deterministic: n copies would say nothing more
+        raise InvalidRequestError("n must be 1 on this scoring route", "n")
+    prompts = _prompts(state, req.prompt)
     scoring.check_items(state, prompts, "prompt")
     image_id = None
     if req.image is not None:
         image_id, _ = await scoring.resolve_image(state, req.image)
     choices = await asyncio.gather(
-        *(_choice(state, req, i, p, image_id) for i, p in enumerate(prompts))
+        *(_choice(state, req, i, text, ids, image_id) for i, (text, ids) in enumerate(prompts))
     )
     n_tokens = sum(len(c.logprobs.tokens) for c in choices if c.logprobs is not None)
     return CompletionResponse(
@@ -129,21 +131,37 @@ async def completions(
     )
 
 
-def _prompt_texts(state: AppState, prompt: str | list[str] | list[int] | list[list[int]]):
-    """`prompt` as texts: token-id prompts are decoded with their special tokens."""
+def _prompts(
+    state: AppState, prompt: str | list[str] | list[int] | list[list[int]]
+) -> list[tuple[str, list[int] | None]]:
+    """`prompt` as (text, the client's token ids or None): token-id prompts are decoded with
+    their special tokens, and keep their ids for the echo."""
     tok = state.models.engine.tokenizer  # type: ignore[union-attr]
     if isinstance(prompt, str):
-        return [prompt]
+        return [(prompt, None)]
     ids = [t for p in prompt for t in (p if isinstance(p, list) else [p]) if isinstance(t, int)]
     if any(not 0 <= t < len(tok) for t in ids):  # the tokenizer would overflow or misread
         raise InvalidRequestError(f"token ids must lie in [0, {len(tok)})", field="prompt")
     if prompt and all(isinstance(t, int) for t in prompt):
-        return [tok.decode(prompt, skip_special_tokens=False)]
-    return [p if isinstance(p, str) else tok.decode(p, skip_special_tokens=False) for p in prompt]
+        one = [t for t in prompt if isinstance(t, int)]
+        return [(tok.decode(one, skip_special_tokens=False), one)]
+    out: list[tuple[str, list[int] | None]] = []
+    for p in prompt:  # texts, or token-id lists (validation refuses a mixed list)
+        if isinstance(p, str):
+            out.append((p, None))
+        else:
+            one = p if isinstance(p, list) else [p]
+            out.append((tok.decode(one, skip_special_tokens=False), one))
+    return out
 
 
 async def _choice(
-    state: AppState, req: CompletionRequest, index: int, text: str, image_id: str | None
+    state: AppState,
+    req: CompletionRequest,
+    index: int,
+    text: str,
+    submitted: list[int] | None,
+    image_id: str | None,
 ) -> CompletionChoice:
     engine = state.models.engine  # type: ignore[union-attr]
     parts = split_templated(engine, text, image_id is not None)
@@ -159,7 +177,7 @@ async def _choice(
         image=ImageRef(id=image_id) if image_id else None,
     )  # fmt: skip
     scored: TokenLogprobs = (await scoring.logprobs(native, Response(), state)).results[0]
-    context = engine.tokenizer(engine.render_prompt(user, image_id is not None))["input_ids"]
+    context = _context_ids(engine.tokenizer, req, text, assistant, submitted, scored.token_ids)
     ids = [*context, *scored.token_ids]
     lps: list[float | None] = [None] * len(context) + list(scored.token_logprobs)
     tokens = [engine.tokenizer.decode([t], skip_special_tokens=False) for t in ids]
@@ -180,6 +198,27 @@ async def _choice(
             for i, t, lp in zip(ids, tokens, lps, strict=True)
         ]
     return CompletionChoice(index=index, text=text, logprobs=logprobs, prompt_logprobs=prompt_lps)
+
+
+def _context_ids(
+    tok: Any,
+    req: CompletionRequest,
+    text: str,
+    assistant: str,
+    submitted: list[int] | None,
+    answer: list[int],
+) -> list[int]:
+    """The echoed tokens before the answer's: the client's own (its token ids, or its text
+    tokenized as vLLM does, `add_special_tokens` honoured), so the echo has one entry per
+    submitted token (expanded image placeholders included). Where the client's tokens cross
+    the assistant text's start differently from the answer's, its context text's tokens."""
+    add = req.add_special_tokens and submitted is None  # token ids are taken as they are
+    if submitted is None:
+        submitted = list(tok(text, add_special_tokens=add)["input_ids"])
+    if submitted[len(submitted) - len(answer) :] == answer:
+        return submitted[: len(submitted) - len(answer)]
+    context = text[: len(text) - len(assistant)]
+    return list(tok(context, add_special_tokens=add)["input_ids"])
 
 
 # ------------------------------------------------------------------ score
