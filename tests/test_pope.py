@@ -49,6 +49,10 @@ def test_parser_reads_each_answer(label: str, answer: str, parsed: str) -> None:
         ("Not really.", "no"), ("I see a dog. Yes.", "yes"), ("", "other"), ("  \n", "other"),
         ("Yes, but there is no dog", "yes"),  # the first word decides
         ("The answer is yes.", "yes"), ("Nothing like that.", "no"), ("Noodles.", "other"),
+        # a negation answers in the first clause; after a comma or "but" it contrasts
+        ("There is a dog, not a cat.", "other"), ("There is a dog but no cat.", "other"),
+        ("The image does not show a dog.", "no"), ("I see a cat. There is no dog.", "no"),
+        ("I see a cat; yes, a dog too.", "yes"),
     ],
 )  # fmt: skip
 def test_parser_edge_cases(answer: str, parsed: str) -> None:

@@ -7,11 +7,13 @@ array of such objects is read too). The split is the file name's `random`, `popu
 question using a single word or phrase.", `--suffix ""` for none) and answered greedily.
 
 Parsing an answer (`parse_answer`) — robust to full sentences:
-- look at the first sentence (as LLaVA's `eval_pope.py` does), or the whole answer if that
+- look at the first sentence (as LLaVA's `eval_pope.py` does), then the next ones while a
   sentence has no answer word;
 - it starts with "yes" → yes, with "no" → no ("Yes, there is…", "No.");
-- else a negation ("no", "not", "none", "nothing", any "…n't") → no ("There is no…");
-- else "yes" anywhere → yes;
+- else a negation ("no", "not", "none", "nothing", any "…n't") in its first clause (up to a
+  comma, semicolon, colon or "but") → no ("There is no…", "It does not…"); a later one
+  contrasts rather than answers ("There is a dog, not a cat." is no "no");
+- else "yes" in it → yes;
 - else it is **unparsed** ("other"). LLaVA's script calls every such answer "yes"; here it is
   counted apart: it is never correct (accuracy counts it wrong, recall counts a "yes" question
   answered so as missed), and is neither a yes nor a no prediction (precision and the yes ratio
@@ -38,19 +40,20 @@ JOURNAL = "answers"
 _SENTENCE_END = re.compile(r"[.!?\n]")
 _WORD = re.compile(r"[a-z]+(?:'[a-z]+)?")
 _NEGATIONS = {"no", "not", "none", "nothing"}
+_CLAUSE_END = re.compile(r"[,;:]|\bbut\b")
 
 
 def parse_answer(text: str) -> str:
     """'yes', 'no', or 'other' for an answer the rules of the module docstring cannot read."""
     low = text.lower().replace("’", "'")
-    first = _SENTENCE_END.split(low.strip(), maxsplit=1)[0]
-    for part in (first, low):
-        words = _WORD.findall(part)
+    for sentence in _SENTENCE_END.split(low):
+        words = _WORD.findall(sentence)
         if not words:
             continue
         if words[0] in ("yes", "no"):
             return words[0]
-        if any(w in _NEGATIONS or w.endswith("n't") for w in words):
+        clause = _WORD.findall(_CLAUSE_END.split(sentence, maxsplit=1)[0])
+        if any(w in _NEGATIONS or w.endswith("n't") for w in clause):
             return "no"
         if "yes" in words:
             return "yes"
