@@ -170,6 +170,8 @@ def test_score_is_clip_relevance_in_vllm_shape(api: TestClient) -> None:
     clip = api.post("/v1/clip", json={"image": {"id": api.image_id}, "texts": texts}).json()
     want = [r["relevance"] for r in clip["results"]]
     assert [d["score"] for d in data["data"]] == pytest.approx(want, abs=1e-5)
+    alias = api.post("/score", json={"model": "clip", "text_1": image, "text_2": texts})
+    assert [d["score"] for d in alias.json()["data"]] == pytest.approx(want, abs=1e-5)
     # N:N pairs, images on the right side, an image id accepted as the URL
     images = {"content": [
         {"type": "image_url", "image_url": {"url": api.image_id}},

@@ -295,3 +295,38 @@ def test_an_overlong_response_is_a_422_before_any_scoring(
         assert res.status_code == 422, res.text
         assert res.json()["error"]["field"] == "query.0" and limit in res.text
     assert settings.max_items == 64 and settings.max_text_tokens < 10_000
+
+
+def test_a_failed_sample_cancels_the_others(
+    api: TestClient, tiny_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once one sample fails the batch, the other samples' scoring stops (it would only take
+    the GPU from the next request)."""
+    import asyncio
+
+    from selfreward_vlm.service.routes import scoring
+
+    events: list[str] = []
+
+    async def slow_reward(*args: Any) -> Any:
+        events.append("started")
+        try:
+            await asyncio.sleep(1.0)
+        except asyncio.CancelledError:
+            events.append("cancelled")
+            raise
+        events.append("finished")
+        raise AssertionError("not reached in this test")
+
+    async def slow_image(*args: Any, **kw: Any) -> tuple[str, None]:
+        await asyncio.sleep(0.2)  # the good sample is in flight when the bad one fails
+        return api.image_ids[0], None
+
+    monkeypatch.setattr(scoring, "reward", slow_reward)
+    monkeypatch.setattr(scoring, "resolve_image", slow_image)
+    query, prompt = openrlhf_query(tiny_models, RESPONSE, expand=False)
+    body = {"query": [query] * 2, "prompts": [prompt] * 2, "labels": [api.image_ids[0], None]}
+    res = api.post("/get_reward", json=body)
+    assert res.status_code == 422 and res.json()["error"]["field"] == "labels.1"
+    time.sleep(1.5)
+    assert "finished" not in events

@@ -2,7 +2,9 @@
 (CLIP relevance), thin translators onto the native `/v1/logprobs` and `/v1/clip` handlers.
 
 Errors on these routes leave in OpenAI's shape `{"error": {"message", "type", "param",
-"code"}}` (the route class below catches them at this edge); the native routes keep theirs.
+"code"}}` (the route class below catches them at this edge); the native routes keep theirs, and
+so do the guards that answer before any route runs (401 bearer auth, 413 body size: ASGI
+middleware, `service.auth`).
 """
 
 from __future__ import annotations
@@ -88,13 +90,13 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": OpenAIErrorResponse, "description": "Invalid request (OpenAI error shape)"},
     404: {"model": OpenAIErrorResponse, "description": "Unknown adapter or image"},
 }
-router = APIRouter(prefix="/v1", tags=["openai"], route_class=OpenAIRoute, responses=_ERRORS)
+router = APIRouter(tags=["openai"], route_class=OpenAIRoute, responses=_ERRORS)
 
 
 # ------------------------------------------------------------------ completions
 
 
-@router.post("/completions", response_model=CompletionResponse, response_model_exclude_none=True)
+@router.post("/v1/completions", response_model=CompletionResponse, response_model_exclude_none=True)
 async def completions(
     req: CompletionRequest, state: AppState = Depends(get_ready_state)
 ) -> CompletionResponse:
@@ -224,7 +226,8 @@ def _context_ids(
 # ------------------------------------------------------------------ score
 
 
-@router.post("/score", response_model=ScoreResponse)
+@router.post("/v1/score", response_model=ScoreResponse)
+@router.post("/score", response_model=ScoreResponse)  # vLLM serves both (its examples: /score)
 async def score(req: ScoreRequest, state: AppState = Depends(get_ready_state)) -> ScoreResponse:
     """vLLM's score API over CLIP: each (image, text) pair's relevance R_I = max(100·cos, 0)."""
     left, right = _items(req.text_1, "text_1"), _items(req.text_2, "text_2")

@@ -21,7 +21,7 @@ import asyncio
 import json
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from functools import partial
 from typing import Any, TypeVar
 
@@ -98,7 +98,7 @@ async def get_reward(
         given = getattr(req, name)
         if given is not None and len(given) != n:
             raise InvalidRequestError(f"{len(given)} {name} for {n} queries", field=name)
-    samples = await asyncio.gather(*(_sample(state, req, i) for i in range(n)))
+    samples = await _all_or_none([_sample(state, req, i) for i in range(n)])
     settings = state.settings
     mode = settings.openrlhf_reward
     center, scale = settings.openrlhf_score_center, settings.openrlhf_score_scale
@@ -256,8 +256,8 @@ async def _score(
         )
         for p, s in zip(prefixes(sentences), sentences, strict=True)
     ]
-    results = await asyncio.gather(
-        *(_patiently(state, partial(scoring.reward, c, Response(), state)) for c in calls)
+    results = await _all_or_none(
+        [_patiently(state, partial(scoring.reward, c, Response(), state)) for c in calls]
     )
     scores = [res.results[0] for res in results]
     return {
@@ -266,6 +266,18 @@ async def _score(
         "r_t": aggregate([s.r_t for s in scores], how),
         "num_sentences": float(len(sentences)),
     }
+
+
+async def _all_or_none(calls: list[Coroutine[Any, Any, T]]) -> list[T]:
+    """`asyncio.gather`, but the first failure cancels the other calls: the request has failed,
+    their scoring would only take the GPU from the next one."""
+    tasks = [asyncio.ensure_future(c) for c in calls]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        raise
 
 
 async def _patiently(state: AppState, call: Callable[[], Awaitable[T]]) -> T:
