@@ -10,6 +10,7 @@ import io
 import re
 import statistics
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -176,6 +177,38 @@ def test_summary_bad_input(served) -> None:
     assert_error(get("/v1/datasets/-bad/summary"), 422, "invalid_request", "name")
     empty = get("/v1/datasets/mix/summary?method=nobody").json()
     assert empty["pairs"] == 0 and empty["distributions"] == [] and empty["total"] == 42
+
+
+def test_summary_is_cached_until_the_dataset_grows(served, monkeypatch) -> None:
+    """The viewer reloads the summary often: the dataset is read again only once it changed
+    (or for other parameters), and the cached answer equals a fresh one."""
+    client, _, image = served
+    store = client.app.state.selfreward.store
+    reads: list[str] = []
+    real = store.iter_pairs
+
+    def counted(name: str, *args: Any) -> Any:
+        reads.append(name)
+        return real(name, *args)
+
+    monkeypatch.setattr(store, "iter_pairs", counted)
+
+    def add(pairs: list[PreferencePair]) -> None:
+        body = {"pairs": [p.model_dump(mode="json") for p in pairs]}
+        assert client.post("/v1/datasets/grow/pairs", json=body, headers=AUTH).status_code == 200
+
+    def summary(query: str = "") -> dict:
+        res = client.get(f"/v1/datasets/grow/summary{query}", headers=AUTH)
+        assert res.status_code == 200, res.text
+        return res.json()
+
+    add([scored_pair(i, "csr", 1, [image]) for i in range(3)])
+    first = summary()
+    assert summary() == first and first["total"] == 3 and reads == ["grow"]
+    add([scored_pair(i, "csr", 2, [image]) for i in range(3, 5)])
+    assert summary()["total"] == 5 and len(reads) == 2
+    assert summary("?bins=4")["total"] == 5 and len(reads) == 3
+    assert_error(client.get("/v1/datasets/nothing/summary", headers=AUTH), 404, "not_found")
 
 
 def test_openapi_documents_the_summary_not_the_page(served) -> None:

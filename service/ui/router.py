@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from functools import lru_cache
 from importlib import resources
+from typing import Any
+from weakref import WeakKeyDictionary
 
 from fastapi import APIRouter, Depends, Query, Response
 from fastapi import Path as PathParam
@@ -24,7 +26,10 @@ from selfreward_vlm.service.errors import NotFoundError
 from selfreward_vlm.service.state import AppState, get_state
 from selfreward_vlm.service.store import DATASET_NAME_RE
 from selfreward_vlm.service.ui.protocol import DatasetSummary
-from selfreward_vlm.service.ui.summary import summarize
+from selfreward_vlm.service.ui.summary import SummaryCache
+
+# One cache per store (an app has one; tests build several), gone with its store.
+_SUMMARIES: WeakKeyDictionary[Any, SummaryCache] = WeakKeyDictionary()
 
 page_router = APIRouter(tags=["ui"], include_in_schema=False)
 api_router = APIRouter(prefix="/v1", tags=["ui"])
@@ -100,4 +105,5 @@ def dataset_summary(
     """Pairs per method and iteration, per-(method, iteration) means (reward, margin, length
     in words, mean sentence R_I), and per-iteration histograms of chosen vs rejected reward,
     R_I (CSR's Figure 5) and length (SBSPO's Table 2). One pass over the dataset."""
-    return summarize(name, state.store.iter_pairs(name), method=method, bins=bins)
+    cache = _SUMMARIES.setdefault(state.store, SummaryCache())
+    return cache.summary(state.store, name, method, bins)

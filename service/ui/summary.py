@@ -13,9 +13,11 @@ numbers are plain sums and counts over the stored fields:
 from __future__ import annotations
 
 import math
-from collections import Counter, defaultdict
+import threading
+from collections import Counter, OrderedDict, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from selfreward_vlm.core.schemas import PreferencePair, ResponseScore
 from selfreward_vlm.service.ui.protocol import (
@@ -148,6 +150,34 @@ def summarize(
         groups=[_group_stats(m, it, g) for (m, it), g in sorted(grouped.items())],
         distributions=_distributions(per_iteration, bins),
     )
+
+
+class SummaryCache:
+    """Recent summaries by (dataset, pair count, method, bins), so the viewer's reloads do not
+    read the whole dataset each time. A dataset only grows (pairs are inserted, never changed
+    or removed), so its count, read from the store's index, names its content."""
+
+    def __init__(self, size: int = 32) -> None:
+        self.size = size
+        self._items: OrderedDict[tuple[str, int, str | None, int], DatasetSummary] = OrderedDict()
+        self._lock = threading.Lock()  # the route runs in FastAPI's thread pool
+
+    def summary(self, store: Any, name: str, method: str | None, bins: int) -> DatasetSummary:
+        """`name`'s summary from `store` (a `Store`): cached, or one pass over its pairs."""
+        count = dict(store.datasets()).get(name)
+        if count is None:  # unknown: the store's own 404 (or an empty summary)
+            return summarize(name, store.iter_pairs(name), method=method, bins=bins)
+        key = (name, count, method, bins)
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+        out = summarize(name, store.iter_pairs(name), method=method, bins=bins)
+        with self._lock:
+            self._items[key] = out
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+        return out
 
 
 def _group_stats(method: str, iteration: int, group: _Group) -> GroupStats:
