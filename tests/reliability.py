@@ -107,8 +107,8 @@ _SHARED: dict[str, Server] = {}
 def keyed_server(
     tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Server]:
-    """One server with all three keys, a small queue (so overload is cheap to reach) and
-    `request_timeout_s` of 60; shared by the auth walk, the fuzzer, the load test and others.
+    """One server with all three keys, a small queue (so overload is cheap to reach),
+    `request_timeout_s` of 60 and an info-level log (access lines: keys must not leak there); shared by the auth walk, the fuzzer, the load test and others.
 
     Each test module imports this fixture, which pytest registers once per module: the server
     itself is kept here, so the whole session starts one (stopped at exit)."""
@@ -116,7 +116,7 @@ def keyed_server(
     if server is None or server.proc.poll() is not None:
         server = start(
             tiny_models, tmp_path_factory.mktemp("keyed-server"), keys=True,
-            max_queue=16, request_timeout_s=60,
+            log_level="info", max_queue=16, request_timeout_s=60,
         )  # fmt: skip
         _SHARED["keyed"] = server
         atexit.register(server.stop)
