@@ -108,7 +108,8 @@ def keyed_server(
     tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Server]:
     """One server with all three keys, a small queue (so overload is cheap to reach),
-    `request_timeout_s` of 60 and an info-level log (access lines: keys must not leak there); shared by the auth walk, the fuzzer, the load test and others.
+    `request_timeout_s` of 60 and an info-level log (access lines: keys must not leak there);
+    shared by the auth walk, the fuzzer, the load test and others.
 
     Each test module imports this fixture, which pytest registers once per module: the server
     itself is kept here, so the whole session starts one (stopped at exit)."""
