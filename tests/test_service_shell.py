@@ -153,9 +153,10 @@ def test_health_ready_info_with_injected_models(tmp_path: Path) -> None:
     assert info.adapters == ["base"]
     assert info.limits["max_items"] == 7 and info.limits["max_image_pixels"] == 40_000_000
     assert info.naive_mode is False
-    assert {"python", "torch", "transformers", "open_clip_torch", "selfreward"} <= set(
+    assert {"python", "torch", "transformers", "open_clip_torch", "selfreward-vlm"} <= set(
         info.versions
     )
+    assert info.versions["selfreward-vlm"] != "not installed"  # the distribution's real name
 
 
 def test_ready_is_503_while_loading_then_200(tmp_path: Path, monkeypatch) -> None:

@@ -51,7 +51,7 @@ class ServedInfoResponse(InfoResponse):
 
 
 # Distribution names whose versions /info reports (read from metadata: no torch import here).
-_DISTRIBUTIONS = ("selfreward", "torch", "transformers", "open_clip_torch", "peft", "fastapi")
+_DISTRIBUTIONS = ("selfreward-vlm", "torch", "transformers", "open_clip_torch", "peft", "fastapi")
 
 
 def _version(dist: str) -> str:
@@ -105,7 +105,7 @@ def info(state: AppState = Depends(get_ready_state)) -> ServedInfoResponse:
     versions.update({dist: _version(dist) for dist in _DISTRIBUTIONS})
     served: dict[str, object] = getattr(models, "served_info", dict)()  # fakes lack it
     return ServedInfoResponse(
-        version=versions["selfreward"].replace("not installed", "0+unknown"),
+        version=versions["selfreward-vlm"].replace("not installed", "0+unknown"),
         model=ServedModelInfo(**models.info().model_dump(), **served),
         adapters=list(models.engine.adapters.names()),
         limits={name: getattr(settings, name) for name in _LIMITS},
