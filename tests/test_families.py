@@ -83,6 +83,25 @@ def test_logprobs_equal_own_forward(
 
 
 @pytest.mark.parametrize("family", FAMILIES)
+def test_image_features_reused_across_prompts(family, family_engine, reference_model) -> None:
+    """A second prompt on the same image, and the same prompt after its prefix states were
+    dropped, take the cached features (no second vision forward) and still score exactly."""
+    engine = family_engine(family).engine
+    model, processor = reference_model(family, False)
+    img = picture(SIZES[1], (120, 40, 160))
+    image_id = f"{family}-reuse"
+    for k, prompt in enumerate((PROMPT, "What is in the picture?", PROMPT)):
+        if k == 2:
+            engine.prefix_cache.clear()
+        item = ScoreItem("base", prompt, CONTS[:1], "", image_id, img)
+        got = engine.score([item])[0][0]
+        want = own_forward_logprobs(model, processor, img, "", CONTS[0], prompt=prompt)
+        assert got.token_logprobs == pytest.approx(want, abs=1e-4)
+        hits = (item.usage.image_cache_hits, item.usage.image_encodes)
+        assert hits == ((0, 1) if k == 0 else (1, 0)), (family, k)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
 def test_cross_prefix_batch_equals_own_forward(family, family_engine, reference_model) -> None:
     """One padded forward over rows after different prefix states (left-padded KV, explicit
     positions incl. the rope delta): what the service does on CUDA."""

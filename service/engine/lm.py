@@ -169,7 +169,7 @@ class LanguageEngine:
     def image_embeds(self, image_id: str | None, image: Any, prompt: Prompt, usage: Usage) -> Any:
         """The image's encoder output (what the forward takes as `mm_encoder_outputs`), cached
         per image, geometry (tiles, grid, size) and vision scope (adapters on the tower)."""
-        key = (self.adapters.vision_scope(), image_id, prompt.geometry())
+        key = (self.adapters.vision_scope(), image_id, prompt.geometry(self.image_token_id))
         hit = self.image_features.get(key) if image_id is not None else None
         if hit is not None:
             usage.image_cache_hits += 1

@@ -44,15 +44,18 @@ class Prompt:
         small = {k: v for k, v in self.inputs.items() if not k.startswith("pixel_")}
         return Prompt(self.text, self.ids, small, self.has_image)
 
-    def geometry(self) -> tuple[Any, ...]:
-        """The image's shape as the model sees it (tiles, grid, size): part of every feature
-        cache key, so two images of different sizes never share features."""
-        out: list[Any] = []
-        for key in ("image_grid_thw", "image_sizes", "pixel_values", "pixel_attention_mask"):
+    def geometry(self, image_token_id: int | None) -> tuple[Any, ...]:
+        """The image's shape as the model sees it: part of every feature cache key, so two
+        images of different sizes never share features. Built from what the prompt cache keeps
+        (`light()`), so a fresh and a cached prompt give the same key, and independent of the
+        prompt's text, so other prompts on the same image reuse the features: the number of
+        image tokens (tiles, grid) plus the grid and size tensors where the family has them."""
+        out: list[Any] = [sum(1 for t in self.ids if t == image_token_id)]
+        for key in ("image_grid_thw", "image_sizes"):
             value = self.inputs.get(key)
             if isinstance(value, torch.Tensor):
-                out.append((key, tuple(value.shape), *value.flatten()[:16].tolist()))
-        return (len(self.ids), *out)
+                out.append((key, *value.flatten().tolist()))
+        return tuple(out)
 
 
 class Family:
