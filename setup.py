@@ -7,7 +7,7 @@ same generic name would shadow them. So each folder becomes a subpackage of `sel
 installs honour too. Everything else is in pyproject.toml.
 """
 
-from setuptools import find_packages, setup
+from setuptools import find_namespace_packages, setup
 
 ROOT = "selfreward_vlm"
 ROOT_DIR = "selfreward"  # the CLI and the demo
@@ -18,7 +18,10 @@ packages = [ROOT]
 for folder in SUBPACKAGES:
     package_dir[f"{ROOT}.{folder}"] = folder
     packages.append(f"{ROOT}.{folder}")
-    packages += [f"{ROOT}.{folder}.{sub}" for sub in find_packages(folder)]
+    # Namespace discovery also lists data-only folders (e.g. service/ui/static), which
+    # setuptools wants named as packages for their package_data.
+    subs = find_namespace_packages(folder, exclude=["*__pycache__*"])
+    packages += [f"{ROOT}.{folder}.{sub}" for sub in subs]
 
 setup(
     packages=packages,
