@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -192,6 +193,28 @@ def test_csr_official_without_root_in_mean() -> None:
     (pair,) = run(csr_official(fake, ITEM, None, cfg)).pairs
     assert pair.chosen_score.extra["mean_fused_rank"] == pytest.approx(1 / 3)
     assert pair.rejected == "Gamma three. Theta x."
+
+
+def test_csr_penalized_duplicates_score_r_i_zero_and_stay() -> None:
+    """`penalize_duplicate_sentences`: a sentence the path already said keeps its place but
+    scores R_I 0, so the path that repeats becomes the rejected one."""
+    tree: dict[str, list[tuple[str, list[float], bool]]] = {
+        "": [(" A.", [-1.0], False), (" B.", [-1.0], False)],
+        " A.": [(" A.", [-0.1], False), EOS],
+        " B.": [EOS, (" C.", [-1.0], False)],
+        " A. A.": [EOS],
+        " B. C.": [EOS],
+    }
+    cos = {"A.": 0.4, "B.": 0.35, "C.": 0.3}
+    cfg = csr_config(num_candidates=2, keep_top=1, keep_bottom=2, max_steps=3, lam=1.0,
+                     r_i_offset=10.0)  # fmt: skip
+    (plain,) = run(csr(FakeScorer(tree=tree, cosine=cos), ITEM, None, cfg)).pairs
+    assert plain.chosen == "A. A."  # 30 + 30: repeating the best sentence wins
+    cfg = replace(cfg, penalize_duplicate_sentences=True)
+    (pair,) = run(csr(FakeScorer(tree=tree, cosine=cos), ITEM, None, cfg)).pairs
+    repeat = [s for s in pair.rejected_score.sentences if s.text == "A."]
+    assert pair.rejected == "A. A." and [s.r_i for s in repeat] == [pytest.approx(40.0), 0.0]
+    assert pair.chosen == "B. C." and pair.rejected_score.reward == pytest.approx(20.0)
 
 
 def random_tree(seed: int, depth: int = 4) -> tuple[dict[str, Any], dict[str, float]]:

@@ -28,6 +28,8 @@ Decisions (see WORLD-NOTES.md; the tunable ones are config fields, recorded in `
   that ended: on synthetic trees the chosen response was cut off every time.
   `exclude_cut_off` (default off = paper) lets only EOS-ended paths be chosen or rejected.
   Chosen vs rejected lengths per run are in the demo's report (`methods.lengths`).
+- `penalize_duplicate_sentences` (default off = paper) keeps a repeated sentence but scores its
+  R_I as 0: dropping repeats keeps them out of chosen AND rejected, so DPO never sees one.
 - `drop_duplicate_sentences` (default off = paper) drops a candidate repeating a sentence of its
   own path. Identical sibling candidates (same parent, same text) are always merged: they would
   grow identical subtrees.
@@ -85,6 +87,7 @@ class CSRConfig:
     stop_r_i: StopRelevance = "zero"
     r_i_offset: float = 0.0  # not in the paper: R = λ·(R_I − offset) + (1−λ)·R_T for sentences
     exclude_cut_off: bool = False  # not in the paper: only EOS-ended paths are chosen/rejected
+    penalize_duplicate_sentences: bool = False  # a sentence the path already said gets R_I 0
     drop_duplicate_sentences: bool = False
     stop_text: str = "."
     clip_scale: float = 100.0
@@ -206,6 +209,8 @@ def _child(
     cosine: float | None = None
     if text:
         cosine, r_i = clip[text]
+        if cfg.penalize_duplicate_sentences and text in {s.text for s in path.steps}:
+            r_i = 0.0  # says nothing new about the image: kept, so a rejected path can show it
     elif is_stop:
         r_i = stop_relevance(cfg.stop_r_i, [s.r_i for s in path.steps if s.text])
     else:
