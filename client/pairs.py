@@ -10,6 +10,7 @@ One bad prompt never stops a long run. What happens to a prompt the service refu
 - a transient error (429, 503 after the client's own retries, 504, other 5xx, a timeout) is
   `failed`: not recorded, so a rerun retries it, and the command exits non-zero;
 - a configuration error (no connection, 401/403, an unknown adapter: 404) stops the run.
+A refused publish (`--publish`) sorts the same way.
 The summary counts each kind (`skipped_kinds`, `failed_kinds`: `"422 invalid_request"` → n).
 """
 
@@ -196,6 +197,8 @@ async def _one(run: _Run, rec: PromptRecord, sem: asyncio.Semaphore) -> None:
                 if not is_deterministic(exc):
                     raise
                 raise _Skip(f"the service refused this prompt: {exc}", error_kind(exc)) from exc
+            if result.pairs and run.publisher is not None:
+                await _publish(run, rec, result.pairs)  # inside the try: its errors sort too
         except _Skip as skip:
             run.journal.record(rec.id, [], "skipped", str(skip))
             s.prompts_done, s.prompts_skipped = s.prompts_done + 1, s.prompts_skipped + 1
@@ -214,8 +217,6 @@ async def _one(run: _Run, rec: PromptRecord, sem: asyncio.Semaphore) -> None:
             s.failed_kinds[kind] = s.failed_kinds.get(kind, 0) + 1
             run.progress.warn(f"failed {rec.id} (transient; a rerun retries it): {exc}")
             return run.progress.advance(pairs=0, outcome="failed")
-        if result.pairs and run.publisher is not None:
-            await _publish(run, rec, result.pairs)
         for key, value in result.stats.items():
             s.stats[key] = s.stats.get(key, 0.0) + value
         status = "ok" if result.pairs else "nopair"
@@ -230,9 +231,14 @@ async def _publish(run: _Run, rec: PromptRecord, pairs: list[PreferencePair]) ->
     """Upsert a prompt's pairs (idempotent); a foreign store gets the image first, since a
     store accepts only pairs whose images it holds."""
     pub, dataset = run.publisher or (run.client, "")
-    if pub is not run.client and rec.image is not None:
-        await pub.upload_image(run.images / rec.image)
-    await pub.upsert_pairs(dataset, pairs)
+    try:
+        if pub is not run.client and rec.image is not None:
+            await pub.upload_image(run.images / rec.image)
+        await pub.upsert_pairs(dataset, pairs)
+    except APIStatusError as exc:
+        if not is_deterministic(exc):
+            raise  # transient: `failed`, a rerun publishes again (upserts are idempotent)
+        raise _Skip(f"the store refused this prompt's pairs: {exc}", error_kind(exc)) from exc
 
 
 async def _token_limit(client: AsyncScoringClient) -> int | None:

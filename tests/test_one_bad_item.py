@@ -45,6 +45,18 @@ class FlakyService(FakeService):
                 return self._send(504, {"error": err})
             self.rfile = _Replay(json.dumps(req).encode())  # let the parent answer it
             self.headers.replace_header("content-length", str(len(json.dumps(req))))
+        elif self.path.startswith("/v1/datasets/"):
+            length = int(self.headers.get("content-length", 0))
+            req = json.loads(self.rfile.read(length))
+            prompts = {p["prompt"] for p in req["pairs"]}
+            if "Store refuses: describe." in prompts:
+                err = {"type": "invalid_request", "message": "no", "field": "pairs"}
+                return self._send(422, {"error": err})
+            if "Store slow: describe." in prompts and self.flaky:
+                err = {"type": "deadline_exceeded", "message": "too slow", "field": None}
+                return self._send(504, {"error": err})
+            self.rfile = _Replay(json.dumps(req).encode())
+            self.headers.replace_header("content-length", str(len(json.dumps(req))))
         return super().do_POST()
 
 
@@ -54,6 +66,9 @@ class _Replay:
 
     def read(self, n: int) -> bytes:
         return self.data[:n]
+
+    def close(self) -> None:  # the handler closes its rfile when done
+        pass
 
 
 @contextlib.contextmanager
@@ -115,6 +130,26 @@ def test_bad_prompt_is_skipped_transient_one_left_undone_and_exit_is_nonzero(
         assert second.returncode == 0, second.stdout + second.stderr
         assert set(_done(out)) == set(texts)
         assert FlakyService.generate_prompts.count("BAD prompt") == bad_asks  # not retried
+
+
+def test_a_refused_publish_skips_or_fails_that_prompt_only(tmp_path: Path) -> None:
+    """Review finding 2: one failed upsert used to end the whole run (and cancel every
+    prompt in flight); it now sorts like a refused generation."""
+    texts = {f"q{i}": f"Describe image {i}." for i in range(3)}
+    texts |= {"pubbad": "Store refuses: describe.", "pubflaky": "Store slow: describe."}
+    prompts, images = _prompts(tmp_path, texts)
+    out = tmp_path / "pairs.jsonl"
+    with flaky_service() as url:
+        summary = run_pairs(url, "csr", prompts, images, out, publish="d", progress=False)
+        assert summary.prompts_failed == 1 and "504" in summary.failed["pubflaky"]
+        done = _done(out)
+        assert set(done) == {"q0", "q1", "q2", "pubbad"}
+        assert done["pubbad"]["status"] == "skipped" and "422" in done["pubbad"]["reason"]
+        assert {p["prompt_id"] for p in FlakyService.store.values()} == {"q0", "q1", "q2"}
+        FlakyService.flaky = False
+        again = run_pairs(url, "csr", prompts, images, out, publish="d", progress=False)
+        assert again.prompts_failed == 0 and again.prompts_done == 1
+        assert "pubflaky" in {p["prompt_id"] for p in FlakyService.store.values()}
 
 
 def test_search_reaching_the_token_budget_ends_as_length(tmp_path: Path, live_server: str) -> None:
