@@ -162,6 +162,51 @@ def test_registry_adapter_without_files_is_a_clear_503(two_apps: Router) -> None
     assert client.get("/health").status_code == 200
 
 
+def _past_the_deadline(fn):  # type: ignore[no-untyped-def]
+    """`fn`, run in a worker thread, finishing only after the request's deadline passed."""
+    from selfreward_vlm.service.deadlines import current_deadline
+
+    calls = []
+
+    def slow(*args, **kwargs):  # type: ignore[no-untyped-def]
+        out = fn(*args, **kwargs)
+        calls.append(args[0])
+        time.sleep(max(0.0, (current_deadline.get() or 0) - time.perf_counter()) + 0.3)
+        return out
+
+    return slow, calls
+
+
+def test_a_deadline_never_cuts_an_upload_or_delete_in_half(
+    two_apps: Router, tiny_models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review finding 1: a deadline that passes while this replica loads an upload (or
+    unloads a deleted adapter) used to cancel the registry update that follows: this replica
+    served files no other replica would ever load. The pair now runs to its end."""
+    client = two_apps.apps["a"]
+    state = client.app.state.selfreward  # type: ignore[attr-defined]
+    adapters, shared = state.models.engine.adapters, state.shared_adapters
+    folder = lora(tiny_models, tmp_path / "lora", seed=5)
+    files = {f: (f, (folder / f).read_bytes()) for f in ("adapter_config.json",
+                                                         "adapter_model.safetensors")}  # fmt: skip
+    slow_load, loads = _past_the_deadline(adapters.load)
+    monkeypatch.setattr(adapters, "load", slow_load)
+    headers = {"x-request-timeout-ms": "3000"}
+    up = client.post("/v1/adapters", data={"name": "cut"}, files=files, headers=headers)
+    assert loads == ["cut"], up.text  # the deadline passed during the load
+    record = state.store.adapter("cut")
+    assert record is not None and not record.deleted, up.text
+    assert shared.loaded["cut"] == record.version and "cut" in adapters.names()
+
+    slow_delete, deletes = _past_the_deadline(adapters.delete)
+    monkeypatch.setattr(adapters, "delete", slow_delete)
+    gone = client.delete("/v1/adapters/cut", headers=headers)
+    assert deletes == ["cut"], gone.text
+    record = state.store.adapter("cut")
+    assert record is not None and record.deleted, gone.text
+    assert shared.loaded["cut"] == record.version and "cut" not in adapters.names()
+
+
 # --------------------------------------------------------------------------- PostgreSQL
 
 

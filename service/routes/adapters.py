@@ -100,9 +100,12 @@ async def upload_adapter(
         shutil.rmtree(staged, ignore_errors=True)
         raise
     async with state.adapter_lock:
-        info = await _install(state, name, staged, root / name)
-        if (shared := state.shared_adapters) is not None:  # once, for every replica
-            await anyio.to_thread.run_sync(shared.publish, name, root / name)
+        # Shielded: a deadline or a hang-up between the local load and the registry bump
+        # would leave this replica serving files no other replica knows of, for good.
+        with anyio.CancelScope(shield=True):
+            info = await _install(state, name, staged, root / name)
+            if (shared := state.shared_adapters) is not None:  # once, for every replica
+                await anyio.to_thread.run_sync(shared.publish, name, root / name)
         return info
 
 
@@ -207,9 +210,10 @@ async def delete_adapter(
             raise NotFoundError(f"no adapter named {name!r}", field="name")
         if adapters.info(name).source == "startup":
             raise ConflictError(f"{name!r} is a start-up adapter; it cannot be deleted", "name")
-        await anyio.to_thread.run_sync(adapters.delete, name)
-        if shared is not None:  # every replica unloads it on next use
-            await anyio.to_thread.run_sync(shared.withdraw, name)
+        with anyio.CancelScope(shield=True):  # unloaded here means withdrawn everywhere
+            await anyio.to_thread.run_sync(adapters.delete, name)
+            if shared is not None:  # every replica unloads it on next use
+                await anyio.to_thread.run_sync(shared.withdraw, name)
         if ADAPTER_NAME_RE.match(name):
             shutil.rmtree(adapters_dir(state.settings) / name, ignore_errors=True)
     return Response(status_code=204)
