@@ -97,3 +97,36 @@ def test_full_queue_answers_queue_full(tiny_models) -> None:
     t0 = time.perf_counter()
     assert len(asyncio.run(run())) == 3
     assert time.perf_counter() - t0 < 10
+
+
+class _OnceWrongEngine:
+    """`score` answers its first batch with the wrong number of results (a bug outside the
+    per-item guards), then correctly."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def score(self, items):
+        self.calls += 1
+        return [] if self.calls == 1 else [[] for _ in items]
+
+
+def test_a_failing_batch_fails_its_requests_and_the_worker_goes_on() -> None:
+    """Review finding 7: such a bug used to kill the worker thread, and every later request
+    waited out its full deadline."""
+    settings = ServiceSettings(model="unused", max_batch_size=1, max_wait_ms=0)
+    models = _SlowModels()
+    models.engine = _OnceWrongEngine()  # type: ignore[assignment]
+
+    async def run() -> list:
+        batcher = Batcher(models, settings)  # type: ignore[arg-type]
+        await batcher.start()
+        try:
+            with pytest.raises(ValueError):
+                await asyncio.wait_for(batcher.submit(ScoreItem("base", "p", ["a"])), 60)
+            second, _ = await asyncio.wait_for(batcher.submit(ScoreItem("base", "p", ["a"])), 60)
+        finally:
+            await batcher.stop()
+        return second
+
+    assert asyncio.run(run()) == []

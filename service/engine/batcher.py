@@ -163,7 +163,14 @@ class Batcher:
                 if self._claim(nxt):
                     batch.append(nxt)
                     budget -= nxt.tokens
-            self._run_batch(batch)
+            try:
+                self._run_batch(batch)
+            except Exception as exc:  # a bug outside the per-item guards: without this the
+                # thread died and every later request waited out its deadline while /ready said 200
+                log.error("a batch failed; its requests get the error", exc_info=exc)
+                for work in batch:
+                    if not work.future.done():
+                        work.future.set_exception(exc)
 
     def _claim(self, work: Work) -> bool:
         """Take `work` into a batch, unless its caller is gone (cancelled: the request was
