@@ -7,7 +7,8 @@ user (`runuser`) on a dir that user owns. Each test gets a fresh database (`pg_u
 afterwards. Tests skip, saying why, only when no server binary exists.
 
 Also a command line, stdlib only, so CI can start one before the venv exists:
-`python3 tests/pgserver.py start DIR` prints the URL; `python3 tests/pgserver.py stop DIR`.
+`python3 tests/pgserver.py start DIR` prints the URL; `python3 tests/pgserver.py stop DIR`;
+`python3 tests/pgserver.py check` fails when no server binary is found.
 """
 
 from __future__ import annotations
@@ -120,11 +121,13 @@ def fresh_database(server: str) -> Iterator[str]:
 
 
 if __name__ == "__main__":
-    action, where = sys.argv[1], Path(sys.argv[2])
+    action = sys.argv[1]
     found = find_bindir()
     if found is None:
         sys.exit(SKIP_REASON)
-    if action == "start":
-        print(start(where, found))
+    if action == "check":  # exit status 0: server binaries present (.ci/run installs them else)
+        print(found)
+    elif action == "start":
+        print(start(Path(sys.argv[2]), found))
     else:
-        stop(where, found)
+        stop(Path(sys.argv[2]), found)
