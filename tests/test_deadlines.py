@@ -33,6 +33,10 @@ __all__ = ["keyed_server"]  # the session fixture, imported so pytest finds it h
 LONG = {"prompt": "Describe.", "n": 64, "strategy": "diverse_beam", "stop": "eos",
         "max_new_tokens": 1000}  # fmt: skip
 SHORT = {"prompt": "Describe.", "n": 2, "max_new_tokens": 8}
+# Timing bounds hold on a busy 2-core CI box: what proves a generation was stopped is the
+# worker's own count of work it dropped mid-generation (`_worker_stops`); the wall-clock
+# bounds only add that the worker was free long before LONG could have finished.
+FREE_WITHIN_S = 15
 
 
 def _short_request_time(server: Server) -> float:
@@ -51,8 +55,22 @@ def _deadline_stops(server: Server) -> float:
     )
 
 
+def _worker_stops(server: Server) -> float:
+    """Generations the worker stopped between two steps (late, or its caller gone)."""
+    return sum(
+        server.metric("selfreward_work_dropped_total", reason=r) for r in ("deadline", "cancelled")
+    )
+
+
+def _wait_for(what: str, check: object, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():  # type: ignore[operator]
+        assert time.monotonic() < deadline, f"{what}: not within {timeout_s} s"
+        time.sleep(0.1)
+
+
 def test_deadline_header_gives_504_and_frees_the_model(keyed_server: Server) -> None:
-    before = _deadline_stops(keyed_server)
+    before, stops = _deadline_stops(keyed_server), _worker_stops(keyed_server)
     t0 = time.perf_counter()
     r = httpx.post(
         f"{keyed_server.url}/v1/generate", json=LONG, timeout=60,
@@ -60,9 +78,10 @@ def test_deadline_header_gives_504_and_frees_the_model(keyed_server: Server) -> 
     )  # fmt: skip
     assert r.status_code == 504, r.text
     assert r.json()["error"]["type"] == "deadline_exceeded"
-    assert time.perf_counter() - t0 < 5
-    assert _short_request_time(keyed_server) < 5  # the 30 s generation was stopped
+    assert time.perf_counter() - t0 < FREE_WITHIN_S
+    assert _short_request_time(keyed_server) < FREE_WITHIN_S  # the 30 s generation was stopped
     assert _deadline_stops(keyed_server) >= before + 1
+    _wait_for("worker stopped the generation", lambda: _worker_stops(keyed_server) > stops)
 
 
 def test_bad_deadline_header_is_a_422_naming_it(keyed_server: Server) -> None:
@@ -77,6 +96,7 @@ def test_bad_deadline_header_is_a_422_naming_it(keyed_server: Server) -> None:
 
 def test_client_disconnect_does_not_keep_the_model_busy(keyed_server: Server) -> None:
     before = keyed_server.metric("selfreward_requests_abandoned_total", reason="disconnect")
+    stops = _worker_stops(keyed_server)
     body = json.dumps(LONG).encode()
     auth = keyed_server.headers()["Authorization"]
     host, port = keyed_server.url.removeprefix("http://").split(":")
@@ -87,14 +107,13 @@ def test_client_disconnect_does_not_keep_the_model_busy(keyed_server: Server) ->
     with socket.create_connection((host, int(port))) as sock:
         sock.sendall(head.encode() + body)
         time.sleep(0.5)  # the generation is running now
-    assert _short_request_time(keyed_server) < 5
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        now = keyed_server.metric("selfreward_requests_abandoned_total", reason="disconnect")
-        if now == before + 1:
-            break
-        time.sleep(0.1)
-    assert now == before + 1
+    assert _short_request_time(keyed_server) < FREE_WITHIN_S
+    abandoned = lambda: keyed_server.metric(  # noqa: E731
+        "selfreward_requests_abandoned_total", reason="disconnect"
+    )
+    _wait_for("disconnect counted", lambda: abandoned() >= before + 1)
+    assert abandoned() == before + 1
+    _wait_for("worker stopped the generation", lambda: _worker_stops(keyed_server) > stops)
 
 
 def test_timing_headers_measure_the_forward(keyed_server: Server) -> None:
@@ -147,7 +166,8 @@ def test_batcher_drops_work_whose_caller_is_gone() -> None:
         batcher = Batcher(models, settings)  # type: ignore[arg-type]
         await batcher.start()
         first = asyncio.ensure_future(batcher.submit(ScoreItem("base", "first", ["a"])))
-        await asyncio.sleep(0.2)  # the worker is blocked on `first`
+        while not models.engine.calls:  # until the worker is blocked on `first`
+            await asyncio.sleep(0.01)
         token = current_deadline.set(time.perf_counter() + 0.05)
         late = asyncio.ensure_future(batcher.submit(ScoreItem("base", "late", ["a"])))
         current_deadline.reset(token)
