@@ -287,6 +287,21 @@ def test_integrity_check_finds_damage(store: Store) -> None:
     assert "'broken'" in problems
 
 
+def test_seventy_thousand_image_ids_in_one_question(store: Store) -> None:
+    """Review finding 5: one `IN (?, …)` per id passed the back ends' parameter limits
+    (libpq 65,535; SQLite 32,766): a big upsert was a 500 and the integrity check crashed."""
+    import hashlib
+
+    data = b"stored image"
+    image = ImageRow(hashlib.sha256(data).hexdigest(), data, 2, 2, "PNG")
+    store.put_image(image)
+    absent = [f"{i:064x}" for i in range(70_000)]
+    assert store.missing_images([image.id, *absent]) == set(absent)
+    store.upsert("many", [make_pair(i, images=absent[i::35]) for i in range(35)])
+    problems = store.integrity_check()
+    assert len(problems) == len(absent) and absent[-1] in problems[-1]
+
+
 def test_migrates_an_old_sqlite_file_and_refuses_a_newer_schema(tmp_path: Path) -> None:
     """A file written by the SQLite-only versions (no migrations table, no dataset index)
     opens with its pairs indexed; a schema newer than the code is refused."""

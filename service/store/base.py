@@ -40,6 +40,7 @@ from selfreward_vlm.service.store.records import (
 # A back end's connection: `execute(sql, params)` / `executemany(sql, rows)` with `?`
 # placeholders, returning a DB-API cursor (sqlite3's, or psycopg's through postgres._Conn).
 Conn = Any
+_IN_CHUNK = 1000  # ids per `IN (...)` list
 
 
 class Store(abc.ABC):
@@ -222,9 +223,7 @@ class Store(abc.ABC):
         if not wanted:
             return set()
         with self._read() as conn:
-            marks = ",".join("?" * len(wanted))
-            found = conn.execute(f"SELECT id FROM images WHERE id IN ({marks})", list(wanted))
-            return wanted - {r[0] for r in found.fetchall()}
+            return wanted - stored_images(conn, wanted)
 
     # ------------------------------------------------------------------ adapter registry
 
@@ -280,6 +279,19 @@ class Store(abc.ABC):
         with self._read() as conn:
             logical = check_invariants(conn)
         return self.physical_check() + logical
+
+
+def stored_images(conn: Conn, ids: set[str]) -> set[str]:
+    """The ids among `ids` that the images table holds, asked `_IN_CHUNK` at a time: one
+    `IN (?, …)` per id would pass libpq's 65,535 and SQLite's 32,766 parameter limits."""
+    found: set[str] = set()
+    wanted = sorted(ids)
+    for start in range(0, len(wanted), _IN_CHUNK):
+        chunk = wanted[start : start + _IN_CHUNK]
+        marks = ",".join("?" * len(chunk))
+        rows = conn.execute(f"SELECT id FROM images WHERE id IN ({marks})", chunk).fetchall()
+        found.update(r[0] for r in rows)
+    return found
 
 
 def _adapter_record(r: Any) -> AdapterRecord:

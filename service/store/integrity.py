@@ -52,9 +52,9 @@ def _check_pairs(conn: Conn) -> list[str]:
             named_images.update(pair.images)
         last = int(rows[-1][0])
     if named_images:
-        marks = ",".join("?" * len(named_images))
-        found = conn.execute(f"SELECT id FROM images WHERE id IN ({marks})", list(named_images))
-        for missing in sorted(named_images - {r[0] for r in found.fetchall()}):
+        from selfreward_vlm.service.store.base import stored_images  # (base imports this)
+
+        for missing in sorted(named_images - stored_images(conn, named_images)):
             problems.append(f"a pair names image {missing} that is not stored")
     return problems
 
