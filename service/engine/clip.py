@@ -1,6 +1,6 @@
 """CLIP relevance: cosine of image and text embeddings, with caches. Models: open_clip names
-(CLIP, SigLIP, SigLIP 2) and `local-dir:` folders, or transformers CLIP/SigLIP directories
-(adapted to open_clip's interface by `clip_hf`)."""
+(CLIP, SigLIP, SigLIP 2) and `local-dir:` folders, or transformers `CLIPModel`/`SiglipModel`
+directories (adapted to open_clip's interface by `clip_hf`)."""
 
 from __future__ import annotations
 

@@ -16,7 +16,9 @@ from typing import Any
 
 import torch
 
-HF_CLIP_TYPES = ("clip", "siglip", "siglip2")
+# SigLIP 2 directories are not here: their image tower also needs `pixel_attention_mask` and
+# `spatial_shapes` (NaFlex); SigLIP 2 is served through its open_clip names.
+HF_CLIP_TYPES = ("clip", "siglip")
 
 
 def is_hf_clip_dir(spec: str) -> bool:
