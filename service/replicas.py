@@ -22,6 +22,7 @@ import logging
 import os
 import shutil
 import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from selfreward_vlm.service.store import AdapterRecord, Store
 logger = logging.getLogger(__name__)
 
 FILES = ("adapter_config.json", "adapter_model.safetensors")
+RETRY_FAILED_S = 30.0  # a version whose load failed is tried again after this long
 
 
 class AdapterFilesError(NotReadyError):
@@ -70,7 +72,10 @@ class SharedAdapters:
         self._lock = threading.RLock()
         self._local = threading.local()  # re-entry guard: a load may look names up itself
         self._pending: set[tuple[str, int]] = set()  # loads running in worker threads
-        self._failed: dict[tuple[str, int], AdapterFilesError] = {}
+        # a failed load, and when: retried after `retry_failed_s` (a shared-dir read can fail
+        # for a moment; the version must not stay unavailable until a restart)
+        self._failed: dict[tuple[str, int], tuple[AdapterFilesError, float]] = {}
+        self.retry_failed_s = RETRY_FAILED_S
         self._pending_lock = threading.Lock()
 
     def attach(self, local_root: Path | None = None) -> None:
@@ -148,12 +153,13 @@ class SharedAdapters:
 
     def _apply_in_background(self, record: AdapterRecord) -> None:
         """Start (once per version) the load in a thread, then answer 503 meanwhile; a load
-        that failed is reported to the next request instead of being retried forever."""
+        that failed is reported to the requests of the next `retry_failed_s`, then retried."""
         key = (record.name, record.version)
         with self._pending_lock:
-            failed = self._failed.get(key)
-            if failed is not None:
+            failed, at = self._failed.get(key, (None, 0.0))
+            if failed is not None and time.monotonic() - at < self.retry_failed_s:
                 raise AdapterFilesError(failed.message, field="model")
+            self._failed.pop(key, None)
             if key not in self._pending:
                 self._pending.add(key)
                 threading.Thread(target=self._load_job, args=(record,), daemon=True).start()
@@ -167,10 +173,11 @@ class SharedAdapters:
         try:
             self._apply_now(record)
         except AdapterFilesError as exc:
-            self._failed[key] = exc
+            self._failed[key] = (exc, time.monotonic())
         except Exception as exc:
             logger.exception("loading adapter %r v%d failed", *key)
-            self._failed[key] = AdapterFilesError(f"adapter {key[0]!r} v{key[1]}: {exc}", "model")
+            error = AdapterFilesError(f"adapter {key[0]!r} v{key[1]}: {exc}", "model")
+            self._failed[key] = (error, time.monotonic())
         finally:
             with self._pending_lock:
                 self._pending.discard(key)

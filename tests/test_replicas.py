@@ -15,6 +15,7 @@ import asyncio
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -160,6 +161,36 @@ def test_registry_adapter_without_files_is_a_clear_503(two_apps: Router) -> None
     assert again.status_code == 503 and "adapter store" in again.json()["error"]["message"]
     assert client.post("/v1/logprobs", json={**body, "model": "base"}).status_code == 200
     assert client.get("/health").status_code == 200
+
+
+def test_an_unavailable_adapter_is_retried_later(
+    two_apps: Router, tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    """Review finding 3: a version whose files could not be read once stayed 503
+    `adapter_unavailable` until a restart; it is tried again after `retry_failed_s`."""
+    from selfreward_vlm.service.replicas import adapter_digest
+
+    client = two_apps.apps["b"]
+    state = client.app.state.selfreward  # type: ignore[attr-defined]
+    shared = state.shared_adapters
+    folder = lora(tiny_models, tmp_path / "lora", seed=7)
+    digest = adapter_digest(folder)
+    state.store.register_adapter("later", digest)  # its files are not there yet
+    body = {"prompt": PROMPT, "continuations": [TEXT], "model": "later"}
+
+    def kind_after(wanted: str) -> httpx.Response:
+        deadline = time.monotonic() + 60
+        while (r := client.post("/v1/logprobs", json=body)).status_code != 200 and (
+            r.json()["error"]["type"] != wanted
+        ):
+            assert time.monotonic() < deadline, r.json()
+            time.sleep(0.05)
+        return r
+
+    assert kind_after("adapter_unavailable").status_code == 503
+    shutil.copytree(folder, shared.root / digest)  # the shared dir is readable again
+    shared.retry_failed_s = 0.5
+    assert kind_after("none: answered").status_code == 200
 
 
 def _past_the_deadline(fn):  # type: ignore[no-untyped-def]
