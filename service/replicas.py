@@ -4,10 +4,11 @@ An uploaded adapter's two files are copied once into the shared adapter director
 (`settings.adapter_store`, default `data_dir/adapter-store`) under their content digest, then
 the name is pointed at that digest in the store's registry, which bumps its version. Each
 replica's engine asks `SharedAdapters.sync(name)` before it serves a name (the engine's
-`AdapterRegistry.check`): one indexed query; when the registry is ahead of what this replica
-loaded, the replica loads (or, for a deleted name, unloads) first; a request meanwhile gets a
-503 `adapter_loading` (clients retry it). So an adapter uploaded through any replica is used by
-every replica, and no replica serves an older version under a name than the registry holds.
+`AdapterRegistry.check`): one indexed query, reused for `REGISTRY_CACHE_S` (1 s) by requests
+naming the same adapter; when the registry is ahead of what this replica loaded, the replica
+loads (or, for a deleted name, unloads) first; a request meanwhile gets a 503 `adapter_loading`
+(clients retry it). So an adapter uploaded through any replica is used by every replica, and
+no replica serves an older version under a name than the registry held a second earlier.
 
 Files are written to a temp dir, fsynced and renamed into place before the registry row is
 committed, and their digest is checked again before every load: a crash mid-upload leaves at
@@ -34,6 +35,12 @@ logger = logging.getLogger(__name__)
 
 FILES = ("adapter_config.json", "adapter_model.safetensors")
 RETRY_FAILED_S = 30.0  # a version whose load failed is tried again after this long
+# How long a request's registry lookup serves later requests naming the same adapter (event
+# loop only): a store round trip per request, on the loop, stalled every request and probe
+# whenever the store was slow or its pool exhausted. The price: another replica's change is
+# seen up to this much later (this replica's own uploads and deletes at once).
+REGISTRY_CACHE_S = 1.0
+_CACHE_NAMES = 1024  # names remembered at most (a client may send any number of names)
 
 
 class AdapterFilesError(NotReadyError):
@@ -76,6 +83,8 @@ class SharedAdapters:
         # for a moment; the version must not stay unavailable until a restart)
         self._failed: dict[tuple[str, int], tuple[AdapterFilesError, float]] = {}
         self.retry_failed_s = RETRY_FAILED_S
+        self.cache_s = REGISTRY_CACHE_S
+        self._seen: dict[str, tuple[float, AdapterRecord | None]] = {}  # name -> (when, record)
         self._pending_lock = threading.Lock()
 
     def attach(self, local_root: Path | None = None) -> None:
@@ -116,6 +125,7 @@ class SharedAdapters:
         with self._lock:
             record = self.store.register_adapter(name, digest)
             self.loaded[name] = record.version
+            self._remember(name, record)
         return record
 
     def withdraw(self, name: str) -> None:
@@ -124,6 +134,7 @@ class SharedAdapters:
             record = self.store.unregister_adapter(name)
             if record is not None:
                 self.loaded[name] = record.version
+                self._remember(name, record)
 
     # ------------------------------------------------------------------ reading
 
@@ -132,16 +143,31 @@ class SharedAdapters:
 
         In the event loop's thread (a route checking a request's adapter) a load would stall
         every request and probe for seconds: it starts in a worker thread instead and this
-        request gets a 503 `adapter_loading`, which clients retry."""
+        request gets a 503 `adapter_loading`, which clients retry; there the registry lookup
+        is also reused for `cache_s`."""
         if getattr(self._local, "busy", False) or self._is_startup(name):
             return
-        record = self.store.adapter(name)
+        on_loop = _in_event_loop()
+        record = self._lookup(name, cached=on_loop)
         if record is None or self.loaded.get(name) == record.version:
             return
-        if _in_event_loop():
+        if on_loop:
             self._apply_in_background(record)
             return
         self._apply_now(record)
+
+    def _lookup(self, name: str, cached: bool) -> AdapterRecord | None:
+        seen = self._seen.get(name) if cached else None
+        if seen is not None and time.monotonic() - seen[0] < self.cache_s:
+            return seen[1]
+        record = self.store.adapter(name)
+        self._remember(name, record)
+        return record
+
+    def _remember(self, name: str, record: AdapterRecord | None) -> None:
+        if len(self._seen) >= _CACHE_NAMES:
+            self._seen.clear()
+        self._seen[name] = (time.monotonic(), record)
 
     def _apply_now(self, record: AdapterRecord) -> None:
         with self._lock:

@@ -32,6 +32,7 @@ from fastapi.testclient import TestClient
 from selfreward_vlm.client import AsyncScoringClient, ScoringClient
 from selfreward_vlm.client.errors import NotFoundError
 from selfreward_vlm.core.schemas import PreferencePair
+from selfreward_vlm.service.replicas import REGISTRY_CACHE_S, adapter_digest
 from selfreward_vlm.service.store import open_store
 from tests.conftest import ROOT, stop_server, wait_ready
 from tests.test_pairs_cli import cli, env, read_pairs, wait_for_done
@@ -168,8 +169,6 @@ def test_an_unavailable_adapter_is_retried_later(
 ) -> None:
     """Review finding 3: a version whose files could not be read once stayed 503
     `adapter_unavailable` until a restart; it is tried again after `retry_failed_s`."""
-    from selfreward_vlm.service.replicas import adapter_digest
-
     client = two_apps.apps["b"]
     state = client.app.state.selfreward  # type: ignore[attr-defined]
     shared = state.shared_adapters
@@ -191,6 +190,28 @@ def test_an_unavailable_adapter_is_retried_later(
     shutil.copytree(folder, shared.root / digest)  # the shared dir is readable again
     shared.retry_failed_s = 0.5
     assert kind_after("none: answered").status_code == 200
+
+
+def test_requests_do_not_ask_the_store_each_time(
+    two_apps: Router, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review finding 4: every request naming an adapter queried the store on the event loop
+    (a slow store or an exhausted pool stalled every request and probe); a lookup now serves
+    the requests of the next `REGISTRY_CACHE_S`."""
+    client = two_apps.apps["a"]
+    state = client.app.state.selfreward  # type: ignore[attr-defined]
+    asked: list[str] = []
+    lookup = state.store.adapter
+    monkeypatch.setattr(state.store, "adapter", lambda n: asked.append(n) or lookup(n))
+    state.shared_adapters.cache_s = 60.0  # this test's requests all fall within it
+    body = {"prompt": PROMPT, "continuations": [TEXT], "model": "nobody"}
+    for _ in range(10):
+        r = client.post("/v1/logprobs", json=body)
+        assert r.status_code == 404 and r.json()["error"]["field"] == "model", r.text
+    assert asked == ["nobody"]
+    state.shared_adapters.cache_s = 0.0
+    client.post("/v1/logprobs", json=body)
+    assert asked == ["nobody", "nobody"]  # past the cache time: asked again
 
 
 def _past_the_deadline(fn):  # type: ignore[no-untyped-def]
@@ -323,11 +344,13 @@ def _adapters_follow_the_registry(
         assert on_b == pytest.approx(on_a, abs=1e-4) and abs(on_b - base) > 1e-3
         assert a.info().adapter_versions == b.info().adapter_versions == {"iter1": 1}
         b.upload_adapter("iter1", second)  # replaced through B: A must not serve v1 any more
+        time.sleep(REGISTRY_CACHE_S)  # ... once A's last registry lookup has expired
         v2 = sum_logprob(a, "iter1")
         assert v2 == pytest.approx(sum_logprob(b, "iter1"), abs=1e-4)
         assert abs(v2 - on_a) > 1e-3
         assert a.info().adapter_versions == {"iter1": 2}
         a.delete_adapter("iter1")
+        time.sleep(REGISTRY_CACHE_S)
         with pytest.raises(NotFoundError):
             sum_logprob(b, "iter1")
         assert b.info().adapter_versions == {}
