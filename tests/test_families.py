@@ -270,3 +270,37 @@ def test_serve_tiny_family_builds_and_serves_that_family(tmp_path) -> None:
     assert settings.model == str(tmp_path / "tiny-models" / "gemma3") and settings.clip
     with pytest.raises(ValueError, match="no tiny model for family 'nope'"):
         build_settings({"data_dir": tmp_path}, tiny_family="nope")
+
+
+def test_text_lm_logit_softcapping_equals_own_forward(tmp_path) -> None:
+    """A causal LM whose head caps its logits (Gemma 2: `final_logit_softcapping`) scores as
+    its own forward does (without the cap the numbers differ by ~1e-2 here)."""
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    from selfreward_vlm.service.engine.loader import load_models
+    from selfreward_vlm.service.settings import ServiceSettings
+    from selfreward_vlm.tiny.llava import build_tokenizer
+
+    tok = build_tokenizer()
+    config = Gemma2Config(
+        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, final_logit_softcapping=1.0,
+        pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+        bos_token_id=tok.bos_token_id,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = Gemma2ForCausalLM(config).eval()
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    engine = load_models(ServiceSettings(model=str(tmp_path), device="cpu")).engine
+    got = engine.score([ScoreItem("base", "Say something.", CONTS, "There")])[0]
+    prompt = engine.tokenizer(engine.render_prompt("Say something.", False))["input_ids"]
+    pre = engine.encode_text("There")
+    for cont, scored in zip(CONTS, got, strict=True):
+        ids = engine.encode_text(cont)
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([prompt + pre + ids])).logits[0].float()
+        logp = torch.log_softmax(logits, -1)
+        start = len(prompt) + len(pre)
+        want = [float(logp[start - 1 + j, t]) for j, t in enumerate(ids)]
+        assert scored.token_logprobs == pytest.approx(want, abs=1e-5)

@@ -62,6 +62,9 @@ class LanguageEngine:
         self.cache_kw = cache_keyword(self.decoder)
         self.lm_head = model.get_output_embeddings()
         self.embed = model.get_input_embeddings()
+        # Only where the model's own forward caps its logits: a causal LM reads it from its top
+        # config (Gemma 2/3 text); Gemma 3's VLM keeps it in text_config and does not apply it.
+        self.softcap = getattr(model.config, "final_logit_softcapping", None)
         cfg = model.config
         self.image_token_id = getattr(cfg, "image_token_id", None) or getattr(
             cfg, "image_token_index", None
@@ -214,8 +217,12 @@ class LanguageEngine:
         return out.last_hidden_state, kv
 
     def logprobs(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Raw log-softmax over the vocabulary, in float32."""
-        return torch.log_softmax(self.lm_head(hidden).float(), dim=-1)
+        """Raw log-softmax over the vocabulary, in float32 (after the logit soft-capping that
+        the model's own head applies, e.g. Gemma 2's `final_logit_softcapping`)."""
+        logits = self.lm_head(hidden).float()
+        if self.softcap:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        return torch.log_softmax(logits, dim=-1)
 
     # ------------------------------------------------------------------ prefix states
 
