@@ -302,6 +302,37 @@ def test_seventy_thousand_image_ids_in_one_question(store: Store) -> None:
     assert len(problems) == len(absent) and absent[-1] in problems[-1]
 
 
+class _CommitFails:
+    """A SQLite connection whose next COMMIT fails (as a full disk would make it)."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn, self.fail = conn, True
+
+    def execute(self, sql: str, *args: object) -> sqlite3.Cursor:
+        if sql == "COMMIT" and self.fail:
+            self.fail = False
+            raise sqlite3.OperationalError("disk I/O error")
+        return self.conn.execute(sql, *args)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.conn, name)
+
+
+def test_a_failed_commit_leaves_no_open_transaction(tmp_path: Path) -> None:
+    """Review finding 8: a COMMIT that raised sent its connection back to the pool with the
+    transaction still open (its write lock held, its rows pending)."""
+    store = open_store(str(tmp_path / "s.db"))
+    connect = store._connect  # type: ignore[attr-defined]
+    store._connect = lambda: _CommitFails(connect())  # type: ignore[attr-defined]
+    store._pool.clear()  # type: ignore[attr-defined]
+    with pytest.raises(sqlite3.OperationalError):
+        store.upsert("ds", [make_pair(0)])
+    pooled = store._pool  # type: ignore[attr-defined]
+    assert pooled and not any(c.in_transaction for c in pooled)
+    assert store.upsert("ds", [make_pair(1)]) == (1, 0, 1)  # p0000 was rolled back
+    store.close()
+
+
 def test_migrates_an_old_sqlite_file_and_refuses_a_newer_schema(tmp_path: Path) -> None:
     """A file written by the SQLite-only versions (no migrations table, no dataset index)
     opens with its pairs indexed; a schema newer than the code is refused."""
