@@ -130,3 +130,32 @@ def test_a_failing_batch_fails_its_requests_and_the_worker_goes_on() -> None:
         return second
 
     assert asyncio.run(run()) == []
+
+
+def test_stop_with_a_full_queue_does_not_block_the_event_loop() -> None:
+    """Review finding 9: `stop` put its sentinel with a blocking `put`; with the queue full
+    the event loop stalled until the worker took an item. Queued work still runs."""
+    settings = ServiceSettings(model="unused", max_queue=2, max_batch_size=1, max_wait_ms=0)
+    slow = _SlowModels()
+
+    async def run() -> tuple[int, list]:
+        batcher = Batcher(slow, settings)  # type: ignore[arg-type]
+        await batcher.start()
+        work = [asyncio.ensure_future(batcher.submit(ScoreItem("base", "p", ["a"])))]
+        await asyncio.sleep(0.2)  # the worker now blocks on the first item
+        work += [asyncio.ensure_future(batcher.submit(ScoreItem("base", "p", ["a"])))
+                 for _ in range(2)]  # fmt: skip
+        await asyncio.sleep(0.05)  # queued: the queue is full
+        stopping = asyncio.ensure_future(batcher.stop())
+        ticks = 0
+        while ticks < 5:  # the loop keeps running while stop() waits
+            await asyncio.sleep(0.01)
+            ticks += 1
+        slow.engine.release.set()
+        await asyncio.wait_for(stopping, 30)
+        return ticks, await asyncio.gather(*work)
+
+    t0 = time.perf_counter()
+    ticks, done = asyncio.run(run())
+    assert ticks == 5 and len(done) == 3
+    assert time.perf_counter() - t0 < 8  # the engine's own 10 s timeout never ran out

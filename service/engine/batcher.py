@@ -107,6 +107,7 @@ class Batcher:
         self.max_batch = 1 if settings.naive_mode else settings.max_batch_size
         self._queue: queue.Queue[Work | None] = queue.Queue(maxsize=settings.max_queue)
         self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()  # the worker ends once the queue is empty
         self.batch_sizes: list[int] = []  # recent batch sizes, for /metrics and tests
         self.dropped = {"deadline": 0, "cancelled": 0}  # queued work dropped unrun
 
@@ -116,7 +117,11 @@ class Batcher:
 
     async def stop(self) -> None:
         if self._thread is not None:
-            self._queue.put(None)
+            self._stopping.set()
+            # Wake an idle worker; never a blocking put on the event loop: with the queue full
+            # the worker is busy, and it sees `_stopping` once it has emptied the queue.
+            with contextlib.suppress(queue.Full):
+                self._queue.put_nowait(None)
             await asyncio.to_thread(self._thread.join, 30)
             self._thread = None
 
@@ -144,7 +149,10 @@ class Batcher:
 
     def _run(self) -> None:
         while True:
-            first = self._queue.get()
+            try:
+                first = self._queue.get(timeout=0.1 if self._stopping.is_set() else None)
+            except queue.Empty:
+                return  # stopping, and nothing is left to run
             if first is None:
                 return
             if not self._claim(first):
@@ -158,7 +166,8 @@ class Batcher:
                 except queue.Empty:
                     break
                 if nxt is None:
-                    self._queue.put(None)
+                    with contextlib.suppress(queue.Full):  # else `_stopping` ends the loop
+                        self._queue.put_nowait(None)
                     break
                 if self._claim(nxt):
                     batch.append(nxt)
