@@ -122,3 +122,18 @@ def test_sigterm_under_load_drains_and_loses_nothing(
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         ids = {row[0] for row in conn.execute("SELECT id FROM pairs")}
     assert {f"pair-{k}" for k in range(5)} <= ids
+
+
+def test_kubernetes_waits_for_the_whole_shutdown() -> None:
+    """Review finding 10: the pod's grace period (60 s) was shorter than a worst-case
+    shutdown, so the kubelet's SIGKILL could cut the drain's last requests."""
+    import yaml
+
+    from selfreward_vlm.service.settings import ServiceSettings
+    from tests.conftest import ROOT
+
+    docs = yaml.safe_load_all((ROOT / "deploy" / "k8s" / "deployment.yaml").read_text())
+    pod = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"]
+    uvicorn_graceful_s, batcher_join_s = 10, 30  # service/cli.py, Batcher.stop
+    worst = ServiceSettings(model="unused").drain_timeout_s + uvicorn_graceful_s + batcher_join_s
+    assert pod["terminationGracePeriodSeconds"] > worst
