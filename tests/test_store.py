@@ -302,6 +302,21 @@ def test_seventy_thousand_image_ids_in_one_question(store: Store) -> None:
     assert len(problems) == len(absent) and absent[-1] in problems[-1]
 
 
+def test_unregister_checks_and_writes_in_one_transaction(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review finding 11: the existence check and the write were two transactions."""
+    store.register_adapter("one", "a" * 64)
+    opened: list[str] = []
+    for kind in ("_read", "_write"):
+        real = getattr(store, kind)
+        monkeypatch.setattr(store, kind, lambda real=real, kind=kind: opened.append(kind) or real())
+    assert store.unregister_adapter("one").version == 2  # type: ignore[union-attr]
+    assert store.unregister_adapter("never") is None
+    assert opened == ["_write", "_write"]
+    assert store.adapter("never") is None
+
+
 class _CommitFails:
     """A SQLite connection whose next COMMIT fails (as a full disk would make it)."""
 

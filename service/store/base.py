@@ -232,24 +232,28 @@ class Store(abc.ABC):
         return self._set_adapter(name, digest)
 
     def unregister_adapter(self, name: str) -> AdapterRecord | None:
-        """Mark `name` deleted (a new version, no files); None if it was never registered."""
-        if self.adapter(name) is None:
-            return None
-        return self._set_adapter(name, None)
+        """Mark `name` deleted (a new version, no files); None if it was never registered.
+        The check and the write are one transaction."""
+        with self._write() as conn:
+            if conn.execute("SELECT 1 FROM adapters WHERE name = ?", (name,)).fetchone() is None:
+                return None
+            return self._put_adapter(conn, name, None)
 
     def _set_adapter(self, name: str, digest: str | None) -> AdapterRecord:
-        now = time.time()
         with self._write() as conn:
-            conn.execute(
-                "INSERT INTO adapters (name, version, digest, deleted, created) "
-                "VALUES (?, 1, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
-                "version = adapters.version + 1, digest = excluded.digest, "
-                "deleted = excluded.deleted, created = excluded.created",
-                (name, digest, int(digest is None), now),
-            )
-            version = conn.execute(
-                "SELECT version FROM adapters WHERE name = ?", (name,)
-            ).fetchone()[0]
+            return self._put_adapter(conn, name, digest)
+
+    @staticmethod
+    def _put_adapter(conn: Conn, name: str, digest: str | None) -> AdapterRecord:
+        now = time.time()
+        conn.execute(
+            "INSERT INTO adapters (name, version, digest, deleted, created) "
+            "VALUES (?, 1, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
+            "version = adapters.version + 1, digest = excluded.digest, "
+            "deleted = excluded.deleted, created = excluded.created",
+            (name, digest, int(digest is None), now),
+        )
+        version = conn.execute("SELECT version FROM adapters WHERE name = ?", (name,)).fetchone()[0]
         return AdapterRecord(name, int(version), digest, digest is None, now)
 
     def adapter(self, name: str) -> AdapterRecord | None:
