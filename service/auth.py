@@ -42,6 +42,16 @@ def requires_auth(path: str) -> bool:
     return access_level("GET", path) != "open"
 
 
+def route_path(scope: Scope) -> str:
+    """The path the app routes on: `scope["path"]` holds the `root_path` prefix too (behind
+    a proxy mounted at /prefix, `/prefix/v1/adapters`), and a check on the raw path would
+    take an admin action for a read."""
+    path, root = scope["path"], scope.get("root_path", "")
+    if root and path.startswith(root) and path[len(root) : len(root) + 1] in ("/", ""):
+        return path[len(root) :] or "/"
+    return path
+
+
 def access_level(method: str, path: str) -> Access:
     """What a request needs: `admin` changes adapters or deletes a dataset, `write` stores
     pairs, `read` is everything else that is not open (scoring, generation, image upload,
@@ -91,7 +101,7 @@ class BearerAuthMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.keys and scope["type"] == "http":
-            need = access_level(str(scope.get("method", "GET")), scope["path"])
+            need = access_level(str(scope.get("method", "GET")), route_path(scope))
             if need != "open":
                 self._check(Headers(scope=scope).get("authorization", ""), need)
         await self.app(scope, receive, send)

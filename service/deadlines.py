@@ -19,6 +19,7 @@ import anyio
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from selfreward_vlm.service.auth import route_path
 from selfreward_vlm.service.errors import InvalidRequestError, ServiceError
 
 TIMEOUT_HEADER = "x-request-timeout-ms"
@@ -71,7 +72,7 @@ class DeadlineMiddleware:
         self.on_abandon = on_abandon
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in _NO_DEADLINE:
+        if scope["type"] != "http" or route_path(scope) in _NO_DEADLINE:
             await self.app(scope, receive, send)
             return
         seconds = request_timeout(scope, self.timeout_s())

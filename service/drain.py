@@ -28,6 +28,7 @@ from typing import Any
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from selfreward_vlm.service.auth import route_path
 from selfreward_vlm.service.errors import NotReadyError
 
 logger = logging.getLogger(__name__)
@@ -129,7 +130,7 @@ class DrainMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        if self.drain.draining and scope["path"] not in _ALWAYS_OPEN:
+        if self.drain.draining and route_path(scope) not in _ALWAYS_OPEN:
             raise ShuttingDownError("the service is shutting down; retry on another replica")
         drain = self.drain
 

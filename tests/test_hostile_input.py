@@ -320,3 +320,22 @@ def test_a_real_adapter_still_uploads(keyed_server: Server, lora_dir: Path) -> N
     assert (
         keyed_server.data_dir / "adapters" / "good-lora" / "adapter_model.safetensors"
     ).is_file()
+
+
+@pytest.mark.parametrize("method, path", [("POST", "/v1/adapters"), ("DELETE", "/v1/adapters/x"),
+                                          ("DELETE", "/v1/datasets/d")])  # fmt: skip
+def test_a_root_path_prefix_does_not_make_admin_actions_reads(method: str, path: str) -> None:
+    """Review finding 12: the role check read `scope["path"]`, which holds the root path too;
+    behind a proxy mounted at /prefix, `/prefix/v1/adapters` counted as a read."""
+    import asyncio
+
+    from selfreward_vlm.service.auth import BearerAuthMiddleware, ForbiddenError
+
+    async def app(scope: dict, receive: object, send: object) -> None:
+        raise AssertionError("reached the app with the read key")
+
+    auth = BearerAuthMiddleware(app, api_key="api", read_key="reader")  # type: ignore[arg-type]
+    scope = {"type": "http", "method": method, "path": f"/prefix{path}", "root_path": "/prefix",
+             "headers": [(b"authorization", b"Bearer reader")]}  # fmt: skip
+    with pytest.raises(ForbiddenError):
+        asyncio.run(auth(scope, None, None))  # type: ignore[arg-type]

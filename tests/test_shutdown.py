@@ -137,3 +137,23 @@ def test_kubernetes_waits_for_the_whole_shutdown() -> None:
     uvicorn_graceful_s, batcher_join_s = 10, 30  # service/cli.py, Batcher.stop
     worst = ServiceSettings(model="unused").drain_timeout_s + uvicorn_graceful_s + batcher_join_s
     assert pod["terminationGracePeriodSeconds"] > worst
+
+
+def test_health_stays_open_while_draining_behind_a_root_path() -> None:
+    """With a root path (/prefix), `/prefix/health` is still the liveness probe: a 503 there
+    while draining would get the pod killed before its requests finish."""
+    import asyncio
+
+    from selfreward_vlm.service.drain import Drain, DrainMiddleware
+
+    reached: list[str] = []
+
+    async def app(scope: dict, receive: object, send: object) -> None:
+        reached.append(scope["path"])
+
+    drain = Drain(lambda: 1.0)
+    drain.draining = True
+    middleware = DrainMiddleware(app, drain)  # type: ignore[arg-type]
+    scope = {"type": "http", "method": "GET", "path": "/prefix/health", "root_path": "/prefix"}
+    asyncio.run(middleware(scope, None, None))  # type: ignore[arg-type]
+    assert reached == ["/prefix/health"]
