@@ -14,8 +14,9 @@
 
 A preset is plain data (client installs have no trainer): `method_options(preset, method)` are
 fields of the method's config dataclass, `train_options(preset)` fields of the trainer's
-`DPOTrainConfig`. Explicit options override a preset's; every config records its preset name,
-and a pair records every field of its config (`params`), so a pair says what made it.
+`DPOTrainConfig` (plus `iterate`'s loop levers, e.g. `sft_weight_growth`). Explicit options
+override a preset's; every config records its preset name, and a pair records every field of
+its config (`params`), so a pair says what made it.
 """
 
 from __future__ import annotations
@@ -83,6 +84,7 @@ PRESETS: dict[str, Preset] = {
         {
             "lr": 2e-4, "loss_type": ["sigmoid", "sft"], "lora_r": 16, "lora_alpha": 32,
             "batch_size": 8, "epochs": 3.0, "max_length": 256, "save_steps": 1000,
+            "sft_weight_growth": 2.0,  # iterate: SFT term weight 1, 2, 4 at t = 1, 2, 3
         },
     ),
 }  # fmt: skip
