@@ -29,6 +29,24 @@ def _parse_adapters(specs: list[str]) -> dict[str, str]:
     return adapters
 
 
+def _parse_set(specs: list[str]) -> dict[str, str]:
+    """`--set FIELD=VALUE` pairs: any `ServiceSettings` field, including those without a flag
+    of their own (pydantic converts and validates the value as it does an env var)."""
+    fields = ServiceSettings.model_fields
+    out: dict[str, str] = {}
+    for spec in specs:
+        name, sep, value = spec.partition("=")
+        name = name.strip().replace("-", "_")
+        if not sep or name not in fields:
+            known = ", ".join(sorted(fields))
+            raise typer.BadParameter(
+                f"expected FIELD=VALUE with a settings field, got {spec!r} (fields: {known})",
+                param_hint="--set",
+            )
+        out[name] = value
+    return out
+
+
 def build_settings(
     flags: dict[str, Any], tiny: bool = False, tiny_family: str | None = None
 ) -> ServiceSettings:
@@ -65,7 +83,11 @@ def serve_command(
     device: Annotated[str | None, typer.Option(help="auto | cpu | cuda")] = None,
     dtype: Annotated[str | None, typer.Option(help="auto | float32 | bfloat16 | float16")] = None,
     api_key: Annotated[
-        str | None, typer.Option(help="bearer token required on /v1/* (better: the env var)")
+        str | None,
+        typer.Option(
+            help="bearer token required on every route but health/ready/info/metrics "
+            "(better: the env var)"
+        ),
     ] = None,
     data_dir: Annotated[
         Path | None, typer.Option(help="SQLite store and uploaded adapters")
@@ -114,6 +136,14 @@ def serve_command(
         typer.Option(help="with tiny models: this family's VLM (llava_next, qwen2_5_vl, ...)"),
     ] = None,
     log_level: Annotated[str, typer.Option(help="debug | info | warning | error")] = "info",
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="FIELD=VALUE for any setting, e.g. --set max_queue=512 (repeatable; see "
+            "service/settings.py; same as SELFREWARD_<FIELD>)",
+        ),
+    ] = None,
 ) -> None:
     """Serve the reward-scoring API (FastAPI + uvicorn)."""
     import uvicorn
@@ -142,6 +172,9 @@ def serve_command(
         "openrlhf_reward": openrlhf_reward,
         "openrlhf_aggregation": openrlhf_aggregation,
     }
+    for name, value in _parse_set(set_ or []).items():
+        if flags.get(name) is None:  # a dedicated flag wins over --set
+            flags[name] = value
     try:
         settings = build_settings(flags, tiny=tiny, tiny_family=tiny_family)
     except ValidationError as e:

@@ -1,5 +1,5 @@
-"""Service settings: one pydantic-settings class; every field is a `SELFREWARD_*` env var and a
-`selfreward serve` flag."""
+"""Service settings: one pydantic-settings class; every field is a `SELFREWARD_*` env var, and
+a `selfreward serve` flag (a dedicated one for the common fields, `--set FIELD=VALUE` for all)."""
 
 from __future__ import annotations
 

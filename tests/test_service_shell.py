@@ -281,3 +281,32 @@ def test_cli_flags_fall_back_to_env(monkeypatch, tmp_path: Path) -> None:
     assert settings.api_key == "from-env" and settings.data_dir == tmp_path
     with pytest.raises(ValueError):
         build_settings({"device": "tpu"})
+
+
+def test_set_flag_reaches_any_setting(monkeypatch, tmp_path: Path) -> None:
+    """`--set FIELD=VALUE` sets fields without a flag of their own; a dedicated flag wins; an
+    unknown field or a bad value is a usage error naming it, not a traceback."""
+    import typer
+    import uvicorn
+    from typer.testing import CliRunner
+
+    from selfreward_vlm.service import app as app_module
+    from selfreward_vlm.service.cli import serve_command
+
+    seen: list[ServiceSettings] = []
+    monkeypatch.setattr(app_module, "build_app", lambda settings: seen.append(settings))
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: None)
+    cli = typer.Typer()
+    cli.command()(serve_command)
+    base = ["--model", "m", "--data-dir", str(tmp_path)]
+    res = CliRunner().invoke(cli, [
+        *base, "--set", "max_queue=512", "--set", "request-timeout-s=12.5",
+        "--port", "9001", "--set", "port=1",
+    ])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    (settings,) = seen
+    assert (settings.max_queue, settings.request_timeout_s, settings.port) == (512, 12.5, 9001)
+    res = CliRunner().invoke(cli, [*base, "--set", "max_qeue=1"])
+    assert res.exit_code == 2 and "max_qeue" in res.output
+    res = CliRunner().invoke(cli, [*base, "--set", "max_queue=lots"])
+    assert res.exit_code == 2 and "max_queue" in res.output
