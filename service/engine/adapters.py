@@ -143,11 +143,13 @@ class AdapterRegistry:
 
 
 def _set_disabled(peft_model: Any, disabled: bool) -> None:
-    """Switch every LoRA layer off/on (what PEFT's `disable_adapter()` context does)."""
+    """Switch every LoRA layer off/on (what PEFT's `disable_adapter()` context does),
+    including modules_to_save wrappers (a trained head replacing the base one)."""
     from peft.tuners.tuners_utils import BaseTunerLayer
+    from peft.utils.other import AuxiliaryTrainingWrapper
 
     for module in peft_model.base_model.model.modules():
-        if isinstance(module, BaseTunerLayer):
+        if isinstance(module, (BaseTunerLayer, AuxiliaryTrainingWrapper)):
             module.enable_adapters(not disabled)
 
 

@@ -60,8 +60,6 @@ class LanguageEngine:
         self.adapters = AdapterRegistry(self)
         self.decoder = model.get_decoder()
         self.cache_kw = cache_keyword(self.decoder)
-        self.lm_head = model.get_output_embeddings()
-        self.embed = model.get_input_embeddings()
         # Only where the model's own forward caps its logits: a causal LM reads it from its top
         # config (Gemma 2/3 text); Gemma 3's VLM keeps it in text_config and does not apply it.
         self.softcap = getattr(model.config, "final_logit_softcapping", None)
@@ -104,6 +102,18 @@ class LanguageEngine:
                 )
             )
         return prompt
+
+    # Looked up on every call, never stored: a LoRA on lm_head / embed_tokens (or
+    # modules_to_save) makes PEFT swap these modules for wrappers on their parent after build.
+    @property
+    def lm_head(self) -> Any:
+        """The output projection as the model holds it now (a PEFT wrapper if adapted)."""
+        return self.hf.get_output_embeddings()
+
+    @property
+    def embed(self) -> Any:
+        """The input embedding as the model holds it now (a PEFT wrapper if adapted)."""
+        return self.hf.get_input_embeddings()
 
     @property
     def path(self) -> str:
