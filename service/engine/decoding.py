@@ -95,9 +95,10 @@ class _Rows:
             return
         kv = [layer.row(row) for layer in self.layers]
         token_ids = self.state.token_ids + tuple(ids[:-1])
-        state = PrefixState(
-            self.state.namespace, token_ids, kv, next_logprobs, self.state.rope_delta
-        )
+        # A copy: `next_logprobs` is a row of the whole (R, V) step tensor, which a view
+        # would keep alive in the cache.
+        logp = next_logprobs.clone()
+        state = PrefixState(self.state.namespace, token_ids, kv, logp, self.state.rope_delta)
         engine.prefix_cache.put(state)
 
 
