@@ -194,6 +194,10 @@ def test_encoder_decoder_is_refused_at_start_up() -> None:
 
     with pytest.raises(UnsupportedModelError, match=r"paligemma.*prefix-LM"):
         check_supported(PaliGemmaConfig())
+    from transformers import MllamaConfig
+
+    with pytest.raises(UnsupportedModelError, match=r"mllama.*cross_attention_mask"):
+        check_supported(MllamaConfig())
 
 
 def test_start_up_error_names_the_unsupported_model(tmp_path) -> None:

@@ -52,6 +52,9 @@ class TextFamily(Family):
 UNSUPPORTED: dict[str, str] = {
     "paligemma": "a prefix-LM: the prompt attends bidirectionally and a scored response must be "
     "marked as suffix (token_type_ids=1), which neither path does",
+    "mllama": "its per-token cross_attention_mask (1, T, images, tiles) must be extended over "
+    "prefix and continuation with the last prompt row (as its generate does), which neither "
+    "path does: the generic path only extends (1, T) inputs",
 }
 
 
