@@ -163,7 +163,11 @@ def clean_response(text: str, eos_text: str | None) -> str:
 def filter_pairs(
     pairs: Iterable[PreferencePair], specials: set[str], eos_text: str | None
 ) -> tuple[list[PreferencePair], PairsReport]:
-    """Keep pairs whose responses are non-empty and hold no special-token text."""
+    """Keep pairs whose responses are non-empty and hold no special-token text, in pair-id order.
+
+    The order is the pairs' ids, not the order the store returns them in: a concurrent search
+    publishes prompts as they finish, so the same pairs arrive in a different order run to run,
+    and the trainer's seeded shuffle would then give a different model from the same data."""
     report = PairsReport()
     kept: list[PreferencePair] = []
     for pair in pairs:
@@ -182,6 +186,7 @@ def filter_pairs(
             "dropped %d pair(s) with special tokens and %d with an empty response (of %d)",
             report.dropped_special_tokens, report.dropped_empty, report.total,
         )  # fmt: skip
+    kept.sort(key=lambda pair: pair.id)
     return kept, report
 
 
