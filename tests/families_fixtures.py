@@ -82,11 +82,16 @@ def render(processor: Any, prompt: str) -> str:
 def own_forward_logprobs(
     model: Any, processor: Any, image: Image.Image, prefix: str, cont: str, prompt: str = PROMPT
 ) -> list[float]:
-    """Log-probs of `cont`'s tokens from `model(**processor(text, images))` over the prompt
+    """Log-probs of `cont`'s tokens from the model's forward on transformers' own
+    `processor.apply_chat_template(..., tokenize=True)` (its BOS rule included) over the prompt
     followed by prefix and continuation tokens (per-token inputs extended as text)."""
     import torch
 
-    enc = processor(text=render(processor, prompt), images=image, return_tensors="pt")
+    content = [{"type": "image", "image": image}, {"type": "text", "text": prompt}]
+    enc = processor.apply_chat_template(
+        [{"role": "user", "content": content}],
+        add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt",
+    )  # fmt: skip
     tok = processor.tokenizer
     prompt_ids = enc["input_ids"][0].tolist()
     pre = tok(prefix, add_special_tokens=False)["input_ids"] if prefix else []

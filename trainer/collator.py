@@ -8,7 +8,8 @@ trainer's. This collator makes the trainer's tokenization the service's, by cons
 - prompt: the chat template with `add_generation_prompt=True` over
   `[{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]`
   (text-only: content is the plain prompt string), tokenized by the processor WITH its default
-  special tokens; the processor expands the image placeholder;
+  special tokens unless the rendered text already starts with BOS (transformers' own rule);
+  the processor expands the image placeholder;
 - completion: `tokenizer(response + eos_token, add_special_tokens=False)` -- the service's
   continuation `response + "</s>"` with `prefix=""`.
 
@@ -53,6 +54,13 @@ def tokenizer_of(processing_class: Any) -> Any:
     return getattr(processing_class, "tokenizer", processing_class)
 
 
+def special_tokens(processing_class: Any, text: str) -> dict[str, Any]:
+    """As the service and transformers' `apply_chat_template(tokenize=True)`: a rendered prompt
+    that already starts with BOS (Gemma 3, Idefics3 templates) gets no second BOS."""
+    bos = tokenizer_of(processing_class).bos_token
+    return {"add_special_tokens": False} if bos and text.startswith(bos) else {}
+
+
 @dataclass
 class ServiceAlignedCollator:
     """Collates TRL conversational preference rows into DPO batches (see the module doc)."""
@@ -67,10 +75,11 @@ class ServiceAlignedCollator:
     def encode_prompt(self, prompt: str, images: list[Any]) -> tuple[list[int], dict[str, Any]]:
         """Prompt token ids (special tokens included) and the image tensors for the model."""
         text = render_prompt(self.processing_class, prompt, len(images))
+        kwargs = special_tokens(self.processing_class, text)
         if images:
-            out = self.processing_class(text=[text], images=images, return_tensors="pt")
+            out = self.processing_class(text=[text], images=images, return_tensors="pt", **kwargs)
         else:  # as the service: no image, the tokenizer alone
-            out = tokenizer_of(self.processing_class)([text], return_tensors="pt")
+            out = tokenizer_of(self.processing_class)([text], return_tensors="pt", **kwargs)
         ids = out["input_ids"][0].tolist()
         extras = {k: v for k, v in out.items() if k not in IMAGE_KEYS_SKIP}
         if not images:  # a text-only tokenizer's token_type_ids are all 0 and not needed

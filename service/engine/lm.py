@@ -133,12 +133,16 @@ class LanguageEngine:
             return hit
         text = self.render_prompt(prompt, image is not None or image_id is not None)
         if self.kind == "vlm" and image is not None:
-            out = self.processor(text=text, images=image, return_tensors="pt")
+            out = self.processor(
+                text=text, images=image, return_tensors="pt", **self.special_tokens(text)
+            )
             ids = out["input_ids"][0].tolist()
             inputs = {k: v for k, v in out.items() if k not in ("input_ids", "attention_mask")}
             result = Prompt(text, ids, inputs, has_image=True)
         else:
-            result = Prompt(text, list(self.tokenizer(text)["input_ids"]))
+            result = Prompt(
+                text, list(self.tokenizer(text, **self.special_tokens(text))["input_ids"])
+            )
         if cacheable:
             self.prompts.put(key, result.light())
         return result
@@ -147,8 +151,16 @@ class LanguageEngine:
         """The processor's outputs including pixels (re-run if the cache dropped them)."""
         if any(k.startswith("pixel_") for k in prompt.inputs):
             return prompt.inputs
-        out = self.processor(text=prompt.text, images=image, return_tensors="pt")
+        kwargs = self.special_tokens(prompt.text)
+        out = self.processor(text=prompt.text, images=image, return_tensors="pt", **kwargs)
         return {k: v for k, v in out.items() if k not in ("input_ids", "attention_mask")}
+
+    def special_tokens(self, text: str) -> dict[str, Any]:
+        """transformers' own rule (`ProcessorMixin.apply_chat_template(tokenize=True)`): a
+        rendered prompt that already starts with BOS (Gemma 3, Idefics3 templates) gets no
+        second one from the tokenizer."""
+        bos = self.tokenizer.bos_token
+        return {"add_special_tokens": False} if bos and text.startswith(bos) else {}
 
     def encode_text(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
