@@ -46,7 +46,12 @@ from selfreward_vlm.client.errors import (
     NotFoundError,
     PayloadTooLargeError,
 )
-from selfreward_vlm.client.journal import _atomic_write, _json_lines
+from selfreward_vlm.client.journal import (
+    _atomic_write,
+    _count_lines,
+    _ends_with_newline,
+    _json_lines,
+)
 
 FATAL = (APIConnectionError, AuthenticationError, NotFoundError)  # wrong URL/key/adapter: stop
 RUN_FIELDS = {"model", "max_new_tokens"}  # a 422 on these is the run's settings, not an item's
@@ -108,7 +113,8 @@ class EvalJournal:
             if isinstance(rec.get("id"), str):
                 self.records.setdefault(rec["id"], rec)
         lines = [json.dumps(r, ensure_ascii=False) for r in self.records.values()]
-        if not self.path.exists() or _line_count(self.path) != len(lines) or _torn(self.path):
+        stale = _count_lines(self.path) != len(lines) or not _ends_with_newline(self.path)
+        if not self.path.exists() or stale:
             _atomic_write(self.path, lines)
         return self.records
 
@@ -125,16 +131,6 @@ class EvalJournal:
         if self._f is not None:
             self._f.close()
             self._f = None
-
-
-def _line_count(path: Path) -> int:
-    with path.open("rb") as f:
-        return sum(1 for _ in f)
-
-
-def _torn(path: Path) -> bool:
-    data = path.read_bytes()
-    return bool(data) and not data.endswith(b"\n")
 
 
 @dataclass
