@@ -36,12 +36,19 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return build_all(tmp_path_factory.mktemp("tiny-models"))
 
 
-def wait_ready(base_url: str, proc: subprocess.Popen | None = None, timeout: float = 120) -> None:
-    """Poll GET /ready until 200 (or fail with the server's output)."""
+def wait_ready(
+    base_url: str,
+    proc: subprocess.Popen | None = None,
+    timeout: float = 120,
+    log: Path | None = None,
+) -> None:
+    """Poll GET /ready until 200 (or fail with the server's output: its pipe, or `log`)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             out = proc.stdout.read() if proc.stdout else ""
+            if log is not None and log.exists():
+                out += log.read_text(errors="replace")[-20000:]
             raise RuntimeError(f"server exited with {proc.returncode}:\n{out}")
         try:
             if httpx.get(f"{base_url}/ready", timeout=2).status_code == 200:
@@ -55,7 +62,12 @@ def wait_ready(base_url: str, proc: subprocess.Popen | None = None, timeout: flo
 def start_server(
     tiny_models: dict[str, Path], data_dir: Path, *extra: str, model_key: str = "vlm"
 ) -> tuple[subprocess.Popen, str]:
-    """Start the service on loopback with the tiny models; return (process, base_url)."""
+    """Start the service on loopback with the tiny models; return (process, base_url).
+
+    The server's output goes to `data_dir/server.log`, never to a pipe: nobody reads a pipe
+    while tests run, and once its 64 KiB buffer fills with access-log lines the server blocks
+    on its next log write and every request hangs (it did, late in a CI run).
+    """
     port = free_port()
     cmd = [
         sys.executable, "-m", "selfreward_vlm.service",
@@ -66,11 +78,12 @@ def start_server(
         *extra,
     ]  # fmt: skip
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(
-        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log = data_dir / "server.log"
+    with log.open("ab") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     base_url = f"http://127.0.0.1:{port}"
-    wait_ready(base_url, proc)
+    wait_ready(base_url, proc, log=log)
     return proc, base_url
 
 

@@ -209,7 +209,7 @@ def test_ctrl_c_exits_cleanly_and_resumes(tmp_path: Path, fake_service: str) -> 
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, err
-    assert "Rerun the same command to resume" in err
+    assert "Rerun the same command to resume" in " ".join(err.split())  # rich wraps lines
     read_pairs(out)
     summary = run_pairs(fake_service, "csr", prompts, images, out, progress=False)
     assert summary.prompts_resumed >= 2
