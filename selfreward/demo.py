@@ -14,8 +14,9 @@ Per seed (`--seeds 0,1,2`; each seed its own world):
    report.json (every setting of the preset included) and a plot with error bars.
 
 Reproducibility: every process runs one torch thread (`OMP_NUM_THREADS=1`, `--torch-threads
-1`) with deterministic algorithms and fixed seeds, so a rerun on one machine repeats its numbers
-exactly; CPUs differ in float kernels, so across machines the seeds' spread is the honest error.
+1`) with deterministic algorithms and fixed seeds, and on x86-64 the float kernels are pinned to
+AVX2 (`PINNED_KERNELS`), so a seed gives the same numbers on a rerun and on another x86-64
+machine with the same torch; report.json records these settings under "numerics".
 """
 
 from __future__ import annotations
@@ -110,20 +111,43 @@ class Evaluator:
         return row
 
 
-def _reproducible() -> None:
-    """One thread per process and deterministic kernels: a rerun repeats its numbers.
+# The float kernels' instruction set, pinned so that x86-64 machines with and without AVX-512
+# compute the same numbers: ATen's vectorized ops (softmax differs bit-wise between its AVX2
+# and AVX-512 kernels, measured), MKL's GEMM (conditional numerical reproducibility) and
+# oneDNN (GELU differs). Read once, at each library's first use; set before torch computes
+# anything, and inherited by the service and trainer processes. `VAR=...` in the environment
+# wins (e.g. ATEN_CPU_CAPABILITY=default to measure the native kernels).
+PINNED_KERNELS = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2", "DNNL_MAX_CPU_ISA": "AVX2"}
+
+
+def _reproducible() -> dict[str, str]:
+    """One thread per process, deterministic algorithms and, on x86-64, AVX2 float kernels:
+    a rerun repeats its numbers, on this machine or another. Returns the settings (for the
+    report).
 
     The demo's models are tiny: their ops are too small to split across cores, and two
     processes (service + trainer/evaluator) each spinning a multi-thread pool on a small box
     run many times slower (measured 20-65x on 2 busy cores), and differ from run to run.
     """
-    import torch
+    import platform
 
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = "1"  # the service subprocess inherits it
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    if platform.machine().lower() in ("x86_64", "amd64"):
+        for var, value in PINNED_KERNELS.items():
+            os.environ.setdefault(var, value)
+    import torch
+
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True, warn_only=True)
+    capability = torch.backends.cpu.get_cpu_capability()
+    wanted = os.environ.get("ATEN_CPU_CAPABILITY", "").upper()
+    if wanted and wanted != "DEFAULT" and capability != wanted:
+        console.print(f"[yellow]warning:[/] torch chose {capability} kernels before the demo "
+                      f"could pin {wanted}; numbers may differ from other machines")  # fmt: skip
+    settings = {var: os.environ.get(var, "") for var in ("OMP_NUM_THREADS", *PINNED_KERNELS)}
+    return {**settings, "kernels": capability, "torch": torch.__version__}
 
 
 def _world(config: DemoConfig, seed: int, work: Path) -> Path:
@@ -245,7 +269,7 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
     from selfreward_vlm.client.methods.presets import PRESETS
     from selfreward_vlm.demo_report import LENGTH_KEYS, METRICS, aggregate, plot, print_tables
 
-    _reproducible()
+    numerics = _reproducible()
     started = time.perf_counter()
     work = config.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -256,20 +280,40 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
         "preset": config.preset,
         "preset_settings": json.loads(json.dumps(asdict(preset), default=str)),
         "seeds": config.seeds,
+        "numerics": numerics,
         "rows": aggregate([s["eval"] for s in per_seed], METRICS),
         "lengths": aggregate([s["lengths"] for s in per_seed], LENGTH_KEYS),
         "per_seed": per_seed,
     }
     report["direction_problems"] = check_direction(report["rows"])
+    report["fingerprint"] = fingerprint(per_seed)
     report["seconds"] = time.perf_counter() - started
     (work / "report.json").write_text(json.dumps(report, indent=2, default=str))
     plot(report, work / "report.png")
     print_tables(report, console)
     console.print(f"\nreport: {work / 'report.json'}  plot: {work / 'report.png'}  "
                   f"({report['seconds']:.0f} s)")  # fmt: skip
+    kernels = ", ".join(f"{k}={v}" for k, v in numerics.items())
+    console.print(f"fingerprint {report['fingerprint']}  ({kernels}): the same on every "
+                  "machine that repeats these numbers exactly")  # fmt: skip
     for problem in report["direction_problems"]:
         console.print(f"[red]direction check failed[/red]: {problem}")
     return report
+
+
+def fingerprint(per_seed: list[dict[str, Any]]) -> str:
+    """A short hash of every evaluated caption and metric (timings left out): two runs, on one
+    machine or two, computed the same numbers exactly when their fingerprints match."""
+    import hashlib
+
+    evals = [
+        {
+            row: {k: v for k, v in metrics.items() if k != "seconds"}
+            for row, metrics in s["eval"].items()
+        }
+        for s in per_seed
+    ]
+    return hashlib.sha256(json.dumps(evals, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _seeds(value: str) -> list[int]:

@@ -3,6 +3,8 @@ CLIP→HF vision-tower conversion. No model is trained here."""
 
 from __future__ import annotations
 
+import os
+import platform
 from pathlib import Path
 from typing import Any
 
@@ -221,15 +223,15 @@ def test_demo_direction_check() -> None:
 def test_demo_runs_one_thread_with_deterministic_algorithms(monkeypatch: Any) -> None:
     """The demo's processes (and the service it starts, through the environment) run one
     torch thread with deterministic algorithms: a rerun repeats its numbers."""
-    import os
-
     import torch
 
-    from selfreward_vlm.demo import _reproducible
+    from selfreward_vlm.demo import PINNED_KERNELS, _reproducible
 
     threads, strict = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         monkeypatch.setenv(var, "2")
+    for var in PINNED_KERNELS:  # restored (unset) after the test: later servers run native
+        monkeypatch.setenv(var, "default" if var == "ATEN_CPU_CAPABILITY" else "")
     try:
         _reproducible()
         assert torch.get_num_threads() == 1 and torch.are_deterministic_algorithms_enabled()
@@ -237,3 +239,31 @@ def test_demo_runs_one_thread_with_deterministic_algorithms(monkeypatch: Any) ->
     finally:
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(strict)
+
+
+@pytest.mark.skipif(
+    platform.machine().lower() not in ("x86_64", "amd64"), reason="the pin is x86-64 only"
+)
+def test_demo_pins_avx2_kernels_in_a_fresh_process() -> None:
+    """In a fresh process (as `selfreward demo` starts) the pin takes effect before torch
+    computes anything: ATen dispatches AVX2 kernels on this machine too, whatever it has."""
+    import json
+    import subprocess
+    import sys
+
+    code = (
+        "import json; from selfreward_vlm.demo import _reproducible; "
+        "print(json.dumps(_reproducible()))"
+    )
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "DNNL_MAX_CPU_ISA")
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    numerics = json.loads(out.stdout.strip().splitlines()[-1])
+    assert numerics["kernels"] == "AVX2" and numerics["MKL_CBWR"] == "AVX2"
+    assert numerics["OMP_NUM_THREADS"] == "1" and "warning" not in out.stdout
