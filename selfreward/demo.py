@@ -287,6 +287,7 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
     }
     report["direction_problems"] = check_direction(report["rows"])
     report["fingerprint"] = fingerprint(per_seed)
+    report["seed_fingerprints"] = {s["seed"]: fingerprint([s]) for s in per_seed}
     report["seconds"] = time.perf_counter() - started
     (work / "report.json").write_text(json.dumps(report, indent=2, default=str))
     plot(report, work / "report.png")
@@ -296,6 +297,9 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
     kernels = ", ".join(f"{k}={v}" for k, v in numerics.items())
     console.print(f"fingerprint {report['fingerprint']}  ({kernels}): the same on every "
                   "machine that repeats these numbers exactly")  # fmt: skip
+    if len(per_seed) > 1:  # a one-seed run of seed s prints seed s's fingerprint above
+        console.print("per seed: " + ", ".join(
+            f"{seed}: {fp}" for seed, fp in report["seed_fingerprints"].items()))  # fmt: skip
     for problem in report["direction_problems"]:
         console.print(f"[red]direction check failed[/red]: {problem}")
     return report

@@ -267,3 +267,13 @@ def test_demo_pins_avx2_kernels_in_a_fresh_process() -> None:
     numerics = json.loads(out.stdout.strip().splitlines()[-1])
     assert numerics["kernels"] == "AVX2" and numerics["MKL_CBWR"] == "AVX2"
     assert numerics["OMP_NUM_THREADS"] == "1" and "warning" not in out.stdout
+
+
+def test_demo_fingerprint_ignores_timings_and_sees_every_number() -> None:
+    from selfreward_vlm.demo import fingerprint
+
+    seed = {"seed": 0, "eval": {"base (SFT)": {"chair_s": 0.41, "example": "x", "seconds": 3.0}}}
+    slower = {"seed": 0, "eval": {"base (SFT)": {"chair_s": 0.41, "example": "x", "seconds": 9.0}}}
+    other = {"seed": 0, "eval": {"base (SFT)": {"chair_s": 0.4100001, "example": "x"}}}
+    assert fingerprint([seed]) == fingerprint([slower]) != fingerprint([other])
+    assert len(fingerprint([seed])) == 16 and fingerprint([seed, seed]) != fingerprint([seed])
