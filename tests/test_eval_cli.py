@@ -215,7 +215,7 @@ def wait_for_lines(path: Path, n: int, proc: subprocess.Popen, timeout: float = 
 
 
 def env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(ROOT)}
+    return {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "1000"}  # rich: no wrapping
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])

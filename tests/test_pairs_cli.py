@@ -165,7 +165,8 @@ def wait_for_done(out: Path, n: int, proc: subprocess.Popen, timeout: float = 60
 
 
 def env() -> dict[str, str]:
-    return {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    """The CLI's environment; a wide terminal, so rich does not wrap the messages checked."""
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "COLUMNS": "1000"}
 
 
 @pytest.mark.parametrize("method", ["csr", "sbspo"])
@@ -278,7 +279,7 @@ def test_resume_refuses_other_settings(tmp_path: Path, fake_service: str) -> Non
                   model="pol")  # fmt: skip
     cmd = cli(fake_service, prompts, images, out, "--method", "csr")
     res = subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=60)
-    assert res.returncode == 2 and "another output file" in res.stderr
+    assert res.returncode == 2 and "another output file" in " ".join(res.stderr.split())
 
 
 def test_parse_publish_forms() -> None:
