@@ -68,7 +68,7 @@ class DemoConfig:
         # double the demo's time; λ = 0.9 then gets its own row on the same 200
         sizes: dict[str, Any] = {"ablation_prompts": 200}
         if quick:
-            sizes = {"iterations": 1, "prompts": 48, "eval_images": 100, "ablation_prompts": 32,
+            sizes = {"iterations": 1, "prompts": 300, "eval_images": 200, "ablation_prompts": 300,
                      "rows": QUICK_ROWS}  # fmt: skip
         return cls(quick=quick, seeds=seeds, work=work, world=world, preset=preset,
                    method=method_options(preset, "csr"), train=train_options(preset),

@@ -61,8 +61,8 @@ class WorldConfig:
         return cls(
             seed=seed,
             n_train=3000,
-            n_prompt=100,
-            n_eval=100,
+            n_prompt=300,
+            n_eval=200,
             n_clip_heldout=200,
             clip_steps=700,
             vlm_steps=600,
