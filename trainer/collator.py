@@ -28,6 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from selfreward_vlm.service.engine.families.base import special_tokens_kwargs
 from selfreward_vlm.trainer.data import message_text
 
 IMAGE_KEYS_SKIP = ("input_ids", "attention_mask")
@@ -54,13 +55,6 @@ def tokenizer_of(processing_class: Any) -> Any:
     return getattr(processing_class, "tokenizer", processing_class)
 
 
-def special_tokens(processing_class: Any, text: str) -> dict[str, Any]:
-    """As the service and transformers' `apply_chat_template(tokenize=True)`: a rendered prompt
-    that already starts with BOS (Gemma 3, Idefics3 templates) gets no second BOS."""
-    bos = tokenizer_of(processing_class).bos_token
-    return {"add_special_tokens": False} if bos and text.startswith(bos) else {}
-
-
 @dataclass
 class ServiceAlignedCollator:
     """Collates TRL conversational preference rows into DPO batches (see the module doc)."""
@@ -75,7 +69,7 @@ class ServiceAlignedCollator:
     def encode_prompt(self, prompt: str, images: list[Any]) -> tuple[list[int], dict[str, Any]]:
         """Prompt token ids (special tokens included) and the image tensors for the model."""
         text = render_prompt(self.processing_class, prompt, len(images))
-        kwargs = special_tokens(self.processing_class, text)
+        kwargs = special_tokens_kwargs(tokenizer_of(self.processing_class), text)
         if images:
             out = self.processing_class(text=[text], images=images, return_tensors="pt", **kwargs)
         else:  # as the service: no image, the tokenizer alone

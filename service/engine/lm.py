@@ -22,7 +22,7 @@ from selfreward_vlm.core.schemas import Usage
 from selfreward_vlm.service.engine.adapters import AdapterRegistry
 from selfreward_vlm.service.engine.cache import LRUCache, PrefixCache, PrefixState
 from selfreward_vlm.service.engine.families import Prompt, pick_family
-from selfreward_vlm.service.engine.families.base import cache_keyword
+from selfreward_vlm.service.engine.families.base import cache_keyword, special_tokens_kwargs
 from selfreward_vlm.service.engine.generic_path import generic_score
 from selfreward_vlm.service.engine.rows import ScoredTokens, score_grouped, score_rows
 from selfreward_vlm.service.errors import InvalidRequestError
@@ -156,11 +156,8 @@ class LanguageEngine:
         return {k: v for k, v in out.items() if k not in ("input_ids", "attention_mask")}
 
     def special_tokens(self, text: str) -> dict[str, Any]:
-        """transformers' own rule (`ProcessorMixin.apply_chat_template(tokenize=True)`): a
-        rendered prompt that already starts with BOS (Gemma 3, Idefics3 templates) gets no
-        second one from the tokenizer."""
-        bos = self.tokenizer.bos_token
-        return {"add_special_tokens": False} if bos and text.startswith(bos) else {}
+        """No second BOS for a prompt that starts with one (`special_tokens_kwargs`)."""
+        return special_tokens_kwargs(self.tokenizer, text)
 
     def encode_text(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
