@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from pydantic import ValidationError
 
 from selfreward_vlm.core.schemas import PreferencePair
+from selfreward_vlm.service.store.base import stored_images
 
 if TYPE_CHECKING:
     from selfreward_vlm.service.store.base import Conn
@@ -52,8 +53,6 @@ def _check_pairs(conn: Conn) -> list[str]:
             named_images.update(pair.images)
         last = int(rows[-1][0])
     if named_images:
-        from selfreward_vlm.service.store.base import stored_images  # (base imports this)
-
         for missing in sorted(named_images - stored_images(conn, named_images)):
             problems.append(f"a pair names image {missing} that is not stored")
     return problems
