@@ -42,13 +42,12 @@ def wait_ready(
     timeout: float = 120,
     log: Path | None = None,
 ) -> None:
-    """Poll GET /ready until 200 (or fail with the server's output: its pipe, or `log`)."""
+    """Poll GET /ready until 200 (or fail with the end of the server's `log`, if given).
+    Servers write to a log file, never a pipe (see `start_server`)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            out = proc.stdout.read() if proc.stdout else ""
-            if log is not None and log.exists():
-                out += log.read_text(errors="replace")[-20000:]
+            out = log.read_text(errors="replace")[-20000:] if log and log.exists() else ""
             raise RuntimeError(f"server exited with {proc.returncode}:\n{out}")
         try:
             if httpx.get(f"{base_url}/ready", timeout=2).status_code == 200:

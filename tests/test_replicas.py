@@ -284,7 +284,7 @@ def start_replicas(
     """n real servers on loopback, started together, sharing `store` and one adapter store."""
     from selfreward_vlm.localserver import free_port
 
-    started = []
+    started, logs = [], []
     for i in range(n):
         port = free_port()
         cmd = [
@@ -293,11 +293,13 @@ def start_replicas(
             "--data-dir", str(root / f"replica-{i}"), "--store", store,
             "--adapter-store", str(root / "adapter-store"), "--torch-threads", "1",
         ]  # fmt: skip
-        log = (root / f"replica-{i}.log").open("w")
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env(), stdout=log, stderr=subprocess.STDOUT)
+        log = root / f"replica-{i}.log"
+        with log.open("w") as out:
+            proc = subprocess.Popen(cmd, cwd=ROOT, env=env(), stdout=out, stderr=subprocess.STDOUT)
         started.append((proc, f"http://127.0.0.1:{port}"))
-    for proc, url in started:
-        wait_ready(url, proc)
+        logs.append(log)
+    for (proc, url), log in zip(started, logs, strict=True):
+        wait_ready(url, proc, log=log)
     return started
 
 
