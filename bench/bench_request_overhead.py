@@ -126,7 +126,6 @@ def main() -> None:
             f"total {s['total_ms']:.2f} ms, total - inference {s['around_ms']:.2f} ms; "
             f"bare endpoint {b['total_ms']:.2f} ms; ratio {s['around_ms'] / b['total_ms']:.2f}"
         )
-        # fmt: skip
 
 
 if __name__ == "__main__":
