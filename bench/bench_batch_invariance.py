@@ -84,7 +84,9 @@ def main() -> None:
         together = []
         with torch.inference_mode(), engine.lock:
             for start in range(0, len(items), args.group):
-                gens = [Generation(engine, it) for it in items[start : start + args.group]]
+                gens = [
+                    Generation(engine, it, batched=True) for it in items[start : start + args.group]
+                ]
                 while any(g.pending for g in gens):
                     live = [g for g in gens if g.pending]
                     for g, logp in zip(live, ragged.decode_step(engine, live), strict=True):

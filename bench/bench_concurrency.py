@@ -12,6 +12,10 @@ groups of 1 beam, Hamming penalty 3.0) for C different prompts:
 It prints searches/s, decoded tokens/s, mean rows per decode step, p50/p99 latency per search
 and the process's peak RSS, and checks that both runs produced the same candidates.
 
+Adapters: 8 searches on SmolLM2, half an SBSPO policy sampling under a LoRA (m = 10), half CSR
+beams on the base model, with per-row LoRA in one forward (`adapter_batching=mixed`), one
+forward per adapter (`grouped`), and one search after another.
+
 Then, end to end: `selfreward pairs --method csr` over the same prompts at `--concurrency 1`
 and `--concurrency 8` against one service on loopback (the `llava-1.5-100m` model, a tiny
 CLIP): prompts per minute, and whether the two runs wrote the same pairs.
@@ -148,6 +152,52 @@ def bench_row(name: str, tmp: Path, args: argparse.Namespace) -> list[dict[str, 
     return rows
 
 
+def adapter_items(n: int, max_new_tokens: int) -> list[GenerateItem]:
+    """Half SBSPO policy sampling under an adapter (m = 10, T 0.7), half CSR beams on base."""
+    out = []
+    for k in range(n):
+        topic = f"Describe {TOPICS[k % len(TOPICS)]} in detail."
+        if k % 2:
+            out.append(GenerateItem("policy", topic, strategy="sample", n=10, temperature=0.7,
+                                    seed=k, stop="eos", max_new_tokens=max_new_tokens))  # fmt: skip
+        else:
+            out.append(GenerateItem("base", topic, n=5, stop="eos", max_new_tokens=max_new_tokens))
+    return out
+
+
+def bench_adapters(tmp: Path, args: argparse.Namespace, n: int = 8) -> dict[str, Any]:
+    """Rows of two adapters in one step: per-row LoRA (`mixed`) vs one forward per adapter
+    (`grouped`) vs one search after another, on SmolLM2 with a random rank-16 LoRA on every
+    linear layer of the decoder."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    path, _ = build_row("smollm2", tmp)
+    torch.manual_seed(0)
+    peft = get_peft_model(AutoModelForCausalLM.from_pretrained(path), LoraConfig(
+        r=16, lora_alpha=32, init_lora_weights=False, target_modules="all-linear"))  # fmt: skip
+    peft.save_pretrained(tmp / "policy")
+    out: dict[str, Any] = {"searches": n}
+    for mode in ("mixed", "grouped"):
+        settings = ServiceSettings(model=str(path), device=args.device, max_live_rows=n * 10,
+                                   torch_threads=args.threads, adapter_batching=mode,
+                                   adapters={"policy": str(tmp / "policy")})  # fmt: skip
+        models = load_models(settings)
+        if mode == "mixed":
+            serial = asyncio.run(run(models, settings, adapter_items(n, args.max_new_tokens),
+                                     concurrent=False))  # fmt: skip
+            out["serial_searches_per_s"] = serial["searches_per_s"]
+        models.engine.prefix_cache.clear()
+        res = asyncio.run(run(models, settings, adapter_items(n, args.max_new_tokens), True))
+        out[f"{mode}_searches_per_s"] = res["searches_per_s"]
+        out[f"{mode}_identical"] = res["candidates"] == serial["candidates"]
+    print(f"adapters (smollm2, {n} searches: half policy-LoRA sampling m=10, half base beams): "
+          f"serial {out['serial_searches_per_s']:.2f}, mixed {out['mixed_searches_per_s']:.2f}"
+          f" (identical {out['mixed_identical']}), grouped {out['grouped_searches_per_s']:.2f}"
+          f" (identical {out['grouped_identical']}) searches/s", flush=True)  # fmt: skip
+    return out
+
+
 def bench_pairs(tmp: Path, prompts: int) -> dict[str, Any]:
     """`selfreward pairs --concurrency 1` vs `8` on the same prompts, one service."""
     import subprocess
@@ -201,6 +251,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--pairs-prompts", type=int, default=8, help="0: skip the pairs run")
+    ap.add_argument("--adapters", type=int, default=8, help="0: skip the two-adapter run")
     ap.add_argument("--out", type=Path, default=Path("bench/concurrency.json"))
     args = ap.parse_args()
     device = "cuda" if torch.cuda.is_available() and args.device in ("auto", "cuda") else "cpu"
@@ -210,14 +261,18 @@ def main() -> None:
     )
     results = []
     pairs: dict[str, Any] = {}
+    adapters: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name in filter(None, args.rows.split(",")):
             results += bench_row(name, Path(tmp), args)
+        if args.adapters:
+            adapters = bench_adapters(Path(tmp), args, args.adapters)
         if args.pairs_prompts:
             pairs = bench_pairs(Path(tmp) / "pairs", args.pairs_prompts)
     args.out.write_text(json.dumps({"device": device, "threads": args.threads,
                                     "max_new_tokens": args.max_new_tokens,
-                                    "rows": results, "pairs": pairs}, indent=2) + "\n")  # fmt: skip
+                                    "rows": results, "adapters": adapters, "pairs": pairs},
+                               indent=2) + "\n")  # fmt: skip
     print(f"wrote {args.out}")
 
 

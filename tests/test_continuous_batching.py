@@ -53,13 +53,16 @@ def assert_same(alone: list[list[Generated]], together: list[list[Generated]]) -
             assert y.token_logprobs == pytest.approx(x.token_logprobs, abs=TOL)
 
 
-def run_together(engine: Any, items: list[GenerateItem]) -> list[list[Generated]]:
-    """All items' generations stepped by `ragged.decode_step`, one forward per step."""
+def run_together(
+    engine: Any, items: list[GenerateItem], shared_prefix: bool = True
+) -> list[list[Generated]]:
+    """All items' generations stepped by `ragged.decode_step`, one forward per step (their
+    rows holding the prefix KV once, as the scheduler's do, or a copy per row)."""
     with torch.inference_mode(), engine.lock:
         gens = []
         for item in items:
             with engine.adapters.active(item.adapter):
-                gens.append(Generation(engine, item))
+                gens.append(Generation(engine, item, batched=shared_prefix))
         steps = 0
         while any(g.pending for g in gens):
             live = [g for g in gens if g.pending]
@@ -76,6 +79,9 @@ def test_every_family_decodes_together_as_alone(family: str, family_engine) -> N
     alone = [generate(engine, item) for item in mixed_items()]
     engine.prefix_cache.clear()
     assert_same(alone, run_together(engine, mixed_items()))
+    if family == "llava":  # rows that each hold a copy of the prefix take the step too
+        engine.prefix_cache.clear()
+        assert_same(alone, run_together(engine, mixed_items(), shared_prefix=False))
 
 
 def test_rows_of_different_adapters_share_a_step(family_engine, family_adapters) -> None:

@@ -172,6 +172,11 @@ class Batcher:
         return result, work
 
     @property
+    def _continuous(self) -> bool:
+        """Whether generations share decode steps (see `ServiceSettings.decode_batching`)."""
+        return self.settings.decode_batching == "continuous" and not self.settings.naive_mode
+
+    @property
     def live_rows(self) -> int:
         """Rows the live generations' next step forwards."""
         return sum(gen.live_rows for _, gen in self._live)
@@ -347,7 +352,7 @@ class Batcher:
             before = item.usage.tokens_forwarded
             try:
                 with torch.inference_mode(), engine.lock, engine.adapters.active(item.adapter):
-                    gen = Generation(engine, item)
+                    gen = Generation(engine, item, batched=self._continuous)
             except Exception as exc:
                 self._finish(work, None, exc)
                 continue
@@ -376,9 +381,8 @@ class Batcher:
             return
         start = time.perf_counter()
         rows = sum(gen.live_rows for _, gen in live)
-        continuous = self.settings.decode_batching == "continuous" and not self.settings.naive_mode
-        batched = [(w, g) for w, g in live if continuous and g.fast]
-        alone = [(w, g) for w, g in live if not (continuous and g.fast)]
+        batched = [(w, g) for w, g in live if g.batched]
+        alone = [(w, g) for w, g in live if not g.batched]
         groups: list[list[tuple[Work, Generation]]] = []
         if batched and self.settings.adapter_batching == "grouped":
             by_adapter: dict[str, list[tuple[Work, Generation]]] = defaultdict(list)
@@ -389,7 +393,7 @@ class Batcher:
             groups.append(batched)
         groups += [[pair] for pair in alone]
         for group in groups:
-            self._run_step(group, alone=len(group) == 1 and not (continuous and group[0][1].fast))
+            self._run_step(group, alone=not group[0][1].batched)
         self.step_rows = [*self.step_rows[-999:], rows]
         self._live = [(w, g) for w, g in live if not w.future.done()]
         if self.metrics is not None:

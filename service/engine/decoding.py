@@ -126,6 +126,48 @@ class _Rows:
         engine.prefix_cache.put(state)
 
 
+class SharedPrefixRows(_Rows):
+    """Rows whose prefix KV is held once, as the prefix state has it; each row (beam, sample)
+    owns only the KV of the tokens generated after it. Reordering beams copies suffixes only,
+    and attention reads the prefix once for all rows (`ragged.ragged_attention`). The layout
+    of a step batched with other generations (`ragged.decode_step`), which is the only way
+    these rows are stepped."""
+
+    def __init__(
+        self, engine: LanguageEngine, state: PrefixState, max_new_tokens: int, usage: Usage
+    ):
+        self.engine, self.usage, self.state = engine, usage, state
+        self.prefix_kv = state.kv  # (1, H, P, D) per layer; never written
+        self.layers = [
+            BufferLayer(k[:, :, :0], v[:, :, :0], max_new_tokens + 1) for k, v in state.kv
+        ]
+        self.rows = 1
+        self.length = state.length
+        self.cacheable = True
+
+    def kv_bytes(self, rows: int, max_new_tokens: int) -> int:
+        k = self.prefix_kv[0][0]
+        per_token = 2 * len(self.layers) * k.shape[1] * k.shape[3] * k.element_size()
+        return per_token * (self.state.length + rows * (max_new_tokens + 1))
+
+    def step(self, parents: list[int], tokens: list[int]) -> torch.Tensor:
+        raise NotImplementedError("shared-prefix rows are stepped by ragged.decode_step")
+
+    def remember(self, row: int, ids: list[int], next_logprobs: torch.Tensor) -> None:
+        engine = self.engine
+        if engine.naive or not ids[:-1] or not self.cacheable:
+            return
+        kv = []
+        for (pk, pv), layer in zip(self.prefix_kv, self.layers, strict=True):
+            sk, sv = layer.row(row)
+            kv.append((torch.cat([pk, sk], dim=-2), torch.cat([pv, sv], dim=-2)))
+        token_ids = self.state.token_ids + tuple(ids[:-1])
+        state = PrefixState(
+            self.state.namespace, token_ids, kv, next_logprobs.clone(), self.state.rope_delta
+        )
+        engine.prefix_cache.put(state)
+
+
 # A search is a generator: it yields the rows' next step (parent row of each new row, and its
 # token), is sent the (rows, V) log-probs after that step, and returns its candidates.
 Step = tuple[list[int], list[int]]
@@ -139,7 +181,10 @@ class Generation:
     Construction does the request's prefill (prompt + prefix state, under the caller's lock and
     adapter); afterwards `pending` is the step waiting to run (None once `result` is set)."""
 
-    def __init__(self, engine: LanguageEngine, item: GenerateItem):
+    def __init__(self, engine: LanguageEngine, item: GenerateItem, batched: bool = False):
+        """`batched`: its rows will be stepped together with others' (`ragged.decode_step`),
+        so they hold the prefix KV once (`SharedPrefixRows`); else each row holds a copy and
+        steps alone (`_Rows.step`), the path whose numbers never depend on other requests."""
         self.engine, self.item = engine, item
         prompt = engine.encode_prompt(item.prompt, item.image_id, item.image)
         prefix_ids = engine.encode_text(item.prefix)
@@ -159,7 +204,8 @@ class Generation:
             state = engine.prefix_state(
                 item.adapter, item.image_id, item.image, prompt, ids, len(prompt.ids), item.usage
             )
-            self.rows = _Rows(engine, state, item.max_new_tokens, item.usage)
+            rows_class = SharedPrefixRows if batched else _Rows
+            self.rows = rows_class(engine, state, item.max_new_tokens, item.usage)
             self.rows.cacheable = item.image is None or item.image_id is not None
         stops = engine.stop_token_ids(item.stop, item.stop_text)
         first = self.rows.first()
@@ -179,6 +225,11 @@ class Generation:
     def fast(self) -> bool:
         """Whether its rows can join a batched step (fast path; the generic path cannot)."""
         return isinstance(self.rows, _Rows)
+
+    @property
+    def batched(self) -> bool:
+        """Whether its rows can only be stepped by `ragged.decode_step`."""
+        return isinstance(self.rows, SharedPrefixRows)
 
     @property
     def kv_bytes(self) -> int:

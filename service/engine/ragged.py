@@ -1,10 +1,12 @@
 """One decoder forward per step over the live rows of many generations (continuous batching).
 
-Every generation keeps its own in-place KV buffers (`decoding._Rows`), whose prefix lengths
+Every generation keeps its own KV (`decoding.SharedPrefixRows`): its prefix state's KV, held
+once for all its rows, plus an in-place buffer of each row's generated tokens; prefix lengths
 differ from one generation to the next. A step stacks all generations' new tokens into one
 batch: embeddings, projections, MLPs and the LM head run once over all rows, which is where the
-weights are read, while attention runs per generation on that generation's own buffers (a
-varlen attention: no padding, and no prefix KV copied into a shared slab).
+weights are read, while attention runs per generation on that generation's own KV (a varlen
+attention: no padding, no prefix KV copied into a shared slab or into each beam, and the
+prefix read once per generation rather than once per row).
 
 The attention is a function registered with transformers' `AttentionInterface` under
 `RAGGED_ATTENTION`; the decoder's config names it for the duration of one step (the engine lock
@@ -41,13 +43,22 @@ RAGGED_ATTENTION = "selfreward_ragged"
 _step_layers: contextvars.ContextVar[list[RaggedLayer]] = contextvars.ContextVar("ragged")
 
 
-class RaggedLayer(DynamicLayer):
-    """One decoder layer's KV during a step: each generation's buffer for this layer and the
-    rows of the batch that belong to it (`bounds`, contiguous)."""
+KV = tuple[torch.Tensor, torch.Tensor]
 
-    def __init__(self, buffers: Sequence[BufferLayer], bounds: Sequence[tuple[int, int]]):
+
+class RaggedLayer(DynamicLayer):
+    """One decoder layer's KV during a step: per generation, the rows of the batch that belong
+    to it (`bounds`, contiguous), its buffer for this layer, and its shared prefix KV (None
+    when the buffer holds each row's whole KV, prefix included)."""
+
+    def __init__(
+        self,
+        buffers: Sequence[BufferLayer],
+        prefixes: Sequence[KV | None],
+        bounds: Sequence[tuple[int, int]],
+    ):
         super().__init__()
-        self.buffers, self.bounds = buffers, bounds
+        self.buffers, self.prefixes, self.bounds = buffers, prefixes, bounds
         self.is_initialized = True
 
     def update(  # type: ignore[override]
@@ -59,7 +70,10 @@ class RaggedLayer(DynamicLayer):
         return key_states, value_states
 
     def get_seq_length(self) -> int:
-        return max(buf.filled for buf in self.buffers)
+        return max(
+            buf.filled + (p[0].shape[-2] if p is not None else 0)
+            for buf, p in zip(self.buffers, self.prefixes, strict=True)
+        )
 
 
 def ragged_attention(
@@ -79,14 +93,60 @@ def ragged_attention(
     query: (B, Hq, 1, D); returns (B, 1, Hq, D) like transformers' attention functions."""
     layer = _step_layers.get()[module.layer_idx]  # type: ignore[index]
     outs = []
-    for buf, (a, b) in zip(layer.buffers, layer.bounds, strict=True):
-        k, v = buf.keys, buf.values  # (rows, Hkv, L, D), the new token included
+    for buf, prefix, (a, b) in zip(layer.buffers, layer.prefixes, layer.bounds, strict=True):
+        k, v = buf.keys, buf.values  # (rows, Hkv, S, D), the new token included
         assert k is not None and v is not None
-        if sliding_window is not None:  # the model's mask: the last `sliding_window` tokens
+        if prefix is None:
+            if sliding_window is not None:  # the model's mask: the last `sliding_window` keys
+                k, v = k[:, :, -sliding_window:], v[:, :, -sliding_window:]
+            outs.append(_attend(query[a:b], k, v, scaling, softcap))
+            continue
+        pk, pv = prefix
+        if sliding_window is not None:
             k, v = k[:, :, -sliding_window:], v[:, :, -sliding_window:]
-        outs.append(_attend(query[a:b], k, v, scaling, softcap))
+            keep = sliding_window - k.shape[-2]
+            pk, pv = (
+                (pk[:, :, -keep:], pv[:, :, -keep:]) if keep > 0 else (pk[:, :, :0], pv[:, :, :0])
+            )
+        outs.append(_attend_shared(query[a:b], pk, pv, k, v, scaling, softcap))
     out = torch.cat(outs) if len(outs) > 1 else outs[0]
     return out.transpose(1, 2).contiguous(), None
+
+
+def _attend_shared(
+    q: torch.Tensor,
+    pk: torch.Tensor,
+    pv: torch.Tensor,
+    sk: torch.Tensor,
+    sv: torch.Tensor,
+    scaling: float | None,
+    softcap: float | None,
+) -> torch.Tensor:
+    """Attention over a prefix shared by all rows plus each row's own suffix, with one softmax
+    over both: the prefix keys/values are read once for all rows (a GEMM), not once per row.
+
+    q: (R, Hq, 1, D); pk, pv: (1, Hkv, P, D); sk, sv: (R, Hkv, S, D) -> (R, Hq, 1, D)."""
+    rows, hq, _, d = q.shape
+    hkv = pk.shape[1]
+    rep = hq // hkv
+    scale = scaling if scaling is not None else d**-0.5
+    qg = q.reshape(rows, hkv, rep, d)  # head h reads kv head h // rep
+    # prefix: (Hkv, R*rep, D) @ (Hkv, D, P) -> (Hkv, R*rep, P)
+    qp = qg.permute(1, 0, 2, 3).reshape(hkv, rows * rep, d)
+    s_pre = (qp @ pk[0].transpose(-1, -2)) * scale
+    # suffix: (R, Hkv, rep, D) @ (R, Hkv, D, S) -> (R, Hkv, rep, S) -> (Hkv, R*rep, S)
+    s_suf = (qg @ sk.transpose(-1, -2)) * scale
+    s_suf = s_suf.permute(1, 0, 2, 3).reshape(hkv, rows * rep, -1)
+    scores = torch.cat([s_pre, s_suf], dim=-1).float()
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
+    weights = torch.softmax(scores, dim=-1).to(q.dtype)
+    n_pre = pk.shape[-2]
+    out = weights[..., :n_pre] @ pv[0]  # (Hkv, R*rep, D)
+    w_suf = weights[..., n_pre:].reshape(hkv, rows, rep, -1).permute(1, 0, 2, 3)
+    out_suf = w_suf @ sv  # (R, Hkv, rep, D)
+    out = out.reshape(hkv, rows, rep, d).permute(1, 0, 2, 3) + out_suf
+    return out.reshape(rows, hq, 1, d)
 
 
 def _attend(
@@ -146,7 +206,11 @@ def decode_step(engine: LanguageEngine, gens: Sequence[Generation]) -> list[torc
         names += [gen.item.adapter] * len(toks)
         rows.append(gen.rows)
     fills = [[layer.filled for layer in r.layers] for r in rows]
-    layers = [RaggedLayer([r.layers[i] for r in rows], bounds) for i in range(len(rows[0].layers))]
+    prefixes = [getattr(r, "prefix_kv", None) for r in rows]  # SharedPrefixRows hold one
+    layers = [
+        RaggedLayer([r.layers[i] for r in rows], [p[i] if p else None for p in prefixes], bounds)
+        for i in range(len(rows[0].layers))
+    ]
     try:
         with engine.adapters.rows(names):
             embeds = engine.embed(torch.tensor(tokens, device=dev)[:, None])  # (B, 1, H)
