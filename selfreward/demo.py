@@ -54,7 +54,7 @@ class DemoConfig:
     eval_images: int | None = None
     ablation_prompts: int | None = None
     rows: tuple[str, ...] = FULL_ROWS
-    method: dict[str, Any] = field(default_factory=dict)  # the preset's csr options
+    method: dict[str, Any] = field(default_factory=dict)  # the preset's CSR-flavour options
     train: dict[str, Any] = field(default_factory=dict)  # the preset's training options
 
     @classmethod
@@ -62,7 +62,7 @@ class DemoConfig:
         cls, quick: bool, seeds: list[int], work: Path, world: str | None = None,
         preset: str = "tuned",
     ) -> DemoConfig:  # fmt: skip
-        from selfreward_vlm.client.methods.presets import method_options, train_options
+        from selfreward_vlm.client.methods.presets import PRESETS, method_options, train_options
 
         # 1-iteration ablation rows on half the prompt images: 6 rows × 400 prompts would
         # double the demo's time; λ = 0.9 then gets its own row on the same 200
@@ -71,7 +71,8 @@ class DemoConfig:
             sizes = {"iterations": 1, "prompts": 300, "eval_images": 200, "ablation_prompts": 300,
                      "rows": QUICK_ROWS}  # fmt: skip
         return cls(quick=quick, seeds=seeds, work=work, world=world, preset=preset,
-                   method=method_options(preset, "csr"), train=train_options(preset),
+                   method=method_options(preset, PRESETS[preset].csr_method),
+                   train=train_options(preset),
                    **sizes)  # fmt: skip
 
 
@@ -167,13 +168,15 @@ def _runs(
 
     main = PRESETS[config.preset].csr_method
     runs = {"csr": (main, prompts, config.iterations, method_options(config.preset, main))}
+    # the CLIP weight of the preset's CSR: λ of the paper's reward, α of the official ranks
+    weight = "lam" if main == "csr" else "alpha"
     for row in config.rows:
         if row in ROW_LAMBDA:
             lam = ROW_LAMBDA[row]
-            same = (main == "csr" and config.method.get("lam") == lam
+            same = (config.method.get(weight) == lam
                     and config.ablation_prompts == config.prompts)  # fmt: skip
             if not same:  # else it is CSR iteration 1 itself
-                runs[f"csr-{row}"] = ("csr", ablation, 1, {**config.method, "lam": lam})
+                runs[f"csr-{row}"] = (main, ablation, 1, {**config.method, weight: lam})
         elif row == "official":
             opts = method_options(config.preset, "csr-official")
             runs["csr-official"] = ("csr-official", ablation, 1, opts)
