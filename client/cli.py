@@ -205,6 +205,37 @@ def _root() -> None:
 pairs_app = pairs_group(pairs_command)
 app.add_typer(pairs_app, name="pairs")
 
+prompts_app = typer.Typer(help="prompt files: convert CSR's or LLaVA's into prompts JSONL",
+                          no_args_is_help=True)  # fmt: skip
+
+
+@prompts_app.command("convert")
+def prompts_convert_command(
+    src: Annotated[Path, typer.Argument(help="CSR-Prompt-Dataset-12k.json or LLaVA-Instruct")],
+    out: Annotated[Path, typer.Argument(help="prompts JSONL to write ({id, image, prompt})")],
+    format: Annotated[str, Opt("--format", help="auto | csr | llava")] = "auto",
+    image_prefix: Annotated[
+        str | None,
+        Opt(help="prefix of every image name (csr default: COCO_train2014_, as sample.py)"),
+    ] = None,
+) -> None:
+    """Convert the official CSR prompt set or LLaVA-Instruct conversations into the prompts
+    JSONL that `pairs` and `iterate` read."""
+    from selfreward_vlm.client.prompt_files import convert_file
+
+    try:
+        report = convert_file(src, out, format, image_prefix)
+    except (OSError, ValueError) as exc:
+        raise typer.BadParameter(str(exc), param_hint="SRC") from exc
+    _console.print(
+        f"{report.format}: {report.written} prompts → {out} ({report.renamed} repeated ids "
+        f"renamed -2, -3, …; {len(report.skipped)} entries without prompt text skipped)",
+        highlight=False,
+    )  # fmt: skip
+
+
+app.add_typer(prompts_app, name="prompts")
+
 
 def main() -> None:
     """Entry point of `python -m client.cli`."""
