@@ -99,3 +99,48 @@ def test_merged_model_with_fresh_lora_equals_stacked_adapter_on_base(tmp_path: P
         base = LlamaForCausalLM.from_pretrained(base_dir)(ids).logits
     assert not torch.allclose(official, base, atol=1e-3)
     assert torch.allclose(official, served, atol=1e-4)
+
+
+def test_iterate_merge_lever_trains_fresh_on_the_merged_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`merge_adapter`: iteration 1 trains on the base; iteration 2 on the base with adapter 1
+    merged, reference = that model (no previous adapter handed to the trainer); adapter t on
+    disk (what the service and the evaluator get) is the stack of every fresh LoRA so far."""
+    from safetensors.torch import load_file
+
+    from selfreward_vlm.trainer import iterate as it
+    from selfreward_vlm.trainer import merge
+
+    calls: list[dict[str, object]] = []
+
+    def fake_train(service: str, model: str, dataset: str, out: Path, previous: Path | None,
+                   previous_name: str, overrides: dict[str, object],
+                   launcher: str | None = None) -> dict[str, object]:  # fmt: skip
+        calls.append({"model": model, "out": out, "previous": previous, "ref": previous_name,
+                      "overrides": overrides})  # fmt: skip
+        (out / "adapter").mkdir(parents=True)
+        _adapter(out / "adapter", 2, 4, seed=len(calls))
+        return {"steps": 1}
+
+    merges: list[tuple[str, Path, Path]] = []
+
+    def fake_merged(model: str, adapter: Path, out: Path) -> Path:
+        merges.append((model, adapter, out))
+        return out
+
+    monkeypatch.setattr(it, "_train", fake_train)
+    monkeypatch.setattr(merge, "merged_model", fake_merged)
+    levers = {"merge_adapter": True, "lr": 1e-7}
+    state = it.IterationState(tmp_path)
+    loop = it._Loop("http://s", "csr", "p", "i", tmp_path, "r", "BASE", levers, {}, state, None)
+    loop._train_merged(1, loop.adapter_dir(0))
+    loop._train_merged(2, loop.adapter_dir(1))
+    assert [c["model"] for c in calls] == ["BASE", str(tmp_path / "iter1" / "merged")]
+    assert all(c["previous"] is None for c in calls)  # reference = the model trained on
+    assert "merge_adapter" not in calls[1]["overrides"]  # type: ignore[operator]
+    assert merges == [
+        ("BASE", tmp_path / "iter1" / "train" / "adapter", tmp_path / "iter1" / "merged")
+    ]
+    stacked = load_file(str(tmp_path / "iter2" / "train" / "adapter" / "adapter_model.safetensors"))
+    assert next(v for k, v in stacked.items() if "lora_A" in k).shape[0] == 4  # 2 + 2 ranks

@@ -140,3 +140,14 @@ def test_cli_sbspo_union_fraction_and_deprecated_lambda(tmp_path: Path) -> None:
     assert code == 2 and "union fraction must lie in [0, 0.5)" in text
     code, text = _pairs_cli(tmp_path, *sbspo, "--selection", "best")
     assert code == 2 and "selection must be one of" in text
+
+
+def test_iterate_maps_csr_under_the_official_preset() -> None:
+    """`iterate --method csr --preset official` is checked (and run) as csr-official: its
+    options are csr-official's, so CSR's λ is refused by name."""
+    from selfreward_vlm.trainer.iterate import check_iterate
+
+    check_iterate("csr", False, "official", {"preset": "official", "alpha": 0.5})
+    with pytest.raises(ValueError, match="csr-official has no option"):
+        check_iterate("csr", False, "official", {"lam": 0.5})
+    check_iterate("csr", False, "paper", {"lam": 0.5})  # the paper search under paper
