@@ -52,10 +52,10 @@ def _script_tables() -> tuple[list[str], dict[str, str], dict[str, str]]:
     for double_word in coco_double_words:
         double_word_dict[double_word] = double_word
     for animal_word in animal_words:  # the script's own % formatting, kept
-        double_word_dict["baby %s" % animal_word]  # noqa: UP031 = animal_word
-        double_word_dict["adult %s" % animal_word]  # noqa: UP031 = animal_word
+        double_word_dict["baby %s" % animal_word] = animal_word  # noqa: UP031
+        double_word_dict["adult %s" % animal_word] = animal_word  # noqa: UP031
     for vehicle_word in vehicle_words:
-        double_word_dict["passenger %s" % vehicle_word]  # noqa: UP031 = vehicle_word
+        double_word_dict["passenger %s" % vehicle_word] = vehicle_word  # noqa: UP031
     double_word_dict["bow tie"] = "tie"
     double_word_dict["toilet seat"] = "toilet"
     double_word_dict["wine glas"] = "wine glass"
