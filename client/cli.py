@@ -213,7 +213,7 @@ prompts_app = typer.Typer(help="prompt files: convert CSR's or LLaVA's into prom
 def prompts_convert_command(
     src: Annotated[Path, typer.Argument(help="CSR-Prompt-Dataset-12k.json or LLaVA-Instruct")],
     out: Annotated[Path, typer.Argument(help="prompts JSONL to write ({id, image, prompt})")],
-    format: Annotated[str, Opt("--format", help="auto | csr | llava")] = "auto",
+    fmt: Annotated[str, Opt("--format", help="auto | csr | llava")] = "auto",
     image_prefix: Annotated[
         str | None,
         Opt(help="prefix of every image name (csr default: COCO_train2014_, as sample.py)"),
@@ -224,7 +224,7 @@ def prompts_convert_command(
     from selfreward_vlm.client.prompt_files import convert_file
 
     try:
-        report = convert_file(src, out, format, image_prefix)
+        report = convert_file(src, out, fmt, image_prefix)
     except (OSError, ValueError) as exc:
         raise typer.BadParameter(str(exc), param_hint="SRC") from exc
     _console.print(
