@@ -186,6 +186,29 @@ def test_csr_official_rank_fusion_hand_computed() -> None:
     assert pair.method == "csr-official" and pair.params["alpha"] == 0.9
 
 
+def test_csr_official_filter_is_the_released_clean_tree() -> None:
+    """degenerate_rule "official" (the default): a sentence with emoji stays (clean_text
+    deletes them first), 7 commas stay, and the 4-character rule counts what clean_text
+    leaves; "strict" (ours) drops the first two."""
+    texts = (" Alpha one.", " Dog 🐶 runs.", " Cats, , , , , , , dogs.", " 🐶🐶🐶.")
+    tree = {"": [(t, [-1.0], True) for t in texts]}
+    cos = {"Alpha one.": 0.3, "Dog 🐶 runs.": 0.2, "Cats, , , , , , , dogs.": 0.1, "🐶🐶🐶.": 0.0}
+
+    def scored(rule: str) -> set[str]:
+        fake = FakeScorer(tree=tree, cosine=cos)
+        cfg = CSROfficialConfig(
+            num_candidates=4,
+            num_beam_groups=4,
+            degenerate_rule=rule,  # type: ignore[arg-type]
+        )
+        run(csr_official(fake, ITEM, None, cfg))
+        return set(fake.clip_calls[0])
+
+    assert scored("official") == {"Alpha one.", "Dog 🐶 runs.", "Cats, , , , , , , dogs."}
+    assert scored("strict") == {"Alpha one."}
+    assert (CSROfficialConfig().max_new_tokens, CSROfficialConfig().max_steps) == (70, None)
+
+
 def test_csr_official_without_root_in_mean() -> None:
     fake = FakeScorer(tree=OFFICIAL_TREE, cosine=OFFICIAL_COS)
     cfg = CSROfficialConfig(num_candidates=3, keep_top=1, keep_bottom=1, min_pool=3,

@@ -72,6 +72,7 @@ from selfreward_vlm.core.selection import (
     keep_extremes,
     mean_fused_rank,
     normalize_sentence,
+    official_clean_text,
     pick_chosen_rejected,
     sibling_ranks,
 )
@@ -177,13 +178,19 @@ async def search(
     return root, steps
 
 
+def _length(text: str, cfg: CSROfficialConfig) -> int:
+    """The length the 4-character rule measures: under the official rule, of the text
+    `clean_text` leaves (score.py measures `extract_new_text`, which cleans)."""
+    return len(official_clean_text(text).strip() if cfg.degenerate_rule == "official" else text)
+
+
 def _clean(node: Node, cfg: CSROfficialConfig) -> None:
     """`score.py`'s filters: short or degenerate sentences leave with their subtrees."""
     degenerate = is_degenerate_official if cfg.degenerate_rule == "official" else is_degenerate
     node.children = [
         c
         for c in node.children
-        if len(c.text) >= cfg.min_sentence_chars
+        if _length(c.text, cfg) >= cfg.min_sentence_chars
         and not (cfg.drop_degenerate and degenerate(c.prefix[len(node.prefix) :].strip()))
     ]
     for c in node.children:
