@@ -31,7 +31,9 @@ Differences, forced by the service or chosen deliberately:
   EOS-only candidate (no new text) would be dropped by the 4-character rule and its path could
   never finish, so here it closes its parent's response instead and gets no rank of its own.
 - CLIP rank uses the raw cosine (the official code ranks 100·cos unclipped), so absent objects
-  clipped to R_I = 0 still rank by how absent they are.
+  clipped to R_I = 0 still rank by how absent they are. CLIP reads the sentence as generated;
+  the released code gives it the `clean_text` version (emoji and other characters outside its
+  list deleted), which differs only for such characters.
 - The official `max_length` 1024 counts characters of the decoded prompt + response; here it is
   generated tokens (`max_total_tokens`). The official code has no depth cap (`max_steps=None`,
   the default); `max_steps` can bound it.
