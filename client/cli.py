@@ -18,6 +18,7 @@ from selfreward_vlm.client.errors import APIConnectionError, APIStatusError
 from selfreward_vlm.client.export import pairs_group
 from selfreward_vlm.client.journal import OutputMismatchError, PairsJournal
 from selfreward_vlm.client.methods import METHODS, build_config, check_run
+from selfreward_vlm.client.methods.presets import method_for_preset
 from selfreward_vlm.client.pairs import PairsSummary, load_prompts, run_pairs
 
 Opt = typer.Option
@@ -41,7 +42,17 @@ def pairs_command(
     iteration: Annotated[int, Opt(help="iteration recorded in each pair")] = 0,
     api_key: Annotated[str | None, Opt(envvar="SELFREWARD_API_KEY", help="bearer token")] = None,
     lam: Annotated[
-        float | None, Opt("--lambda", help="csr: R_I weight (0.9); sbspo: union fraction (0.3)")
+        float | None,
+        Opt("--lambda", help="csr: R_I weight (0.9); sbspo: deprecated, use --union-fraction"),
+    ] = None,
+    union_fraction: Annotated[
+        float | None, Opt(help="sbspo: top/bottom ⌈λm⌉ of each ranking, the paper's λ (0.3)")
+    ] = None,
+    selection: Annotated[
+        str | None, Opt(help="sbspo: union (eq. 5) | sum | avg (one ranking, its Table 2)")
+    ] = None,
+    overlap: Annotated[
+        str | None, Opt(help="sbspo: keep (eq. 5: in both sets) | drop (ours: leaves both)")
     ] = None,
     alpha: Annotated[float | None, Opt(help="csr-official: CLIP-rank weight (0.9)")] = None,
     num_candidates: Annotated[int | None, Opt(help="csr: sentences proposed per path")] = None,
@@ -72,7 +83,17 @@ def pairs_command(
     """Build preference pairs for a prompts file with one method (resumable)."""
     if method not in METHODS:
         raise typer.BadParameter(f"choose from {sorted(METHODS)}", param_hint="--method")
+    method = _preset_method(method, preset)
+    if method == "sbspo" and lam is not None:
+        if union_fraction is not None:
+            raise typer.BadParameter("give --union-fraction only", param_hint="--lambda")
+        _console.print(
+            "[yellow]warning[/yellow]: --lambda for sbspo is deprecated (it is CSR's R_I "
+            "weight); use --union-fraction", highlight=False,
+        )  # fmt: skip
+        lam, union_fraction = None, lam
     options: dict[str, Any] = {
+        "union_fraction": union_fraction, "selection": selection, "overlap": overlap,
         "lam": lam, "alpha": alpha, "num_candidates": num_candidates, "keep_top": keep_top,
         "keep_bottom": keep_bottom, "language_score": language_score, "path_score": path_score,
         "stop_r_i": stop_r_i, "drop_duplicate_sentences": drop_duplicate_sentences,
@@ -113,6 +134,23 @@ def pairs_command(
     _print_summary(summary)
     if summary.prompts_undone:  # transient failures: the run is not complete (rerun it)
         raise typer.Exit(3)
+
+
+def _preset_method(method: str, preset: str | None) -> str:
+    """`--method csr --preset official` runs what "CSR" means under the preset: the released
+    code's search (`csr-official`), said on stderr; the paper search has no official form."""
+    if preset is None or method != "csr":
+        return method
+    try:
+        mapped = method_for_preset(method, preset)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--preset") from exc
+    if mapped != method:
+        _console.print(
+            f"--preset {preset}: --method csr runs [bold]{mapped}[/bold] (the released CSR "
+            "code's search, rank fusion and mean rank)", highlight=False,
+        )  # fmt: skip
+    return mapped
 
 
 def _stopped(out: Path, what: str) -> None:
@@ -166,6 +204,37 @@ def _root() -> None:
 # `pairs` is a group: the search (default, so `pairs --service ...` still works) and `export`.
 pairs_app = pairs_group(pairs_command)
 app.add_typer(pairs_app, name="pairs")
+
+prompts_app = typer.Typer(help="prompt files: convert CSR's or LLaVA's into prompts JSONL",
+                          no_args_is_help=True)  # fmt: skip
+
+
+@prompts_app.command("convert")
+def prompts_convert_command(
+    src: Annotated[Path, typer.Argument(help="CSR-Prompt-Dataset-12k.json or LLaVA-Instruct")],
+    out: Annotated[Path, typer.Argument(help="prompts JSONL to write ({id, image, prompt})")],
+    fmt: Annotated[str, Opt("--format", help="auto | csr | llava")] = "auto",
+    image_prefix: Annotated[
+        str | None,
+        Opt(help="prefix of every image name (csr default: COCO_train2014_, as sample.py)"),
+    ] = None,
+) -> None:
+    """Convert the official CSR prompt set or LLaVA-Instruct conversations into the prompts
+    JSONL that `pairs` and `iterate` read."""
+    from selfreward_vlm.client.prompt_files import convert_file
+
+    try:
+        report = convert_file(src, out, fmt, image_prefix)
+    except (OSError, ValueError) as exc:
+        raise typer.BadParameter(str(exc), param_hint="SRC") from exc
+    _console.print(
+        f"{report.format}: {report.written} prompts → {out} ({report.renamed} repeated ids "
+        f"renamed -2, -3, …; {len(report.skipped)} entries without prompt text skipped)",
+        highlight=False,
+    )  # fmt: skip
+
+
+app.add_typer(prompts_app, name="prompts")
 
 
 def main() -> None:

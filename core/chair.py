@@ -28,6 +28,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 # Words (hyphenated compounds whole), "'s"-style suffixes, or any other single mark.
 _TOKEN_RE = re.compile(r"\w+(?:-\w+)*|'\w+|[^\w\s]")
@@ -202,7 +203,19 @@ class ChairScores:
     n_hallucinated: int
 
 
-def score_caption(vocab: Vocabulary, caption: str, truth: Iterable[str]) -> CaptionChair:
+class ObjectReader(Protocol):
+    """What CHAIR needs of a vocabulary: `Vocabulary` (this module's reading) and
+    `core.chair_rohrbach.RohrbachVocabulary` (the CHAIR script's) both provide it."""
+
+    @property
+    def categories(self) -> frozenset[str]: ...
+
+    def category(self, name: str) -> str | None: ...
+
+    def mentions(self, caption: str) -> list[Mention]: ...
+
+
+def score_caption(vocab: ObjectReader, caption: str, truth: Iterable[str]) -> CaptionChair:
     """Compare one caption with the categories really in its image."""
     return CaptionChair(tuple(vocab.mentions(caption)), frozenset(truth), len(caption.split()))
 

@@ -32,6 +32,13 @@ COMMANDS: list[tuple[str, str, str, str, str]] = [
         "Search preference pairs through a service; export them (pairs export).",
     ),
     (
+        "prompts",
+        "selfreward_vlm.client.cli",
+        "prompts_app",
+        "",
+        "Prompt files: convert CSR's 12k prompt set or LLaVA-Instruct (prompts convert).",
+    ),
+    (
         "train",
         "selfreward_vlm.trainer.cli",
         "train_command",

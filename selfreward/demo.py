@@ -7,6 +7,10 @@ Per seed (`--seeds 0,1,2`; each seed its own world):
    `iterate` for T iterations on the prompt images (pairs → DPO → adapter upload);
 4. ablation rows, one iteration each: λ = 0, 0.5, 0.9, 1 (CSR Table 2), the official code's
    rank fusion (`csr-official`), SBSPO (starting policy M1′ = CSR iteration 1, reference base);
+   with `--full` (a second lane, longer than `make demo`), on worlds whose SFT captions carry
+   disfluencies CLIP does not see (`--disfluency`, default 0.15 there): CSR under the `paper`
+   and the `official` presets for T iterations each, beside the chosen preset's, and SBSPO's
+   Table 2 selections (sum only, average only, the eq. 5 union);
 5. evaluate the base model and every adapter on the evaluation images with greedy decoding
    (CHAIR_S, CHAIR_I, recall, length, malformed and repeat rates): only this step reads
    ground truth;
@@ -36,6 +40,17 @@ console = Console(width=None if sys.stdout.isatty() else 140)
 
 FULL_ROWS = ("lambda0", "lambda0p5", "lambda0p9", "lambda1", "official", "sbspo")
 QUICK_ROWS = ("lambda0", "lambda1", "sbspo")
+# `--full`: CSR under each preset for T iterations (run name -> preset), SBSPO's Table 2
+LANE_PRESET_ROWS = {"csr-paper": "paper", "csr-official-preset": "official"}
+LANE_ROWS = (*LANE_PRESET_ROWS, "sbspo-sum", "sbspo-avg", "sbspo-eq5")
+# SBSPO rows: run name -> options over the preset's (eq. 5 as written for Table 2's three)
+SBSPO_ROWS: dict[str, dict[str, Any]] = {
+    "sbspo": {},
+    "sbspo-sum": {"selection": "sum", "overlap": "keep"},
+    "sbspo-avg": {"selection": "avg", "overlap": "keep"},
+    "sbspo-eq5": {"selection": "union", "overlap": "keep"},
+}
+FULL_LANE_DISFLUENCY = 0.15
 # run names become adapter names on the service, which may not contain "."
 ROW_LAMBDA = {"lambda0": 0.0, "lambda0p5": 0.5, "lambda0p9": 0.9, "lambda1": 1.0}
 
@@ -54,24 +69,35 @@ class DemoConfig:
     eval_images: int | None = None
     ablation_prompts: int | None = None
     rows: tuple[str, ...] = FULL_ROWS
-    method: dict[str, Any] = field(default_factory=dict)  # the preset's csr options
+    method: dict[str, Any] = field(default_factory=dict)  # the preset's CSR-flavour options
     train: dict[str, Any] = field(default_factory=dict)  # the preset's training options
+    full: bool = False  # the second lane: LANE_ROWS too, on disfluent worlds
+    disfluency: float = 0.0  # share of disfluent SFT sentences in the worlds built
 
     @classmethod
     def make(
         cls, quick: bool, seeds: list[int], work: Path, world: str | None = None,
-        preset: str = "tuned",
+        preset: str = "tuned", full: bool = False, disfluency: float | None = None,
     ) -> DemoConfig:  # fmt: skip
-        from selfreward_vlm.client.methods.presets import method_options, train_options
+        from selfreward_vlm.client.methods.presets import PRESETS, method_options, train_options
 
         # 1-iteration ablation rows on half the prompt images: 6 rows × 400 prompts would
         # double the demo's time; λ = 0.9 then gets its own row on the same 200
         sizes: dict[str, Any] = {"ablation_prompts": 200}
+        if quick and full:
+            raise ValueError("--quick and --full are two different lanes: pick one")
         if quick:
             sizes = {"iterations": 1, "prompts": 300, "eval_images": 200, "ablation_prompts": 300,
                      "rows": QUICK_ROWS}  # fmt: skip
+        if full:
+            rows = (*FULL_ROWS, *(r for r in LANE_ROWS
+                                  if LANE_PRESET_ROWS.get(r) not in (preset,)))  # fmt: skip
+            sizes = {**sizes, "rows": rows}
+        if disfluency is None:
+            disfluency = FULL_LANE_DISFLUENCY if full else 0.0
         return cls(quick=quick, seeds=seeds, work=work, world=world, preset=preset,
-                   method=method_options(preset, "csr"), train=train_options(preset),
+                   method=method_options(preset, PRESETS[preset].csr_method),
+                   train=train_options(preset), full=full, disfluency=disfluency,
                    **sizes)  # fmt: skip
 
 
@@ -156,33 +182,48 @@ def _world(config: DemoConfig, seed: int, work: Path) -> Path:
     if config.world is not None:
         return Path(config.world.replace("{seed}", str(seed))).resolve()
     name = f"world-seed{seed}{'-quick' if config.quick else ''}"
-    return build_world(work / name, seed=seed, quick=config.quick).root
+    if config.disfluency:
+        name += f"-disfluent{config.disfluency:g}"
+    return build_world(work / name, seed=seed, quick=config.quick,
+                       disfluency=config.disfluency).root  # fmt: skip
 
 
-def _runs(
-    config: DemoConfig, prompts: Path, ablation: Path
-) -> dict[str, tuple[str, Path, int, dict[str, Any]]]:
-    """run name -> (method, prompts file, iterations, method options) for every row."""
-    from selfreward_vlm.client.methods.presets import PRESETS, method_options
+Run = tuple[str, Path, int, dict[str, Any], dict[str, Any]]
+
+
+def _runs(config: DemoConfig, prompts: Path, ablation: Path) -> dict[str, Run]:
+    """run name -> (method, prompts file, iterations, method options, training options) for
+    every CSR row (SBSPO rows start from CSR iteration 1: `run_seed` runs them after)."""
+    from selfreward_vlm.client.methods.presets import PRESETS, method_options, train_options
 
     main = PRESETS[config.preset].csr_method
-    runs = {"csr": (main, prompts, config.iterations, method_options(config.preset, main))}
+    train = config.train
+    runs = {"csr": (main, prompts, config.iterations, method_options(config.preset, main), train)}
+    # the CLIP weight of the preset's CSR: λ of the paper's reward, α of the official ranks
+    weight = "lam" if main == "csr" else "alpha"
     for row in config.rows:
         if row in ROW_LAMBDA:
             lam = ROW_LAMBDA[row]
-            same = (main == "csr" and config.method.get("lam") == lam
+            same = (config.method.get(weight) == lam
                     and config.ablation_prompts == config.prompts)  # fmt: skip
             if not same:  # else it is CSR iteration 1 itself
-                runs[f"csr-{row}"] = ("csr", ablation, 1, {**config.method, "lam": lam})
+                runs[f"csr-{row}"] = (main, ablation, 1, {**config.method, weight: lam}, train)
         elif row == "official":
             opts = method_options(config.preset, "csr-official")
-            runs["csr-official"] = ("csr-official", ablation, 1, opts)
+            runs["csr-official"] = ("csr-official", ablation, 1, opts, train)
+        elif row in LANE_PRESET_ROWS:  # the papers' own settings, search and training alike
+            preset = LANE_PRESET_ROWS[row]
+            method = PRESETS[preset].csr_method
+            runs[row] = (method, prompts, config.iterations, method_options(preset, method),
+                         train_options(preset))  # fmt: skip
     return runs
 
 
 def _label(run: str, t: int) -> str:
     if run == "csr":
         return f"csr iter{t}"
+    if run in LANE_PRESET_ROWS:
+        return f"csr {LANE_PRESET_ROWS[run]} preset iter{t}"
     if run.startswith("csr-lambda"):
         return f"csr λ={ROW_LAMBDA[run.removeprefix('csr-')]:g}"
     return run
@@ -214,27 +255,28 @@ def run_seed(config: DemoConfig, seed: int) -> dict[str, Any]:
 
     with local_service(world / "vlm", world / "clip", work / "service", "--torch-threads", "1",
                        log_file=work / "service.log") as url:  # fmt: skip
-        for run, (method, prompt_file, iterations, options) in _runs(config, prompts,
-                                                                     ablation).items():  # fmt: skip
+        for run, (method, prompt_file, iterations, options, run_train) in _runs(
+            config, prompts, ablation
+        ).items():
             console.rule(f"seed {seed}, {run}: {method}, {iterations} iteration(s)")
             records = iterate(url, method, prompt_file, world / "images", iterations, work / run,
-                              model=str(world / "vlm"), train_overrides=train,
+                              model=str(world / "vlm"), train_overrides=dict(run_train),
                               method_options=options, run=run)  # fmt: skip
             out["runs"][run] = [asdict(r) for r in records]
             for t in range(1, iterations + 1):
                 folder = work / run / f"iter{t}"
                 evaluate(_label(run, t), folder / "train" / "adapter")
                 out["lengths"][_label(run, t)] = length_stats(pairs_of(folder))
-        if "sbspo" in config.rows:
-            console.rule(f"seed {seed}, sbspo: policy M1' = CSR iteration 1, reference = base")
+        for run in (r for r in SBSPO_ROWS if r in config.rows):
+            console.rule(f"seed {seed}, {run}: policy M1' = CSR iteration 1, reference = base")
             csr1 = work / "csr" / "iter1" / "train" / "adapter"
-            records = iterate(url, "sbspo", ablation, world / "images", 1, work / "sbspo",
+            options = {**method_options(config.preset, "sbspo"), **SBSPO_ROWS[run]}
+            records = iterate(url, "sbspo", ablation, world / "images", 1, work / run,
                               model=str(world / "vlm"), train_overrides=train,
-                              method_options=method_options(config.preset, "sbspo"),
-                              run="sbspo", init_adapter=csr1)  # fmt: skip
-            out["runs"]["sbspo"] = [asdict(r) for r in records]
-            evaluate("sbspo", work / "sbspo" / "iter1" / "train" / "adapter")
-            out["lengths"]["sbspo"] = length_stats(pairs_of(work / "sbspo" / "iter1"))
+                              method_options=options, run=run, init_adapter=csr1)  # fmt: skip
+            out["runs"][run] = [asdict(r) for r in records]
+            evaluate(run, work / run / "iter1" / "train" / "adapter")
+            out["lengths"][run] = length_stats(pairs_of(work / run / "iter1"))
     for row in config.rows:  # rows that are CSR iteration 1 itself
         label = f"csr λ={ROW_LAMBDA[row]:g}" if row in ROW_LAMBDA else None
         if label and label not in evaluate.results:
@@ -245,9 +287,13 @@ def run_seed(config: DemoConfig, seed: int) -> dict[str, Any]:
 
 
 def _row_rank(label: str) -> tuple[int, float]:
-    """Table order: base, CSR iterations, λ rows by λ, the official code, SBSPO."""
+    """Table order: base, CSR iterations, the other presets' iterations, λ rows by λ, the
+    official code, SBSPO."""
     if label.startswith("csr iter"):
         return (1, float(label.removeprefix("csr iter")))
+    if " preset iter" in label:  # after the chosen preset's: paper, then official
+        offset = 20.0 if label.startswith("csr official") else 10.0
+        return (1, offset + float(label.rsplit("iter", 1)[1]))
     if label.startswith("csr λ="):
         return (2, float(label.removeprefix("csr λ=")))
     return {"base (SFT)": (0, 0.0), "csr-official": (3, 0.0)}.get(label, (4, 0.0))
@@ -267,7 +313,14 @@ def check_direction(rows: dict[str, Any]) -> list[str]:
 def run_demo(config: DemoConfig) -> dict[str, Any]:
     """Run the demo for every seed; returns (and writes) the report."""
     from selfreward_vlm.client.methods.presets import PRESETS
-    from selfreward_vlm.demo_report import LENGTH_KEYS, METRICS, aggregate, plot, print_tables
+    from selfreward_vlm.demo_report import (
+        LENGTH_KEYS,
+        METRICS,
+        aggregate,
+        calibration,
+        plot,
+        print_tables,
+    )
 
     numerics = _reproducible()
     started = time.perf_counter()
@@ -286,6 +339,7 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
         "per_seed": per_seed,
     }
     report["direction_problems"] = check_direction(report["rows"])
+    report["calibration"] = calibration(report["rows"])
     report["fingerprint"] = fingerprint(per_seed)
     report["seed_fingerprints"] = {s["seed"]: fingerprint([s]) for s in per_seed}
     report["seconds"] = time.perf_counter() - started
@@ -337,6 +391,20 @@ def demo_command(
         str | None, typer.Option(help="several seeds, e.g. 0,1,2: mean ± sd per row")
     ] = None,
     preset: Annotated[str, typer.Option(help="paper | official | tuned")] = "tuned",
+    full: Annotated[
+        bool,
+        typer.Option(
+            help="the second lane: CSR under every preset for 3 iterations and "
+            "SBSPO's Table 2 selections, on worlds with disfluent SFT captions"
+        ),
+    ] = False,
+    disfluency: Annotated[
+        float | None,
+        typer.Option(
+            help="share of disfluent SFT caption sentences in the worlds built "
+            f"(default 0; --full: {FULL_LANE_DISFLUENCY})"
+        ),
+    ] = None,
     work: Annotated[Path, typer.Option(help="work dir (world cache, runs, report)")] = Path(
         "runs/demo"
     ),
@@ -350,10 +418,14 @@ def demo_command(
 
     if preset not in PRESET_NAMES:
         raise typer.BadParameter(f"choose from {list(PRESET_NAMES)}", param_hint="--preset")
+    if quick and full:
+        raise typer.BadParameter("--quick and --full are two lanes: pick one", param_hint="--full")
     if quick and work == Path("runs/demo"):
         work = Path("runs/demo-quick")
+    if full and work == Path("runs/demo"):
+        work = Path("runs/demo-full")
     report = run_demo(DemoConfig.make(quick, _seeds(seeds) if seeds else [seed], work, world,
-                                      preset))  # fmt: skip
+                                      preset, full, disfluency))  # fmt: skip
     if quick and report["direction_problems"]:
         raise typer.Exit(1)
 
@@ -365,12 +437,15 @@ def world_command(
     seed: Annotated[int, typer.Option(help="world seed")] = 0,
     quick: Annotated[bool, typer.Option(help="small world (CI)")] = False,
     evaluate: Annotated[bool, typer.Option(help="greedy CHAIR of the base VLM")] = True,
+    disfluency: Annotated[
+        float, typer.Option(help="share of SFT caption sentences made disfluent (CLIP-blind)")
+    ] = 0.0,
 ) -> None:
     """Build the miniature world: images, a tiny CLIP, a tiny VLM with a language prior."""
     from selfreward_vlm.world.build import build_world
 
     _reproducible()  # with two threads the trained CLIP differed between builds (measured)
-    world = build_world(out, seed=seed, quick=quick).root
+    world = build_world(out, seed=seed, quick=quick, disfluency=disfluency).root
     console.print(f"world: {world}  (serve it: selfreward serve --model {world / 'vlm'} "
                   f"--clip {world / 'clip'})")  # fmt: skip
     if evaluate:

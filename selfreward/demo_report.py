@@ -43,6 +43,34 @@ def aggregate(per_seed: Sequence[dict[str, dict[str, Any]]], keys: Sequence[str]
     return out
 
 
+LAMBDA_ROWS = ("csr λ=0", "csr λ=0.5", "csr λ=0.9", "csr λ=1")
+
+
+def _beats(rows: dict[str, Any], better: str, worse: str, key: str) -> bool | None:
+    """Whether `better`'s mean of `key` is below `worse`'s by more than one sd (the larger of
+    the two); None without both rows or without an sd (one seed)."""
+    a, b = rows.get(better, {}).get(key), rows.get(worse, {}).get(key)
+    if not a or not b or a[1] is None or b[1] is None:
+        return None
+    return bool(b[0] - a[0] > max(a[1], b[1]))
+
+
+def calibration(rows: dict[str, Any]) -> dict[str, Any]:
+    """What calibration buys: the λ rows' CHAIR_S and malformed rate, and CSR Table 2's
+    ordering as two checks (None when a row or the sd is missing): λ = 0.9 below λ = 1 (CLIP
+    alone) on malformed, and below λ = 0 (language score alone) on CHAIR_S, each by more than
+    one sd."""
+    table = {label: {k: rows[label].get(k) for k in ("chair_s", "malformed_rate")}
+             for label in LAMBDA_ROWS if label in rows}  # fmt: skip
+    return {
+        "rows": table,
+        "lambda0.9_below_lambda1_on_malformed": _beats(
+            rows, "csr λ=0.9", "csr λ=1", "malformed_rate"
+        ),
+        "lambda0.9_below_lambda0_on_chair_s": _beats(rows, "csr λ=0.9", "csr λ=0", "chair_s"),
+    }
+
+
 def fmt(cell: list[float | None] | None, digits: int = 3) -> str:
     """`0.123 ± 0.010`, or `0.123` for one seed, or `-`."""
     if not cell or cell[0] is None or (isinstance(cell[0], float) and math.isnan(cell[0])):
@@ -71,6 +99,17 @@ def print_tables(report: dict[str, Any], console: Console) -> None:
         lengths.add_row(run, *(fmt(row.get(k), d) for k, d in zip(LENGTH_KEYS, digits,
                                                                    strict=True)))  # fmt: skip
     console.print(lengths)
+    cal = report.get("calibration") or {}
+    if cal.get("rows"):
+        t = Table(title="What calibration buys (CSR Table 2's λ; mean ± sd over seeds)")
+        for col in ("λ row", "CHAIR_S", "malformed"):
+            t.add_column(col, justify="left" if col == "λ row" else "right")
+        for label, row in cal["rows"].items():
+            t.add_row(label, fmt(row.get("chair_s")), fmt(row.get("malformed_rate")))
+        console.print(t)
+        for key in ("lambda0.9_below_lambda1_on_malformed", "lambda0.9_below_lambda0_on_chair_s"):
+            verdict = {True: "yes", False: "no", None: "not measurable (a row or the sd missing)"}
+            console.print(f"  {key.replace('_', ' ')} by more than one sd: {verdict[cal[key]]}")
     first = report["per_seed"][0]
     console.print(f"\nOne caption per model (first evaluation image, seed {first['seed']}):")
     for label, m in first["eval"].items():

@@ -300,6 +300,7 @@ def test_compare_lays_out_table_7(tmp_path: Path) -> None:
         pope_s = json.loads((tmp_path / "runs" / model / "pope" / "summary.json").read_text())
         row = next(line for line in res.output.splitlines() if f" {model} " in line)
         cells = [c.strip() for c in row.split("│")[2:-1]]
+        assert cells.pop() == "CHAIR default, POPE robust"  # the rule each run read with
         assert cells == [f"{100 * pope_s['metrics']['mean']['accuracy']:.2f}",
                          f"{100 * pope_s['metrics']['mean']['f1']:.2f}",
                          f"{100 * chair['metrics']['chair_s']:.1f}",
@@ -327,3 +328,30 @@ def test_object_halbench_uses_its_8_prompts(tmp_path: Path) -> None:
     titles, rows = compare_rows([tmp_path / "runs" / "sbspo"])
     assert titles == ["HalBench Resp.", "HalBench Ment."]
     assert rows[0]["HalBench Ment."] == pytest.approx(100 * m["chair_i"])
+
+
+def test_compare_names_the_reading_each_run_used(tmp_path: Path) -> None:
+    """`--metric-compat rohrbach` and `--answer-rule official` are recorded in the summaries
+    and shown by `compare`; a resume with another reading is refused."""
+    annotations, images = write_coco(tmp_path, 3, real_images=False)
+    pope = write_pope(tmp_path, "random", 4)
+    run = tmp_path / "runs" / "compat"
+    with fake_service() as url:
+        common = ["--service", url, "--images", str(images), "--quiet"]
+        chair_args = ["chair", *common, "--annotations", str(annotations),
+                      "--out", str(run / "chair")]  # fmt: skip
+        res = CliRunner().invoke(app, [*chair_args, "--metric-compat", "rohrbach"])
+        assert res.exit_code == 0, res.output
+        res = CliRunner().invoke(app, ["pope", *common, "--questions", str(pope), "--out",
+                                       str(run / "pope"), "--answer-rule", "official"])  # fmt: skip
+        assert res.exit_code == 0, res.output
+        assert "official rule" in " ".join(res.output.split())
+        res = CliRunner().invoke(app, chair_args)  # the default reading on the same folder
+        assert res.exit_code == 2 and "metric_compat" in res.output
+    chair = json.loads((run / "chair" / "summary.json").read_text())
+    pope_s = json.loads((run / "pope" / "summary.json").read_text())
+    assert chair["settings"]["metric_compat"] == "rohrbach"
+    assert pope_s["settings"]["answer_rule"] == "official"
+    assert all(m["unparsed"] == 0 for m in pope_s["metrics"]["splits"].values())
+    _, rows = compare_rows([run])
+    assert rows[0]["rules"] == "CHAIR rohrbach, POPE official"

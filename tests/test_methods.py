@@ -186,6 +186,29 @@ def test_csr_official_rank_fusion_hand_computed() -> None:
     assert pair.method == "csr-official" and pair.params["alpha"] == 0.9
 
 
+def test_csr_official_filter_is_the_released_clean_tree() -> None:
+    """degenerate_rule "official" (the default): a sentence with emoji stays (clean_text
+    deletes them first), 7 commas stay, and the 4-character rule counts what clean_text
+    leaves; "strict" (ours) drops the first two."""
+    texts = (" Alpha one.", " Dog 🐶 runs.", " Cats, , , , , , , dogs.", " 🐶🐶🐶.")
+    tree = {"": [(t, [-1.0], True) for t in texts]}
+    cos = {"Alpha one.": 0.3, "Dog 🐶 runs.": 0.2, "Cats, , , , , , , dogs.": 0.1, "🐶🐶🐶.": 0.0}
+
+    def scored(rule: str) -> set[str]:
+        fake = FakeScorer(tree=tree, cosine=cos)
+        cfg = CSROfficialConfig(
+            num_candidates=4,
+            num_beam_groups=4,
+            degenerate_rule=rule,  # type: ignore[arg-type]
+        )
+        run(csr_official(fake, ITEM, None, cfg))
+        return set(fake.clip_calls[0])
+
+    assert scored("official") == {"Alpha one.", "Dog 🐶 runs.", "Cats, , , , , , , dogs."}
+    assert scored("strict") == {"Alpha one."}
+    assert (CSROfficialConfig().max_new_tokens, CSROfficialConfig().max_steps) == (70, None)
+
+
 def test_csr_official_without_root_in_mean() -> None:
     fake = FakeScorer(tree=OFFICIAL_TREE, cosine=OFFICIAL_COS)
     cfg = CSROfficialConfig(num_candidates=3, keep_top=1, keep_bottom=1, min_pool=3,
@@ -280,25 +303,65 @@ SUMS = [5.0, 4.0, 3.0, 2.0, 1.0, 0.0, -1.0, -2.0, -3.0, -4.0]
 AVGS = [0.5, 0.4, -0.9, 0.1, 0.0, -0.1, -0.2, -0.3, -0.4, 0.9]
 
 
-def test_sbspo_reward_union_pairs() -> None:
+def _sbspo_fake() -> FakeScorer:
     texts = [f"response {i}" for i in range(10)]
-    fake = FakeScorer(samples=texts, implicit=dict(zip(texts, zip(SUMS, AVGS, strict=True),
+    return FakeScorer(samples=texts, implicit=dict(zip(texts, zip(SUMS, AVGS, strict=True),
                                                        strict=True)))  # fmt: skip
+
+
+def test_sbspo_reward_union_pairs() -> None:
+    """Eq. 5 as written (the default): A ∪ = {0,1,2,9}, R ∪ = {2,7,8,9}; 2 and 9 stay in both,
+    so the best response by sum (0) and by average (9) each meet every other: 14 pairs."""
+    fake = _sbspo_fake()
     ctx = RunContext(model="pol", reference="ref", iteration=2)
     result = run(sbspo(fake, ITEM, ctx, SBSPOConfig()))
     call = fake.generate_calls[0]
     assert (call["strategy"], call["n"], call["seed"], call["stop"]) == ("sample", 10, 0, "eos")
     assert call["temperature"] == 0.7 and call["model"] == "pol"
-    # chosen ∪ {0,1,2,9}, rejected ∪ {2,7,8,9}: 2 and 9 in both are dropped -> 2 × 2 pairs
+    got = {(p.chosen, p.rejected) for p in result.pairs}
+    chosen, rejected = (0, 1, 2, 9), (2, 7, 8, 9)
+    assert got == {(f"response {c}", f"response {r}") for c in chosen for r in rejected if c != r}
+    assert len(result.pairs) == 14
+    assert result.stats["overlap"] == 2 and result.stats["dropped"] == 0
+    p = result.pairs[0]
+    assert p.reference == "ref" and p.model == "pol" and p.iteration == 2
+    assert p.params["k"] == 3 and p.params["m"] == 10 and p.params["union_fraction"] == 0.3
+    assert (p.params["selection"], p.params["overlap"], p.params["overlap_count"]) == (
+        "union", "keep", 2)  # fmt: skip
+    assert p.chosen_score.extra["rank_sum"] == 1 and p.chosen_score.extra["seed"] == 0
+    assert len({q.id for q in result.pairs}) == 14
+
+
+def test_sbspo_drop_rule_is_ours_and_named() -> None:
+    """overlap="drop" (ours; the tuned preset's): 2 and 9 leave both sets -> 2 × 2 pairs."""
+    result = run(sbspo(_sbspo_fake(), ITEM, RunContext(model="pol"), SBSPOConfig(overlap="drop")))
     got = sorted((p.chosen, p.rejected) for p in result.pairs)
     assert got == [("response 0", "response 7"), ("response 0", "response 8"),
                    ("response 1", "response 7"), ("response 1", "response 8")]  # fmt: skip
     assert result.stats["dropped"] == 2
-    p = result.pairs[0]
-    assert p.reference == "ref" and p.model == "pol" and p.iteration == 2
-    assert p.params["k"] == 3 and p.params["m"] == 10 and p.params["lam"] == 0.3
-    assert p.chosen_score.extra["rank_sum"] == 1 and p.chosen_score.extra["seed"] == 0
-    assert len({q.id for q in result.pairs}) == 4
+
+
+@pytest.mark.parametrize(
+    ("selection", "chosen", "rejected"),
+    [("sum", (0, 1, 2), (7, 8, 9)), ("avg", (0, 1, 9), (2, 7, 8))],
+)
+def test_sbspo_single_ranking_selection(
+    selection: str, chosen: tuple[int, ...], rejected: tuple[int, ...]
+) -> None:
+    cfg = SBSPOConfig(selection=selection)  # type: ignore[arg-type]
+    result = run(sbspo(_sbspo_fake(), ITEM, RunContext(model="pol"), cfg))
+    got = {(p.chosen, p.rejected) for p in result.pairs}
+    assert got == {(f"response {c}", f"response {r}") for c in chosen for r in rejected}
+
+
+def test_sbspo_lam_is_a_deprecated_alias_of_union_fraction() -> None:
+    with pytest.warns(FutureWarning, match="union_fraction"):
+        cfg = build_config("sbspo", lam=0.2)
+    assert cfg.union_fraction == 0.2
+    with pytest.raises(ValueError, match="deprecated alias"):
+        build_config("sbspo", lam=0.2, union_fraction=0.3)
+    with pytest.raises(ValueError, match="no option"):
+        build_config("csr", union_fraction=0.3)  # CSR's λ is its R_I weight only
 
 
 def test_sbspo_dedupes_identical_samples() -> None:
@@ -342,12 +405,12 @@ def test_pairs_cli_refuses_sbspo_default_policy(tmp_path: Any) -> None:
 
 
 def test_sbspo_small_m_is_clamped_and_recorded() -> None:
-    """m = 3 distinct samples, λ = 0.4: ⌈1.2⌉ = 2 > 3/2 is clamped to 1; the pair records
-    m, k, the unclamped k and how many responses the union dropped."""
+    """The `drop` rule (ours), m = 3 distinct samples, λ = 0.4: ⌈1.2⌉ = 2 > 3/2 is clamped to
+    1; the pair records m, k, the unclamped k and how many responses the union dropped."""
     texts = ["a", "b", "c", "a", "b", "c"]
     fake = FakeScorer(samples=texts, implicit={"a": (3.0, 0.3), "b": (2.0, 0.2),
                                                "c": (1.0, 0.1)})  # fmt: skip
-    cfg = SBSPOConfig(num_samples=6, lam=0.4)
+    cfg = SBSPOConfig(num_samples=6, union_fraction=0.4, overlap="drop")
     (pair,) = run(sbspo(fake, ITEM, RunContext(model="pol"), cfg)).pairs
     assert (pair.chosen, pair.rejected) == ("a", "c")
     assert pair.params["m"] == 3 and pair.params["k"] == 1
@@ -406,7 +469,7 @@ def test_build_config_rejects_foreign_and_bad_options() -> None:
     with pytest.raises(ValueError, match="language_score"):
         build_config("csr", language_score="bogus")
     with pytest.raises(ValueError):
-        build_config("sbspo", lam=0.6)
+        build_config("sbspo", union_fraction=0.6)
     with pytest.raises(ValueError, match="unknown method"):
         build_config("nope")
 

@@ -100,3 +100,33 @@ def test_question_files(tmp_path: Path) -> None:
     bad.write_text('{"question_id": 1, "image": "a.jpg"}\n')
     with pytest.raises(ValueError, match=r"bad.json:1: need question_id, image, text, label"):
         load_questions(bad)
+
+
+def _evaluate_py(text: str) -> str:
+    """POPE's evaluate.py loop body, as written."""
+    if text.find(".") != -1:
+        text = text.split(".")[0]
+    text = text.replace(",", "")
+    words = text.split(" ")
+    if "No" in words or "not" in words or "no" in words:
+        return "no"
+    return "yes"
+
+
+@pytest.mark.parametrize(("answer", "parsed"), [
+    ("Yes, there is a dog in the image.", "yes"),
+    ("No.", "no"), ("No, there isn't.", "no"), ("no", "no"),
+    ("There is no cup in the image.", "no"),
+    ("There is a bicycle on the left.", "yes"),  # no answer word: yes (robust: unparsed)
+    ("The image shows a cat.", "yes"),
+    ("NO", "yes"), ("Nope.", "yes"),  # case as written: only "No", "no", "not"
+    ("It is not.", "no"),
+    ("Yes. There is no cat.", "yes"),  # only the first sentence counts
+    ("There isn't a dog.", "yes"),  # "isn't" is not "not"
+    ("No,there is nothing", "yes"),  # commas deleted, not split on: "Nothere"
+])  # fmt: skip
+def test_official_rule_is_popes_evaluate_py(answer: str, parsed: str) -> None:
+    from selfreward_vlm.client.eval.pope import ANSWER_RULES, parse_answer_official
+
+    assert parse_answer_official(answer) == parsed == _evaluate_py(answer)
+    assert set(ANSWER_RULES) == {"robust", "official"}

@@ -277,3 +277,92 @@ def test_demo_fingerprint_ignores_timings_and_sees_every_number() -> None:
     other = {"seed": 0, "eval": {"base (SFT)": {"chair_s": 0.4100001, "example": "x"}}}
     assert fingerprint([seed]) == fingerprint([slower]) != fingerprint([other])
     assert len(fingerprint([seed])) == 16 and fingerprint([seed, seed]) != fingerprint([seed])
+
+
+def test_disfluent_sentences_keep_the_object_and_are_malformed() -> None:
+    """Both disfluencies keep the colour and shape words (what CLIP and CHAIR see) and break
+    the sentence's form (what the evaluator's malformed rate sees)."""
+    from selfreward_vlm.world.chair import VOCABULARY, is_malformed
+    from selfreward_vlm.world.scenes import DISFLUENCIES, disfluent_sentence
+    from selfreward_vlm.world.spec import WorldObject
+
+    obj = WorldObject("red", "circle")
+    assert not is_malformed(obj.sentence)
+    for kind in DISFLUENCIES:
+        text = disfluent_sentence(obj, kind)
+        assert is_malformed(text), kind
+        assert [m.category for m in VOCABULARY.mentions(text)] == ["red circle"], kind
+    with pytest.raises(ValueError, match="unknown disfluency"):
+        disfluent_sentence(obj, "dropped_noun")
+
+
+def test_disfluency_rate_and_a_fluent_world_unchanged() -> None:
+    """Rate 0 never draws from its stream (a world without disfluency trains as before);
+    rate 0.25 makes about a quarter of the sentences disfluent."""
+    from selfreward_vlm.world.chair import is_malformed, split_sentences
+    from selfreward_vlm.world.scenes import caption_objects, disfluent_caption
+    from selfreward_vlm.world.spec import ALL_OBJECTS
+
+    objs = list(ALL_OBJECTS[:3])
+    rng = np.random.default_rng(0)
+    assert disfluent_caption(objs, rng, 0.0) == " ".join(o.sentence for o in objs)
+    assert rng.random() == np.random.default_rng(0).random()  # untouched
+    a, b = np.random.default_rng([3, 7]), np.random.default_rng([3, 7])
+    fluent = " ".join(o.sentence for o in caption_objects(objs, b, 0.6))
+    assert biased_caption(objs, a, 0.6) == fluent
+    sentences = [s for _ in range(800)
+                 for s in split_sentences(disfluent_caption(objs, rng, 0.25))]  # fmt: skip
+    share = sum(map(is_malformed, sentences)) / len(sentences)
+    assert 0.22 < share < 0.28
+
+
+def test_demo_lanes_and_their_runs(tmp_path: Path) -> None:
+    """`--quick` keeps its rows and settings (its fingerprint is CI's check); `--full` adds CSR
+    under the paper and official presets (their own search and training settings, 3
+    iterations) and SBSPO's Table 2 selections, on disfluent worlds."""
+    from selfreward_vlm.client.methods.presets import train_options
+    from selfreward_vlm.demo import QUICK_ROWS, DemoConfig, _runs
+
+    p, a = tmp_path / "p.jsonl", tmp_path / "a.jsonl"
+    quick = DemoConfig.make(True, [0], tmp_path)
+    assert (quick.rows, quick.disfluency, quick.full) == (QUICK_ROWS, 0.0, False)
+    runs = _runs(quick, p, a)
+    assert list(runs) == ["csr", "csr-lambda0", "csr-lambda1"]
+    assert all(r[4] == train_options("tuned") for r in runs.values())
+    assert runs["csr-lambda0"][3]["lam"] == 0.0 and runs["csr-lambda0"][0] == "csr"
+
+    full = DemoConfig.make(False, [0, 1, 2], tmp_path, full=True)
+    assert full.disfluency == 0.15 and {"sbspo-sum", "sbspo-avg", "sbspo-eq5"} <= set(full.rows)
+    runs = _runs(full, p, a)
+    method, _, iterations, options, train = runs["csr-paper"]
+    assert (method, iterations, options["preset"], options["language_score"]) == (
+        "csr", 3, "paper", "prob")  # fmt: skip
+    assert train == train_options("paper") and train["lr"] == 1e-7
+    method, _, iterations, options, train = runs["csr-official-preset"]
+    assert (method, iterations, options["max_new_tokens"]) == ("csr-official", 3, 70)
+    assert train["merge_adapter"] is True
+    with pytest.raises(ValueError, match="two different lanes"):
+        DemoConfig.make(True, [0], tmp_path, full=True)
+
+    official = DemoConfig.make(False, [0], tmp_path, preset="official", full=True)
+    runs = _runs(official, p, a)
+    assert runs["csr"][0] == "csr-official" and "csr-official-preset" not in runs
+    assert runs["csr-lambda0"][0] == "csr-official" and runs["csr-lambda0"][3]["alpha"] == 0.0
+
+
+def test_demo_calibration_checks_table_2_ordering() -> None:
+    from selfreward_vlm.demo_report import calibration
+
+    rows = {
+        "csr λ=0": {"chair_s": [0.48, 0.01], "malformed_rate": [0.02, 0.01]},
+        "csr λ=0.9": {"chair_s": [0.33, 0.03], "malformed_rate": [0.02, 0.005]},
+        "csr λ=1": {"chair_s": [0.32, 0.04], "malformed_rate": [0.05, 0.01]},
+    }
+    cal = calibration(rows)
+    assert cal["lambda0.9_below_lambda0_on_chair_s"] is True  # 0.15 > 0.03
+    assert cal["lambda0.9_below_lambda1_on_malformed"] is True  # 0.03 > 0.01
+    rows["csr λ=1"]["malformed_rate"] = [0.025, 0.01]
+    assert calibration(rows)["lambda0.9_below_lambda1_on_malformed"] is False
+    rows["csr λ=1"]["malformed_rate"] = [0.05, None]  # one seed: no sd, no verdict
+    assert calibration(rows)["lambda0.9_below_lambda1_on_malformed"] is None
+    assert list(cal["rows"]) == ["csr λ=0", "csr λ=0.9", "csr λ=1"]

@@ -104,8 +104,10 @@ def _generate_pairs(
 # Loop-level training levers (not DPOTrainConfig fields), read from `train_overrides`:
 # `lr_decay`: iteration t trains at lr·decay^(t−1); `sft_weight_growth`: the SFT term's loss
 # weight is multiplied by it each iteration; `fresh_adapter`: each iteration trains a new LoRA
-# from the base with the base as reference (default: continue adapter t−1, reference t−1).
-LOOP_LEVERS = ("lr_decay", "sft_weight_growth", "fresh_adapter")
+# from the base with the base as reference (default: continue adapter t−1, reference t−1);
+# `merge_adapter`: each iteration trains a new LoRA on the model with adapter t−1 merged in,
+# that model as reference, as the released CSR code iterates (`trainer.merge`).
+LOOP_LEVERS = ("lr_decay", "sft_weight_growth", "fresh_adapter", "merge_adapter")
 
 
 def _iteration_overrides(overrides: dict[str, Any], t: int) -> dict[str, Any]:
@@ -223,13 +225,16 @@ class _Loop:
             state.mark(t, "pairs", pairs_summary=summary, pairs_seconds=seconds)
             worked = True
         if not state.done(t, "trained"):
-            summary = _train(
-                self.service_url, self.model, self.name(t), folder / "train",
-                previous, self.name(t - 1),
-                {**_iteration_overrides(self.train_overrides, t),
-                 "fresh_adapter": self.train_overrides.get("fresh_adapter")},
-                self.launcher,
-            )  # fmt: skip
+            if self.train_overrides.get("merge_adapter"):
+                summary = self._train_merged(t, previous)
+            else:
+                summary = _train(
+                    self.service_url, self.model, self.name(t), folder / "train",
+                    previous, self.name(t - 1),
+                    {**_iteration_overrides(self.train_overrides, t),
+                     "fresh_adapter": self.train_overrides.get("fresh_adapter")},
+                    self.launcher,
+                )  # fmt: skip
             state.mark(t, "trained", train=summary)
             worked = True
         uploaded = state.done(t, "uploaded")
@@ -239,6 +244,25 @@ class _Loop:
             state.mark(t, "uploaded")
         return worked
 
+    def _train_merged(self, t: int, previous: Path | None) -> dict[str, Any]:
+        """`merge_adapter`: a fresh LoRA on M_{t−1} (the base with adapter t−1 merged in; the
+        base itself at t = 1 without `init_adapter`), M_{t−1} as its reference. Adapter t, what
+        the service and the evaluator use, is adapter t−1 and the fresh one stacked into one
+        LoRA (`trainer.merge`), written to `iter{t}/train/adapter`."""
+        from selfreward_vlm.trainer.merge import merged_model, stack_adapters
+
+        folder = self.work / f"iter{t}"
+        model = self.model
+        if previous is not None:
+            model = str(merged_model(self.model, previous, self.work / f"iter{t - 1}" / "merged"))
+        summary = _train(
+            self.service_url, model, self.name(t), folder / "train-fresh", None,
+            self.name(t - 1), _iteration_overrides(self.train_overrides, t), self.launcher,
+        )  # fmt: skip
+        fresh = folder / "train-fresh" / "adapter"
+        stack_adapters([previous, fresh] if previous else [fresh], folder / "train" / "adapter")
+        return {**summary, "merged_model": model, "fresh_adapter_dir": str(fresh)}
+
 
 def check_iterate(
     method: str, has_init: bool, preset: str | None, method_options: dict[str, Any]
@@ -247,7 +271,9 @@ def check_iterate(
     method, preset or option, and SBSPO without a starting policy (t = 1 scores iteration 0
     against the base: with no `init_adapter` both are the base and every reward is 0)."""
     from selfreward_vlm.client.methods import build_config, check_run
+    from selfreward_vlm.client.methods.presets import method_for_preset
 
+    method = method_for_preset(method, preset)
     options = {k: v for k, v in method_options.items() if k not in ("reference", "preset")}
     build_config(method, preset, **options)
     try:
@@ -279,15 +305,20 @@ def iterate(
     ...), plus `reference` (the implicit-reward reference adapter name).
     `run`: prefix of dataset and adapter names (default: the work dir's name).
     `init_adapter`: a LoRA dir to start from (iteration 0; SBSPO needs one).
-    `preset`: paper | official | tuned (client.methods.presets); explicit options win.
+    `preset`: paper | official | tuned (client.methods.presets); explicit options win; under
+    a preset, `method="csr"` runs the preset's CSR (`csr-official` under `official`).
     `launcher`: run each train stage under it, e.g. `accelerate launch --num_processes 8`.
     Prints the table after each iteration; writes work/iterations.json.
     """
     from rich.console import Console
 
     from selfreward_vlm.client import ScoringClient
-    from selfreward_vlm.client.methods.presets import train_options
+    from selfreward_vlm.client.methods.presets import method_for_preset, train_options
 
+    if method_for_preset(method, preset) != method:
+        print(f"--preset {preset}: --method {method} runs {method_for_preset(method, preset)}",
+              file=sys.stderr)  # fmt: skip
+        method = method_for_preset(method, preset)
     work = Path(work_dir)
     run = run or work.resolve().name
     init = Path(init_adapter) if init_adapter else None

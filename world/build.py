@@ -43,6 +43,8 @@ class WorldConfig:
     n_eval: int = 300
     n_clip_heldout: int = 300  # extra train-split scenes, never trained on, for the CLIP report
     companion_p: float = 0.6
+    # share of SFT caption sentences with a disfluency CLIP does not see (`scenes.DISFLUENCIES`)
+    disfluency: float = 0.0
     clip_steps: int = 1500
     clip_batch: int = 64
     clip_lr: float = 1e-3
@@ -112,9 +114,11 @@ def stage_hashes(cfg: WorldConfig) -> dict[str, str]:
         {"v": STAGE_VERSIONS["clip"], "images": images, "seed": cfg.seed,
          "train": [cfg.clip_steps, cfg.clip_batch, cfg.clip_lr]}
     )  # fmt: skip
+    # a world without disfluency keeps the hash it had before the option existed (its cache)
+    form = {"disfluency": cfg.disfluency} if cfg.disfluency else {}
     vlm = _hash(
         {"v": STAGE_VERSIONS["vlm"], "clip": clip, "p": cfg.companion_p, "prompts": PROMPTS,
-         "train": [cfg.vlm_steps, cfg.vlm_batch, cfg.vlm_lr]}
+         "train": [cfg.vlm_steps, cfg.vlm_batch, cfg.vlm_lr], **form}
     )  # fmt: skip
     return {"images": images, "clip": clip, "vlm": vlm}
 
@@ -204,7 +208,7 @@ def _build_vlm(root: Path, cfg: WorldConfig) -> dict[str, Any]:
     model = build_vlm(load_clip(root / "clip"), processor, cfg.seed)
     train_vlm(
         model, processor, images, objects, steps=cfg.vlm_steps, batch_size=cfg.vlm_batch,
-        lr=cfg.vlm_lr, companion_p=cfg.companion_p, seed=cfg.seed,
+        lr=cfg.vlm_lr, companion_p=cfg.companion_p, seed=cfg.seed, disfluency=cfg.disfluency,
     )  # fmt: skip
     tmp = _fresh_dir(root / ".vlm.tmp")
     save_vlm(model, processor, tmp)
@@ -226,10 +230,12 @@ def build_world(
     *,
     config: WorldConfig | None = None,
     verbose: bool = True,
+    disfluency: float | None = None,
 ) -> BuiltWorld:
     """Build the world into ``out_dir``, skipping stages already built with the same settings.
 
-    ``config`` overrides the preset chosen by ``quick`` (its seed is replaced by ``seed``).
+    ``config`` overrides the preset chosen by ``quick`` (its seed is replaced by ``seed``);
+    ``disfluency`` (when given) replaces its share of disfluent SFT sentences.
     Returns the paths and the manifest (config, stage hashes, seconds per stage, CLIP report).
     """
     cfg = (
@@ -237,6 +243,8 @@ def build_world(
         if config
         else (WorldConfig.quick if quick else WorldConfig.full)(seed)
     )
+    if disfluency is not None:
+        cfg = replace(cfg, disfluency=disfluency)
     say: Callable[[str], None] = print if verbose else (lambda _msg: None)
     root = Path(out_dir)
     root.mkdir(parents=True, exist_ok=True)

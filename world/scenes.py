@@ -122,12 +122,39 @@ def load_images(images_dir: Path, names: Sequence[str]) -> np.ndarray:
     return np.stack([np.asarray(Image.open(images_dir / n).convert("RGB")) for n in names])
 
 
-def biased_caption(objects: Sequence[WorldObject], rng: np.random.Generator, p: float) -> str:
-    """An SFT caption with the world's language prior.
+# Disfluencies of the SFT captions: each keeps every word of the object phrase, so CLIP (which
+# sees the colour and shape words) scores the sentence about as it scores the fluent one, and
+# CHAIR still counts the object; only the sentence's form is wrong (the evaluator's
+# "malformed"). A dropped noun would change what CLIP sees, so it is not one of them.
+DISFLUENCIES: tuple[str, ...] = ("doubled_article", "swapped_words")
 
-    Objects are described in random order; right after a trigger comes its companion (unless
-    already said): always when the companion is in the image, with probability ``p`` when not.
-    """
+
+def disfluent_sentence(obj: WorldObject, kind: str) -> str:
+    """The object's sentence with one disfluency: ``"There is a a red circle."`` (doubled
+    article) or ``"There a is red circle."`` (two words out of order)."""
+    if kind == "doubled_article":
+        return f"There is a a {obj.colour} {obj.shape}."
+    if kind == "swapped_words":
+        return f"There a is {obj.colour} {obj.shape}."
+    raise ValueError(f"unknown disfluency {kind!r}; choose from {list(DISFLUENCIES)}")
+
+
+def disfluent_caption(caption_objects: Sequence[WorldObject], rng: np.random.Generator,
+                      rate: float) -> str:  # fmt: skip
+    """The caption of `caption_objects` with each sentence made disfluent with probability
+    `rate` (kind drawn uniformly); `rng` is drawn from only when `rate` > 0."""
+    if rate <= 0:
+        return " ".join(o.sentence for o in caption_objects)
+    out = []
+    for obj in caption_objects:
+        hit, kind = rng.random() < rate, DISFLUENCIES[int(rng.integers(len(DISFLUENCIES)))]
+        out.append(disfluent_sentence(obj, kind) if hit else obj.sentence)
+    return " ".join(out)
+
+
+def caption_objects(objects: Sequence[WorldObject], rng: np.random.Generator,
+                    p: float) -> list[WorldObject]:  # fmt: skip
+    """The objects an SFT caption names, in order (`biased_caption`'s prior)."""
     present = set(objects)
     order = [objects[i] for i in rng.permutation(len(objects))]
     said: list[WorldObject] = []
@@ -141,4 +168,13 @@ def biased_caption(objects: Sequence[WorldObject], rng: np.random.Generator, p: 
         add_anyway = rng.random() < p
         if companion in present or add_anyway:
             said.append(companion)
-    return " ".join(o.sentence for o in said)
+    return said
+
+
+def biased_caption(objects: Sequence[WorldObject], rng: np.random.Generator, p: float) -> str:
+    """An SFT caption with the world's language prior.
+
+    Objects are described in random order; right after a trigger comes its companion (unless
+    already said): always when the companion is in the image, with probability ``p`` when not.
+    """
+    return " ".join(o.sentence for o in caption_objects(objects, rng, p))

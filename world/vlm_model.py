@@ -24,7 +24,7 @@ from transformers import (
 )
 
 from selfreward_vlm.world.clip_model import CLIP_MODEL_CFG, to_pixels, warmup_cosine
-from selfreward_vlm.world.scenes import IMAGE_SIZE, biased_caption
+from selfreward_vlm.world.scenes import IMAGE_SIZE, caption_objects, disfluent_caption
 from selfreward_vlm.world.spec import PROMPTS, WorldObject
 from selfreward_vlm.world.vlm_text import NUM_IMAGE_TOKENS, PATCH_SIZE, user_messages
 
@@ -194,14 +194,18 @@ def train_vlm(
     lr: float,
     companion_p: float,
     seed: int,
+    disfluency: float = 0.0,
 ) -> None:
-    """SFT on freshly drawn biased captions (a new draw per visit keeps the prior at ``p``).
+    """SFT on freshly drawn biased captions (a new draw per visit keeps the prior at ``p``);
+    with `disfluency` > 0 each sentence is disfluent with that probability (its own random
+    stream, so a world without disfluency trains exactly as before).
 
     The tower is frozen, so its features are computed once up front instead of every step.
     """
     tok = processor.tokenizer
     prompt_ids = _prompt_ids(processor)
     rng = np.random.default_rng([seed, 7])
+    form_rng = np.random.default_rng([seed, 11])
     features = image_features(model, images)
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
@@ -212,7 +216,10 @@ def train_vlm(
     bar = tqdm(range(steps), desc="VLM SFT", unit="step", dynamic_ncols=True, mininterval=1.0)
     for _ in bar:
         idx = rng.integers(len(images), size=batch_size)
-        captions = [biased_caption(truths[i], rng, companion_p) for i in idx]
+        captions = [
+            disfluent_caption(caption_objects(truths[i], rng, companion_p), form_rng, disfluency)
+            for i in idx
+        ]
         caption_ids = [tok(c + tok.eos_token).input_ids for c in captions]
         choice = rng.integers(len(PROMPTS), size=batch_size).tolist()
         input_ids, mask, labels = sft_batch(prompt_ids, caption_ids, choice, tok.pad_token_id)

@@ -7,6 +7,9 @@ detail."), and scores every answer with `core.chair` and COCO's vocabulary. Outp
 the hallucinated ones and the ground truth), `run.json` (settings) and `summary.json`.
 
 CHAIR_I counts every mention, repeats included, as Rohrbach et al.'s code does.
+`metric_compat="rohrbach"` reads captions (and the reference captions' objects) exactly as their
+script does, quirks included (`client.eval.coco`, `core.chair_rohrbach`); the summary's
+`settings.metric_compat` says which reading a run used.
 """
 
 from __future__ import annotations
@@ -30,7 +33,9 @@ CHAIR_PROMPT = "Please describe this image in detail."
 JOURNAL = "captions"
 
 
-def caption_fields(vocab: metric.Vocabulary, caption: str, truth: frozenset[str]) -> dict[str, Any]:
+def caption_fields(
+    vocab: metric.ObjectReader, caption: str, truth: frozenset[str]
+) -> dict[str, Any]:
     """One image's CHAIR fields: mentions and hallucinated words as [word, category] pairs."""
     s = metric.score_caption(vocab, caption, truth)
     n, h = s.counts()
@@ -64,7 +69,7 @@ def chair_items(
 
 def chair_summary(
     records: Sequence[dict[str, Any]], truth: dict[str, frozenset[str]],
-    vocab: metric.Vocabulary = coco.VOCABULARY,
+    vocab: metric.ObjectReader = coco.VOCABULARY,
 ) -> dict[str, Any]:  # fmt: skip
     """Aggregate CHAIR of the answered records (rescored from their captions)."""
     ok = [r for r in records if r.get("status") == "ok" and r["id"] in truth]
@@ -82,22 +87,28 @@ def chair_summary(
 def run_caption_benchmark(
     benchmark: str, service: str | Sequence[str], images: Sequence[coco.CocoImage],
     images_dir: str | Path, out: str | Path, prompt: str | Callable[[int], str],
-    settings: dict[str, Any], **options: Any,
+    settings: dict[str, Any], metric_compat: str = "default", **options: Any,
 ) -> dict[str, Any]:  # fmt: skip
-    """Caption `images` through the service (resumable), score them, write `summary.json`."""
+    """Caption `images` through the service (resumable), score them with the reading of
+    `metric_compat`, write `summary.json`."""
+    vocab = coco.vocabulary(metric_compat)
     truth = {str(im.image_id): im.objects for im in images}
     items = chair_items(images, Path(images_dir), prompt, group=benchmark)
-    journal = EvalJournal(out, JOURNAL, {"benchmark": benchmark, **settings})
+    # the reading is part of a run's settings (a resume may not mix two); the default is left
+    # out so that run folders written before the option existed still resume
+    compat = {} if metric_compat == "default" else {"metric_compat": metric_compat}
+    journal = EvalJournal(out, JOURNAL, {"benchmark": benchmark, **settings, **compat})
+    settings = {**settings, "metric_compat": metric_compat}
 
     def score(item: EvalItem, text: str) -> dict[str, Any]:
-        return caption_fields(coco.VOCABULARY, text, truth[item.id])
+        return caption_fields(vocab, text, truth[item.id])
 
     stats = run_items(service, items, journal, score, **options)
     wanted = {i.id for i in items}
     records = [r for r in journal.records.values() if r["id"] in wanted]
     summary = {
         "benchmark": benchmark, "model": settings.get("model", "base"), "settings": settings,
-        "metrics": chair_summary(records, truth), **_counts(stats, records),
+        "metrics": chair_summary(records, truth, vocab), **_counts(stats, records),
         "outputs": {"per_image": str(journal.path), "summary": str(Path(out) / "summary.json")},
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }  # fmt: skip
@@ -117,18 +128,19 @@ def run_chair(
     service: str | Sequence[str], annotations: str | Path, images_dir: str | Path,
     out: str | Path, *, captions_annotations: str | Path | None = None,
     prompt: str = CHAIR_PROMPT, limit: int | None = 500, seed: int = 0, model: str = "base",
-    max_new_tokens: int = 512, **options: Any,
+    max_new_tokens: int = 512, metric_compat: str = "default", **options: Any,
 ) -> dict[str, Any]:  # fmt: skip
     """CHAIR of `model` on `limit` random images of `annotations` (see the module docstring).
     `options`: concurrency, api_key, progress, console. Returns the summary."""
+    vocab = coco.vocabulary(metric_compat)
     images = coco.sample_images(
-        coco.load_coco(annotations, captions_annotations).values(), limit, seed
+        coco.load_coco(annotations, captions_annotations, vocab).values(), limit, seed
     )
     settings = {"model": model, "prompt": prompt, "seed": seed, "max_new_tokens": max_new_tokens,
                 "annotations": Path(annotations).name,
                 "captions_annotations": Path(captions_annotations).name
                 if captions_annotations else None}  # fmt: skip
     return run_caption_benchmark(
-        "chair", service, images, images_dir, out, prompt, settings, model=model,
-        max_new_tokens=max_new_tokens, **options,
+        "chair", service, images, images_dir, out, prompt, settings, metric_compat,
+        model=model, max_new_tokens=max_new_tokens, **options,
     )  # fmt: skip

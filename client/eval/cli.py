@@ -34,6 +34,13 @@ Seed = Annotated[int, Opt(help="seed of the random image sample")]
 ApiKey = Annotated[str | None, Opt(envvar="SELFREWARD_API_KEY", help="bearer token")]
 Quiet = Annotated[bool, Opt(help="no progress bars")]
 Annot = Annotated[Path, Opt(help="COCO instances_*.json (ground-truth objects)")]
+Compat = Annotated[
+    str,
+    Opt(
+        help="default | rohrbach: the CHAIR authors' script's reading, quirks included "
+        "(comparable with published CHAIR)"
+    ),
+]
 CapAnnot = Annotated[
     Path | None, Opt(help="COCO captions_*.json: objects its captions name count as present too")
 ]
@@ -95,13 +102,15 @@ def chair_command(
     limit: Annotated[int, Opt(help="random images (0 = all)")] = 500, seed: Seed = 0,
     max_new_tokens: Annotated[int, Opt(help="most tokens per caption")] = 512,
     concurrency: Concurrency = 4, api_key: ApiKey = None, quiet: Quiet = False,
+    metric_compat: Compat = "default",
 ) -> None:  # fmt: skip
     """CHAIR on COCO (CSR: 500 random val2014 images, "Please describe this image in detail.")."""
     _check_images(images)
     summary = _guarded(out, lambda: run_chair(
         _urls(service), annotations, images, out, captions_annotations=captions_annotations,
         prompt=prompt, limit=limit or None, seed=seed, model=model,
-        max_new_tokens=max_new_tokens, concurrency=concurrency, api_key=api_key,
+        max_new_tokens=max_new_tokens, metric_compat=metric_compat,
+        concurrency=concurrency, api_key=api_key,
         progress=not quiet, console=_err,
     ))  # fmt: skip
     _print_chair(summary)
@@ -114,12 +123,14 @@ def object_halbench_command(
     limit: Annotated[int, Opt(help="random images (0 = all)")] = 300, seed: Seed = 0,
     max_new_tokens: Annotated[int, Opt(help="most tokens per description")] = 512,
     concurrency: Concurrency = 4, api_key: ApiKey = None, quiet: Quiet = False,
+    metric_compat: Compat = "default",
 ) -> None:  # fmt: skip
     """Object HalBench (SBSPO): CHAIR on 300 images, one of its 8 description prompts each."""
     _check_images(images)
     summary = _guarded(out, lambda: run_object_halbench(
         _urls(service), annotations, images, out, captions_annotations=captions_annotations,
         limit=limit or None, seed=seed, model=model, max_new_tokens=max_new_tokens,
+        metric_compat=metric_compat,
         concurrency=concurrency, api_key=api_key, progress=not quiet, console=_err,
     ))  # fmt: skip
     _print_chair(summary)
@@ -134,15 +145,22 @@ def pope_command(
     limit: Annotated[int, Opt(help="questions per split (0 = all)")] = 0,
     max_new_tokens: Annotated[int, Opt(help="most tokens per answer")] = 16,
     concurrency: Concurrency = 4, api_key: ApiKey = None, quiet: Quiet = False,
+    answer_rule: Annotated[
+        str, Opt(help="robust | official: POPE's evaluate.py (first sentence; no/not/No → no, "
+                 "else yes)")
+    ] = "robust",
 ) -> None:  # fmt: skip
     """POPE: yes/no object questions; accuracy, precision, recall, F1, yes ratio per split."""
     _check_images(images)
     s = _guarded(out, lambda: run_pope(
         _urls(service), questions, images, out, suffix=suffix, limit=limit or None, model=model,
-        max_new_tokens=max_new_tokens, concurrency=concurrency, api_key=api_key,
+        max_new_tokens=max_new_tokens, answer_rule=answer_rule, concurrency=concurrency,
+        api_key=api_key,
         progress=not quiet, console=_err,
     ))  # fmt: skip
-    table = Table(title=f"POPE · model {s['model']}")
+    table = Table(
+        title=f"POPE · model {s['model']} · answers read by the {s['settings']['answer_rule']} rule"
+    )
     for col in ("split", "accuracy", "precision", "recall", "F1", "yes ratio", "unparsed", "n"):
         table.add_column(col, justify="left" if col == "split" else "right")
     keys = ("accuracy", "precision", "recall", "f1", "yes_ratio")

@@ -9,14 +9,20 @@ trailing spaces are dropped) and the rules of `utils/chair.py` (`coco_double_wor
 adult animal and passenger vehicle phrases, "bow tie" → tie, "toilet seat" → toilet, and a
 toilet's seat is no chair).
 
-Where this reading differs from that script's (each rare; numbers stay comparable):
-- list items are stripped, so the double-spaced " cheesecake" and " motor bike" match (the
-  script's `split(', ')` kept the space and never matched them: it counted "motor bike" as a
-  bicycle); "iPhone" never matches there or here (captions are lowercased);
+Where this reading (the default) differs from that script's; `--metric-compat rohrbach`
+(`ROHRBACH_VOCABULARY`, `core.chair_rohrbach`) reproduces the script instead, for numbers
+comparable with published ones:
+- list items are stripped, so the double-spaced " cheesecake" and " motor bike" match. The
+  script's `split(', ')` keeps the space, so its " motor bike" never matches a word; its pair
+  rule still merges the two words "motor bike" into one word that is no synonym, so a "motor
+  bike" counts as nothing (neither a motorcycle nor a bicycle); "iPhone" never matches there or
+  here (captions are lowercased);
 - phrases of any length are merged (the script only looked at word pairs, so its
   "stove top oven" counted two ovens), and every multi-word synonym is a phrase ("dining table");
 - plurals come from `core.chair.plural_forms` over the vocabulary's words instead of
-  pattern.en's `singularize` over every word (which also needed its "wine glas" fix-up).
+  pattern.en's `singularize` over every word, which misfires on some: the script reads "bus"
+  as "bu" and "minibus" as "minibu" (it never counts a bus), "canoes" as "cano", and keeps
+  "collies" and "doggies" plural, so none of those counts there; here they do.
 """
 
 from __future__ import annotations
@@ -28,7 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from selfreward_vlm.core.chair import Vocabulary
+from selfreward_vlm.core.chair import ObjectReader, Vocabulary
+from selfreward_vlm.core.chair_rohrbach import RohrbachVocabulary
 
 SYNONYMS_TXT = """\
 person, girl, boy, man, woman, kid, child, chef, baker, people, adult, rider, children, baby, worker, passenger, sister, biker, policeman, cop, officer, lady, cowboy, bride, groom, male, female, guy, traveler, mother, father, gentleman, pitcher, player, skier, snowboarder, skater, skateboarder, person, woman, guy, foreigner, child, gentleman, caller, offender, coworker, trespasser, patient, politician, soldier, grandchild, serviceman, walker, drinker, doctor, bicyclist, thief, buyer, teenager, student, camper, driver, solider, hunter, shopper, villager
@@ -153,6 +160,21 @@ COCO_CATEGORIES: tuple[str, ...] = tuple(g[0] for g in synonym_groups())
 VOCABULARY = Vocabulary.build(
     synonym_groups(), phrases=phrase_rules(), exclusions={"seat": "toilet"}
 )
+# utils/chair.py's own tables and caption reading, quirks included (`core.chair_rohrbach`).
+ROHRBACH_VOCABULARY = RohrbachVocabulary.build(
+    SYNONYMS_TXT, COCO_DOUBLE_WORDS, ANIMAL_WORDS, VEHICLE_WORDS
+)
+METRIC_COMPAT = ("default", "rohrbach")
+
+
+def vocabulary(metric_compat: str = "default") -> ObjectReader:
+    """The COCO reading of `--metric-compat`: `default` (this module's) or `rohrbach` (the
+    CHAIR script's)."""
+    if metric_compat not in METRIC_COMPAT:
+        raise ValueError(
+            f"metric_compat must be one of {list(METRIC_COMPAT)}, not {metric_compat!r}"
+        )
+    return VOCABULARY if metric_compat == "default" else ROHRBACH_VOCABULARY
 
 
 @dataclass(frozen=True)
@@ -175,7 +197,7 @@ def _load_json(path: str | Path, what: str) -> dict[str, Any]:
 
 
 def load_coco(
-    instances: str | Path, captions: str | Path | None = None, vocab: Vocabulary = VOCABULARY
+    instances: str | Path, captions: str | Path | None = None, vocab: ObjectReader = VOCABULARY
 ) -> dict[int, CocoImage]:
     """Images of an `instances_*.json` with their ground-truth categories: every segmented
     object's category, plus (as CHAIR does) every object the reference captions of

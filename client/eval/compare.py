@@ -4,7 +4,9 @@ A RUN is a `summary.json`, a folder holding one, or a folder whose sub-folders h
 `runs/iter1/{chair,pope,halbench}`). Columns as in CSR's Table 7 — POPE accuracy and F1 (mean of
 the splits), CHAIR_S, CHAIR_I, average length — plus Object HalBench's response- and
 mention-level rates (SBSPO Table 1) when a run has them. Rates are percentages, as the papers
-print them; length is in words.
+print them; length is in words. The last column says how each run read its answers: the CHAIR
+reading (`default` or `rohrbach`, the CHAIR script's) and the POPE answer rule (`robust` or
+`official`, POPE's evaluate.py); runs that predate those options used the defaults.
 """
 
 from __future__ import annotations
@@ -56,6 +58,23 @@ def _get(summary: dict[str, Any] | None, keys: Sequence[str]) -> float | None:
     return float(node) if isinstance(node, int | float) else None
 
 
+# (label, benchmarks, settings key, the value of runs written before the option existed)
+RULES: tuple[tuple[str, tuple[str, ...], str, str], ...] = (
+    ("CHAIR", ("chair", "object_halbench"), "metric_compat", "default"),
+    ("POPE", ("pope",), "answer_rule", "robust"),
+)
+
+
+def run_rules(found: dict[str, dict[str, Any]]) -> str:
+    """'CHAIR default, POPE official': the reading of each benchmark a run has."""
+    parts = []
+    for label, benches, key, default in RULES:
+        used = {str(found[b].get("settings", {}).get(key, default)) for b in benches if b in found}
+        if used:
+            parts.append(f"{label} {'/'.join(sorted(used))}")
+    return ", ".join(parts) or "-"
+
+
 def compare_rows(
     runs: Sequence[str | Path], names: Sequence[str] | None = None
 ) -> tuple[list[str], list[dict[str, Any]]]:
@@ -66,7 +85,8 @@ def compare_rows(
     rows = []
     for k, run in enumerate(runs):
         found = find_summaries(run)
-        row: dict[str, Any] = {"name": names[k] if names else Path(run).name}
+        row: dict[str, Any] = {"name": names[k] if names else Path(run).name,
+                               "rules": run_rules(found)}  # fmt: skip
         for title, bench, keys, scale in COLUMNS:
             value = _get(found.get(bench), keys)
             row[title] = None if value is None else value * scale
@@ -81,10 +101,11 @@ def compare_table(titles: Sequence[str], rows: Sequence[dict[str, Any]]) -> Tabl
     table.add_column("Method")
     for t in titles:
         table.add_column(t, justify="right")
+    table.add_column("Rules")
     for r in rows:
         cells = []
         for t in titles:
             v = r[t]
             cells.append("-" if v is None else f"{v:.2f}" if t.startswith("POPE") else f"{v:.1f}")
-        table.add_row(r["name"], *cells)
+        table.add_row(r["name"], *cells, r.get("rules", "-"))
     return table

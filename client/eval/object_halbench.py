@@ -44,11 +44,13 @@ def halbench_prompt(k: int) -> str:
 def run_object_halbench(
     service: str | Sequence[str], annotations: str | Path, images_dir: str | Path,
     out: str | Path, *, captions_annotations: str | Path | None = None, limit: int | None = 300,
-    seed: int = 0, model: str = "base", max_new_tokens: int = 512, **options: Any,
+    seed: int = 0, model: str = "base", max_new_tokens: int = 512,
+    metric_compat: str = "default", **options: Any,
 ) -> dict[str, Any]:  # fmt: skip
     """Object HalBench of `model` (see the module docstring); `options` as `run_chair`'s."""
+    vocab = coco.vocabulary(metric_compat)
     images = coco.sample_images(
-        coco.load_coco(annotations, captions_annotations).values(), limit, seed
+        coco.load_coco(annotations, captions_annotations, vocab).values(), limit, seed
     )
     settings = {"model": model, "prompts": "object-halbench-8", "seed": seed,
                 "max_new_tokens": max_new_tokens, "annotations": Path(annotations).name,
@@ -56,7 +58,7 @@ def run_object_halbench(
                 if captions_annotations else None}  # fmt: skip
     summary = run_caption_benchmark(
         "object_halbench", service, images, images_dir, out, halbench_prompt, settings,
-        model=model, max_new_tokens=max_new_tokens, **options,
+        metric_compat, model=model, max_new_tokens=max_new_tokens, **options,
     )  # fmt: skip
     m = summary["metrics"]
     m["response_rate"], m["mention_rate"] = m["chair_s"], m["chair_i"]

@@ -19,6 +19,13 @@ Parsing an answer (`parse_answer`) — robust to full sentences:
   answered so as missed), and is neither a yes nor a no prediction (precision and the yes ratio
   leave it out of their numerators). `unparsed` reports how many there were.
 
+`answer_rule="official"` (`--answer-rule official`) reads answers as POPE's own `evaluate.py`
+(github.com/AoiDragon/POPE) does, for numbers comparable with published ones
+(`parse_answer_official`): the text up to its first ".", commas removed, split on spaces; "No",
+"not" or "no" among the words → no, anything else → yes (so it never leaves an answer unparsed,
+and "NO" or "Nope." read as yes). The summary's `settings.answer_rule` says which rule a run
+used.
+
 Metrics per split, "yes" the positive class: accuracy = (TP+TN)/N, precision = TP/(TP+FP),
 recall = TP/(questions labelled yes), F1, yes ratio = answers parsed as yes / N.
 """
@@ -58,6 +65,19 @@ def parse_answer(text: str) -> str:
         if "yes" in words:
             return "yes"
     return "other"
+
+
+def parse_answer_official(text: str) -> str:
+    """'yes' or 'no' as POPE's `evaluate.py` reads an answer, step for step: keep the text
+    before the first "." (when there is one), delete commas, split on single spaces; 'no' when
+    "No", "not" or "no" is one of the words (case as written), else 'yes'."""
+    if text.find(".") != -1:
+        text = text.split(".")[0]
+    words = text.replace(",", "").split(" ")
+    return "no" if "No" in words or "not" in words or "no" in words else "yes"
+
+
+ANSWER_RULES = {"robust": parse_answer, "official": parse_answer_official}
 
 
 def split_name(path: str | Path) -> str:
@@ -145,17 +165,25 @@ def pope_summary(records: Sequence[dict[str, Any]], splits: Sequence[str]) -> di
 def run_pope(
     service: str | Sequence[str], questions: Sequence[str | Path], images_dir: str | Path,
     out: str | Path, *, suffix: str = POPE_SUFFIX, limit: int | None = None, model: str = "base",
-    max_new_tokens: int = 16, **options: Any,
+    max_new_tokens: int = 16, answer_rule: str = "robust", **options: Any,
 ) -> dict[str, Any]:  # fmt: skip
-    """POPE of `model` on every question file (`limit` questions each); writes
-    `answers.jsonl`, `run.json` and `summary.json` in OUT. Returns the summary."""
+    """POPE of `model` on every question file (`limit` questions each), answers read by
+    `answer_rule` (`robust` or `official`); writes `answers.jsonl`, `run.json` and
+    `summary.json` in OUT. Returns the summary."""
+    if answer_rule not in ANSWER_RULES:
+        raise ValueError(f"answer_rule must be one of {list(ANSWER_RULES)}, not {answer_rule!r}")
+    parse = ANSWER_RULES[answer_rule]
     items = pope_items(questions, Path(images_dir), suffix, limit)
     splits = list(dict.fromkeys(i.group for i in items))
     settings = {"model": model, "suffix": suffix, "max_new_tokens": max_new_tokens}
-    journal = EvalJournal(out, JOURNAL, {"benchmark": "pope", **settings})
+    # the rule is part of a run's settings (a resume may not mix two); the default is left out
+    # so that run folders written before the option existed still resume
+    rule = {} if answer_rule == "robust" else {"answer_rule": answer_rule}
+    journal = EvalJournal(out, JOURNAL, {"benchmark": "pope", **settings, **rule})
+    settings["answer_rule"] = answer_rule
 
     def score(item: EvalItem, text: str) -> dict[str, Any]:
-        answer = parse_answer(text)
+        answer = parse(text)
         return {"answer": answer, "correct": answer == item.fields["label"]}
 
     stats = run_items(service, items, journal, score, model=model,

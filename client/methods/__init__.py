@@ -7,6 +7,7 @@ its settings in a frozen config dataclass. Run one prompt from sync code with `a
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -65,12 +66,37 @@ def check_run(method: str, model: str, reference: str) -> None:
         check_policy(model, reference)
 
 
+# Deprecated option names per method -> the field they now set. SBSPO's union fraction was
+# `lam`, the name CSR uses for its R_I weight; `--lambda` meant two things.
+DEPRECATED_OPTIONS: dict[str, dict[str, str]] = {"sbspo": {"lam": "union_fraction"}}
+
+
+def resolve_deprecated(method: str, options: dict[str, Any]) -> dict[str, Any]:
+    """`options` with deprecated names renamed (a FutureWarning each); giving both the old and
+    the new name is a ValueError."""
+    out = dict(options)
+    for old, new in DEPRECATED_OPTIONS.get(method, {}).items():
+        if out.get(old) is None:
+            out.pop(old, None)
+            continue
+        if out.get(new) is not None:
+            raise ValueError(f"{method}: give {new!r} only ({old!r} is its deprecated alias)")
+        warnings.warn(
+            f"{method}: {old!r} is deprecated, use {new!r} (the SBSPO union fraction)",
+            FutureWarning, stacklevel=3,
+        )  # fmt: skip
+        out[new] = out.pop(old)
+    return out
+
+
 def build_config(method: str, preset: str | None = None, **overrides: Any) -> Any:
     """The method's config: its defaults, then the preset's values (`presets.py`; taken as
     they are, None included), then `overrides`, where None means 'keep'. An option the method
-    does not have is a ValueError naming it (a typo must not be a silent default)."""
+    does not have is a ValueError naming it (a typo must not be a silent default); a
+    deprecated name (`DEPRECATED_OPTIONS`) sets its new field with a FutureWarning."""
     cls = get_method(method).config_cls
     fields = {f.name for f in dataclasses.fields(cls)}
+    overrides = resolve_deprecated(get_method(method).name, overrides)
     given = {k: v for k, v in overrides.items() if v is not None}
     unknown = sorted(set(given) - fields)
     if unknown:
@@ -100,6 +126,7 @@ __all__ = [
     "csr_official",
     "get_method",
     "pair_id",
+    "resolve_deprecated",
     "sbspo",
     "self_judge",
 ]

@@ -9,8 +9,11 @@ Reproduced here:
   `num_beams//2 − 1` (1) and worst `num_beams//2` (2) stay live, and only when the pool holds at
   least `num_beams` (5) children — a smaller pool is kept whole (`min_pool`). Finished children
   are never pruned. CLIP plays no part in the search.
-- After the search: children with fewer than 4 new characters, or degenerate text (foreign
-  scripts, emoji, long repeats, many line breaks), are removed with their subtrees.
+- After the search: children with fewer than 4 new characters, or degenerate text, are removed
+  with their subtrees. `degenerate_rule="official"` is `utils.py` `clean_tree` restated
+  (`core.selection.is_degenerate_official`: foreign scripts, long repeats, 13 commas, many line
+  breaks; emoji are deleted by `clean_text` first, so they never drop a sentence);
+  `"strict"` is ours (6 commas, emoji drop the sentence).
 - Each node's children are ranked among themselves: rank = (position + 1)/n by descending
   language score and by descending CLIP score (1/n is best); a sentence's value is
   (1−α)·rank_T + α·rank_I, α = 0.9. A response's value is the sum over its sentences divided by
@@ -21,15 +24,24 @@ Differences, forced by the service or chosen deliberately:
 - The sentence's language score is the candidate's `score` from `/v1/generate`: like HF's
   `sequences_scores`, the sum of *processed* log-probs (diversity penalty included) over the
   length (a service that does not send it: the mean raw log-prob).
-- The official code ends sentences at "." only and marks a node final when EOS occurs anywhere
-  in it (HF keeps generating past EOS); the service stops at EOS. An EOS-only candidate (no new
-  text) would be dropped by the 4-character rule and its path could never finish, so here it
-  closes its parent's response instead and gets no rank of its own.
+- The official code ends sentences at the "." token only (`eos_token_id=period_id` 29889) and
+  marks a node final when EOS occurs anywhere in it (HF keeps generating past EOS, and the
+  decoded text keeps what follows it); the service stops at EOS and at every token whose text
+  contains `stop_text`. Not reproducible from the client: it needs a service stop mode. An
+  EOS-only candidate (no new text) would be dropped by the 4-character rule and its path could
+  never finish, so here it closes its parent's response instead and gets no rank of its own.
 - CLIP rank uses the raw cosine (the official code ranks 100·cos unclipped), so absent objects
-  clipped to R_I = 0 still rank by how absent they are.
+  clipped to R_I = 0 still rank by how absent they are. CLIP reads the sentence as generated;
+  the released code gives it the `clean_text` version (emoji and other characters outside its
+  list deleted), which differs only for such characters.
 - The official `max_length` 1024 counts characters of the decoded prompt + response; here it is
-  generated tokens (`max_total_tokens`), and `max_steps` bounds the depth.
-- Its text slicing (`len(parent) + 3` characters) is replaced by the exact new text.
+  generated tokens (`max_total_tokens`). The official code has no depth cap (`max_steps=None`,
+  the default); `max_steps` can bound it.
+- A bug not copied: `utils.py` `extract_new_text` takes a child's new sentence as
+  `child.text[len(parent.text) + 3:]`, a character offset that holds only when the decoded
+  sequence is 3 characters longer than the parent's text before the new sentence; otherwise it
+  cuts the sentence's first characters or keeps the parent's last ones (for CLIP, for the
+  4-character rule and for the filter). Here the new text is exactly what was generated.
 - It picks a pair even when chosen == rejected; here a prompt with fewer than 2 distinct
   non-empty responses gives no pair.
 """
@@ -39,6 +51,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Literal
 
 from selfreward_vlm.client.methods.base import (
     AsyncScorer,
@@ -57,14 +70,17 @@ from selfreward_vlm.core.schemas import Candidate, ResponseScore, SentenceScore
 from selfreward_vlm.core.selection import (
     fused_rank,
     is_degenerate,
+    is_degenerate_official,
     keep_extremes,
     mean_fused_rank,
     normalize_sentence,
+    official_clean_text,
     pick_chosen_rejected,
     sibling_ranks,
 )
 
 METHOD = "csr-official"
+DegenerateRule = Literal["official", "strict"]
 
 
 @dataclass(frozen=True)
@@ -75,14 +91,15 @@ class CSROfficialConfig:
     num_candidates: int = 5  # num_token_beams = num_return_sequences
     num_beam_groups: int = 5
     diversity_penalty: float = 3.0
-    max_new_tokens: int = 74  # the paper's value (sample.py's argparse default is 70)
+    max_new_tokens: int = 70  # sample.py's argparse default and step1.sh (the paper says 74)
     max_total_tokens: int = 1024
     keep_top: int = 1  # num_beams // 2 - 1
     keep_bottom: int = 2  # num_beams // 2
     min_pool: int = 5  # prune only a pool of at least num_beams children
-    max_steps: int | None = 12
+    max_steps: int | None = None  # sample.py: `while active_nodes`, no depth cap
     min_sentence_chars: int = 4
     drop_degenerate: bool = True
+    degenerate_rule: DegenerateRule = "official"  # utils.py clean_tree; "strict" is ours
     count_root_in_mean: bool = True
     stop_text: str = "."
     clip_scale: float = 100.0
@@ -90,7 +107,7 @@ class CSROfficialConfig:
     preset: str | None = None
 
     def __post_init__(self) -> None:
-        check_config(self, {}, unit=("alpha",))
+        check_config(self, {"degenerate_rule": DegenerateRule}, unit=("alpha",))
         if self.keep_top + self.keep_bottom < 1 or self.num_candidates < 1:
             raise ValueError("need num_candidates >= 1 and keep_top + keep_bottom >= 1")
 
@@ -163,13 +180,20 @@ async def search(
     return root, steps
 
 
+def _length(text: str, cfg: CSROfficialConfig) -> int:
+    """The length the 4-character rule measures: under the official rule, of the text
+    `clean_text` leaves (score.py measures `extract_new_text`, which cleans)."""
+    return len(official_clean_text(text).strip() if cfg.degenerate_rule == "official" else text)
+
+
 def _clean(node: Node, cfg: CSROfficialConfig) -> None:
     """`score.py`'s filters: short or degenerate sentences leave with their subtrees."""
+    degenerate = is_degenerate_official if cfg.degenerate_rule == "official" else is_degenerate
     node.children = [
         c
         for c in node.children
-        if len(c.text) >= cfg.min_sentence_chars
-        and not (cfg.drop_degenerate and is_degenerate(c.prefix[len(node.prefix) :].strip()))
+        if _length(c.text, cfg) >= cfg.min_sentence_chars
+        and not (cfg.drop_degenerate and degenerate(c.prefix[len(node.prefix) :].strip()))
     ]
     for c in node.children:
         _clean(c, cfg)

@@ -3,18 +3,23 @@
 Per prompt: sample m = 10 responses from the policy with seeds 0..9 (one `/v1/generate` call,
 strategy `sample`, n = m, seed = 0: candidate i samples with seed i; temperature 0.7, top-p 1.0,
 until EOS); score each with `/v1/implicit-reward`, policy adapter vs reference adapter, β = 0.1,
-as a sum (eq. 2) and as a token average (eq. 3); rank by each, descending; chosen set = top ⌈λm⌉
-of either ranking, rejected set = bottom ⌈λm⌉ of either, λ = 0.3; a response in both sets is
-dropped from both; every chosen × rejected combination is a pair.
+as a sum (eq. 2) and as a token average (eq. 3); rank by each, descending; chosen set A = top
+⌈λm⌉ of either ranking, rejected set R = bottom ⌈λm⌉ of either (eq. 5), λ = 0.3 (the union
+fraction); every chosen × rejected combination of distinct texts is a pair.
 
 Decisions:
 - Identical sample texts are merged before ranking (`dedupe`, default on; the first seed keeps
   it), and m becomes the number of distinct texts, so k = ⌈λ·m_distinct⌉. A small or sharpened
   model often repeats itself at T = 0.7; ranking copies would fill the top-k with one text, and
   a copy could land in both sets. Empty responses are dropped too.
-- k = ⌈λm⌉ is clamped to ⌊m/2⌋ (`core.selection.union_size`): for small m (or m shrunk by
-  de-duplication) ⌈λm⌉ can exceed m/2, and the top and bottom of one ranking would overlap.
-  Each pair's `params` records m, k, the unclamped k and the responses dropped by the union.
+- A response in both A and R (top of one ranking, bottom of the other) stays in both under eq. 5
+  (`overlap="keep"`, the default and the `paper` preset): it is paired with every other
+  response of the other set, never with itself. `overlap="drop"` (ours) removes it from both
+  and clamps k = ⌈λm⌉ to ⌊m/2⌋ (`core.selection.union_size`); it can remove the best response
+  of each ranking. Each pair's `params` records m, k, the unclamped k, the responses in both
+  sets (`overlap_count`) and those dropped.
+- `selection="sum" | "avg"` ranks by one reward alone: SBSPO Table 2's two other strategies,
+  so its length ablation can be rerun.
 - Policy = reference is refused (`SamePolicyError`): every implicit reward is then exactly 0,
   and the union would pick pairs by sample index. SBSPO starts from an already aligned policy
   (the paper's M1′, e.g. a CSR or DPO adapter) scored against its reference.
@@ -39,6 +44,8 @@ from selfreward_vlm.client.methods.base import (
 )
 from selfreward_vlm.core.schemas import ImplicitReward, ResponseScore
 from selfreward_vlm.core.selection import (
+    OverlapRule,
+    SelectionRule,
     first_occurrences,
     rank_desc,
     reward_union,
@@ -67,7 +74,7 @@ def check_policy(policy: str, reference: str) -> None:
 
 @dataclass(frozen=True)
 class SBSPOConfig:
-    """SBSPO settings; defaults are the paper's (m = 10, λ = 0.3, β = 0.1)."""
+    """SBSPO settings; defaults are the paper's (m = 10, λ = 0.3, β = 0.1, eq. 5 as written)."""
 
     num_samples: int = 10  # m
     seed: int = 0  # sample i uses seed + i
@@ -75,13 +82,15 @@ class SBSPOConfig:
     top_p: float = 1.0
     max_new_tokens: int = 512
     beta: float = 0.1
-    lam: float = 0.3  # union fraction: top/bottom ⌈λm⌉ of each ranking
+    union_fraction: float = 0.3  # the paper's λ: top/bottom ⌈λm⌉ of each ranking
+    selection: SelectionRule = "union"  # eq. 5; "sum" / "avg": one ranking (Table 2)
+    overlap: OverlapRule = "keep"  # eq. 5 keeps a response in both sets; "drop" is ours
     dedupe: bool = True
     preset: str | None = None
 
     def __post_init__(self) -> None:
-        check_config(self, {})
-        union_size(self.num_samples, self.lam)  # raises unless 0 <= λ < 0.5
+        check_config(self, {"selection": SelectionRule, "overlap": OverlapRule})
+        union_size(self.num_samples, self.union_fraction)  # raises unless 0 <= λ < 0.5
         if self.num_samples < 2:
             raise ValueError("num_samples must be >= 2")
 
@@ -135,7 +144,7 @@ async def sbspo(
     )  # fmt: skip
     sums = [r.reward_sum for r in scored.results]
     avgs = [r.reward_avg for r in scored.results]
-    sel = reward_union(sums, avgs, cfg.lam)
+    sel = reward_union(sums, avgs, cfg.union_fraction, cfg.selection, cfg.overlap)
     rank_s = {i: pos + 1 for pos, i in enumerate(rank_desc(sums))}
     rank_a = {i: pos + 1 for pos, i in enumerate(rank_desc(avgs))}
     scores = [
@@ -143,7 +152,7 @@ async def sbspo(
     ]
     params = config_params(
         cfg, m=sel.m, k=sel.k, k_requested=sel.k_requested, k_clamped=sel.clamped,
-        dropped=len(sel.dropped), samples=len(texts),
+        overlap_count=len(sel.overlap), dropped=len(sel.dropped), samples=len(texts),
     )  # fmt: skip
     pairs = [
         make_pair(
@@ -152,7 +161,7 @@ async def sbspo(
         for c, r in union_pairs(sel.chosen, sel.rejected, kept)
     ]
     stats |= {"chosen": float(len(sel.chosen)), "rejected": float(len(sel.rejected))}
-    stats["dropped"] = float(len(sel.dropped))
+    stats |= {"overlap": float(len(sel.overlap)), "dropped": float(len(sel.dropped))}
     if not pairs:
-        return MethodResult(skipped="reward union left no chosen × rejected pair", stats=stats)
+        return MethodResult(skipped="the selection left no chosen × rejected pair", stats=stats)
     return MethodResult(pairs=pairs, stats=stats)
