@@ -253,7 +253,11 @@ def run_seed(config: DemoConfig, seed: int) -> dict[str, Any]:
         lines = (folder / "pairs.jsonl").read_text().splitlines()
         return [PreferencePair.model_validate_json(x) for x in lines if x.strip()]
 
+    # Each generation's numbers must not depend on what else the service decodes at the
+    # moment: decode_batching=isolated (README "Continuous batching") keeps the fingerprint
+    # bit-for-bit reproducible whatever the requests' timing.
     with local_service(world / "vlm", world / "clip", work / "service", "--torch-threads", "1",
+                       "--set", "decode_batching=isolated",
                        log_file=work / "service.log") as url:  # fmt: skip
         for run, (method, prompt_file, iterations, options, run_train) in _runs(
             config, prompts, ablation
