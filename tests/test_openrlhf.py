@@ -304,7 +304,7 @@ def test_a_failed_sample_cancels_the_others(
     the GPU from the next request)."""
     import asyncio
 
-    from selfreward_vlm.service.routes import scoring
+    from selfreward_vlm.service.serving import scoring
 
     events: list[str] = []
 

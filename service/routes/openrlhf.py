@@ -1,5 +1,5 @@
-"""OpenRLHF's remote reward model protocol: `POST /get_reward`, a thin translator onto the native
-scoring handlers (`routes.scoring`).
+"""OpenRLHF's remote reward model protocol: `POST /get_reward`, a translator onto the serving
+layer's scoring functions (`serving.scoring`).
 
 OpenRLHF (`openrlhf/utils/agent.py`, `SingleTurnAgentExecutor`) posts
 `{"query": [...], "prompts": [...], "labels": [...]}`, where `query` is
@@ -25,8 +25,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from functools import partial
 from typing import Any, TypeVar
 
-from fastapi import APIRouter, Depends, Response
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import APIRouter, Depends
 
 from selfreward_vlm.core.integrations import (
     SCORE_CENTER,
@@ -48,33 +47,15 @@ from selfreward_vlm.service.errors import (
     QueueFullError,
     ServiceError,
 )
-from selfreward_vlm.service.routes import scoring
+from selfreward_vlm.service.protocols.openrlhf import (
+    OpenRLHFRewardRequest,
+    OpenRLHFRewardResponse,
+)
+from selfreward_vlm.service.serving import scoring
 from selfreward_vlm.service.state import AppState, get_ready_state
 
 T = TypeVar("T")
 _IMAGE_ID = re.compile(r"^[0-9a-f]{64}$")
-
-
-class OpenRLHFRewardRequest(BaseModel):
-    """What OpenRLHF posts (older releases send `query` alone)."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    query: list[str] = Field(..., min_length=1, description="templated prompt + response")
-    prompts: list[str] | None = Field(None, description="the templated prompts, same order")
-    labels: list[Any] | None = Field(
-        None,
-        description="image id, data:/http(s) URL, or JSON {'image': ..., 'prompt': ...} "
-        "(prompt: the user turn, when it cannot be read out of the template)",
-    )
-
-
-class OpenRLHFRewardResponse(BaseModel):
-    rewards: list[float] = Field(description="the reward of each query, in input order")
-    scores: list[float] = Field(
-        description="1/(1+exp(-(reward-center)/scale)): a monotone map into (0, 1)"
-    )
-    extra_logs: dict[str, list[float]] = Field(description="r_i, r_t, num_sentences, ...")
 
 
 class RewardBusyError(QueueFullError):
@@ -98,6 +79,8 @@ async def get_reward(
         given = getattr(req, name)
         if given is not None and len(given) != n:
             raise InvalidRequestError(f"{len(given)} {name} for {n} queries", field=name)
+    if n == 0:  # one URL's share of a batch split over several (OpenRLHF >= 0.10)
+        return OpenRLHFRewardResponse(rewards=[], scores=[], extra_logs={})
     samples = await _all_or_none([_sample(state, req, i) for i in range(n)])
     settings = state.settings
     mode = settings.openrlhf_reward
@@ -228,8 +211,8 @@ async def _score(
             beta=settings.openrlhf_beta, image=ImageRef(id=image_id) if image_id else None,
             prompt=user, responses=[response],
         )  # fmt: skip
-        res = await _patiently(state, lambda: scoring.implicit(req, Response(), state))
-        r = res.results[0]
+        res = await _patiently(state, lambda: scoring.implicit(state, req))
+        r = res.body.results[0]
         return {
             "reward": r.reward_sum if how == "sum" else r.reward_avg,
             "policy_logprob": r.policy_logprob,
@@ -246,8 +229,8 @@ async def _score(
         return logs if mode == "clip" else {**logs, "r_t": 0.0}
     if mode == "clip":
         creq = ClipRequest(image=ref, texts=[s.strip() for s in sentences])
-        clip = await _patiently(state, lambda: scoring.clip(creq, Response(), state))
-        r_i = [c.relevance for c in clip.results]
+        clip = await _patiently(state, lambda: scoring.clip(state, creq))
+        r_i = [c.relevance for c in clip.body.results]
         return {"reward": aggregate(r_i, how), "r_i": aggregate(r_i, how),
                 "num_sentences": float(len(sentences))}  # fmt: skip
     calls = [
@@ -257,9 +240,9 @@ async def _score(
         for p, s in zip(prefixes(sentences), sentences, strict=True)
     ]
     results = await _all_or_none(
-        [_patiently(state, partial(scoring.reward, c, Response(), state)) for c in calls]
+        [_patiently(state, partial(scoring.reward, state, c)) for c in calls]
     )
-    scores = [res.results[0] for res in results]
+    scores = [res.body.results[0] for res in results]
     return {
         "reward": aggregate([s.reward for s in scores], how),
         "r_i": aggregate([s.r_i for s in scores], how),
