@@ -15,6 +15,7 @@ python3 -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --upgrade pip
 # torch first, pinned: lm-eval's default resolution pulls the multi-GB CUDA build.
 "$VENV/bin/python" -m pip install -q $TORCH_SPEC
-"$VENV/bin/python" -m pip install -q "lm-eval[hf,api]==0.4.13" "lmms-eval==0.7.3" $TORCH_SPEC
+# filelock<4: lmms-eval 0.7.3 imports filelock._api, which filelock 4 removed.
+"$VENV/bin/python" -m pip install -q "lm-eval[hf,api]==0.4.13" "lmms-eval==0.7.3" "filelock<4" $TORCH_SPEC
 touch "$VENV/.installed"
 echo "$VENV"

@@ -140,12 +140,12 @@ def _validate(state: AppState, req: ChatCompletionRequest) -> int:
     if len(stops) > 4 or any(not s for s in stops):
         raise InvalidRequestError("stop: up to 4 non-empty sequences", field="stop")
     name = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
-    max_tokens = req.max_completion_tokens or req.max_tokens or DEFAULT_MAX_TOKENS
-    if max_tokens > limits.max_new_tokens:
-        raise InvalidRequestError(
-            f"{name} = {max_tokens}; at most {limits.max_new_tokens}", field=name
-        )
-    return min(max_tokens, limits.max_new_tokens)
+    asked = req.max_completion_tokens or req.max_tokens
+    if asked is None:
+        return min(DEFAULT_MAX_TOKENS, limits.max_new_tokens)
+    if asked > limits.max_new_tokens:
+        raise InvalidRequestError(f"{name} = {asked}; at most {limits.max_new_tokens}", name)
+    return asked
 
 
 def _answer(engine: Any, g: Generated, tokens: list[TokenScore], stops: list[str]) -> _Answer:

@@ -100,18 +100,15 @@ def _prompts(
         return [_Prompt(prompt, None, "prompt")]
     if not prompt:
         raise InvalidRequestError("prompt is empty", "prompt")
-    if all(isinstance(t, int) for t in prompt):
-        prompt = [prompt]  # type: ignore[list-item]
-        single = True
-    else:
-        single = False
+    single = all(isinstance(t, int) for t in prompt)
+    items: list[Any] = [prompt] if single else list(prompt)
     out = []
-    for i, p in enumerate(prompt):
+    for i, p in enumerate(items):
         field = "prompt" if single else f"prompt.{i}"
         if isinstance(p, str):
             out.append(_Prompt(p, None, field))
             continue
-        ids = list(p)  # type: ignore[arg-type]
+        ids = [int(t) for t in p]
         if not ids or any(not 0 <= t < len(tok) for t in ids):  # the tokenizer would misread
             raise InvalidRequestError(
                 f"token ids must be a non-empty list in [0, {len(tok)})", field=field
