@@ -328,12 +328,12 @@ def test_an_overlong_response_is_a_422_before_any_scoring(
 ) -> None:
     """The sentences' prefixes grow with the square of the response: a response over the token
     limit, or with more sentences than `max_items`, is refused before they are built."""
-    import selfreward_vlm.service.routes.openrlhf as openrlhf
+    import selfreward_vlm.service.serving.reward as reward
 
     def no_prefixes(sentences: Any) -> list[str]:
         raise AssertionError("prefixes built for an over-long response")
 
-    monkeypatch.setattr(openrlhf, "prefixes", no_prefixes)
+    monkeypatch.setattr(reward, "prefixes", no_prefixes)
     settings = api.app.state.selfreward.settings  # type: ignore[attr-defined]
     _, prompt = openrlhf_query(tiny_models, "", expand=False)
     for response, limit in [(" a." * 5000, "tokens"), (" a." * 65, "sentences")]:

@@ -8,6 +8,7 @@ OpenRLHF's `/get_reward` and the OpenAI-compatible routes call the same function
 
 - `common`: limits, images, usage, timing; `models`: which model a request names;
 - `scoring`: log-probs, CLIP, calibrated and implicit rewards;
+- `reward`: the reward of one whole response in the operator's mode (OpenRLHF's `/get_reward`);
 - `generate`: candidates through the engine (`/v1/generate`, chat completions);
 - `text`: vLLM's reading of a raw prompt (every token scored, top-k, echo + generation);
 - `completions`, `chat`: the OpenAI completions and chat completions APIs.
