@@ -167,3 +167,16 @@ def test_models_lists_every_name(lm_api: TestClient, tiny_models: dict[str, Path
     info = lm_api.get("/info").json()
     assert "prompt_format" in info["openai"]["completions_prompt"]
     assert info["openai"]["served_model_names"] == [str(tiny_models["lm"]), "tiny-lm"]
+
+
+def test_a_generation_past_its_deadline_stops_and_frees_the_model(lm_api: TestClient) -> None:
+    """Raw-text generation holds the engine's lock on a worker thread: past the request's
+    deadline it stops at its next token, so the next request does not wait for it."""
+    import time
+
+    body = {"model": "base", "prompt": TEXTS[0], "max_tokens": 1000, "temperature": 0}
+    start = time.monotonic()
+    res = lm_api.post("/v1/completions", json=body, headers={"x-request-timeout-ms": "300"})
+    assert res.status_code == 504, res.text
+    quick = lm_api.post("/v1/completions", json={**body, "max_tokens": 1})
+    assert quick.status_code == 200 and time.monotonic() - start < 5

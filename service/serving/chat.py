@@ -79,7 +79,8 @@ async def chat(state: AppState, req: ChatCompletionRequest) -> Served[ChatResult
     conv = conversation(engine, req.messages)
     image_id, image = await resolve_image(state, conv.image, field=conv.image_field)
     stops = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
-    greedy = not req.temperature
+    temperature = 1.0 if req.temperature is None else req.temperature
+    greedy = temperature == 0
     native = GenerateRequest(
         model=adapter,
         prompt=conv.prompt,

@@ -10,6 +10,8 @@ correct for every family, and a log-likelihood request (`max_tokens` 0 or 1) cos
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +20,7 @@ import anyio
 import torch
 
 from selfreward_vlm.service.chat_text import collapse_placeholders
+from selfreward_vlm.service.deadlines import DeadlineExceededError, current_deadline
 from selfreward_vlm.service.engine.families.generic import GenericFamily
 from selfreward_vlm.service.errors import InvalidRequestError
 from selfreward_vlm.service.state import AppState
@@ -117,11 +120,30 @@ async def run(
     if not prompt.ids:
         raise InvalidRequestError("the prompt has no tokens", field="prompt")
     engine.adapters.check(adapter)
-    return await anyio.to_thread.run_sync(_run, engine, adapter, prompt, top_k, decoding)
+    stop = _Stop(current_deadline.get())
+    try:
+        return await anyio.to_thread.run_sync(_run, engine, adapter, prompt, top_k, decoding, stop)
+    except BaseException:
+        stop.abandoned.set()  # cancelled (client gone, deadline): the thread stops at its next step
+        raise
+
+
+@dataclass
+class _Stop:
+    """Why a generation stops early: its request was abandoned, or its deadline passed."""
+
+    deadline: float | None
+    abandoned: threading.Event = field(default_factory=threading.Event)
+
+    def check(self) -> None:
+        if self.abandoned.is_set():
+            raise DeadlineExceededError("the request was abandoned during generation")
+        if self.deadline is not None and time.perf_counter() >= self.deadline:
+            raise DeadlineExceededError("the deadline passed during generation")
 
 
 def _run(
-    engine: Any, adapter: str, prompt: PromptIds, top_k: int, decoding: Decoding
+    engine: Any, adapter: str, prompt: PromptIds, top_k: int, decoding: Decoding, stop: _Stop
 ) -> TextResult:
     model = GenericFamily(engine.hf)
     ids = prompt.ids
@@ -131,7 +153,7 @@ def _run(
         scored += [_score(logp[i - 1], ids[i], top_k) for i in range(1, len(ids))]
         choices = []
         for c in range(decoding.n if decoding.max_tokens else 0):
-            choices.append(_continue(engine, model, prompt, logp[-1], top_k, decoding, c))
+            choices.append(_continue(engine, model, prompt, logp[-1], top_k, decoding, c, stop))
     return TextResult(scored, choices)
 
 
@@ -152,6 +174,7 @@ def _continue(
     top_k: int,
     decoding: Decoding,
     choice: int,
+    stop: _Stop,
 ) -> Continuation:
     seed = None if decoding.seed is None else decoding.seed + choice
     gen = torch.Generator().manual_seed(seed) if seed is not None else None
@@ -166,6 +189,7 @@ def _continue(
         if cut:
             return Continuation(out, text[: min(cut)], "stop")
         if step + 1 < decoding.max_tokens:
+            stop.check()  # the engine's lock is held: never for a request nobody waits for
             ids.append(token)
             logp = model.full_logprobs(ids, prompt.inputs, len(prompt.ids))[-1]
     text = engine.tokenizer.decode([t.token_id for t in out], skip_special_tokens=True)
