@@ -40,7 +40,7 @@ from selfreward_vlm.service.protocols.openai_chat import (
 from selfreward_vlm.service.serving.common import Served, resolve_image
 from selfreward_vlm.service.serving.generate import generate_raw
 from selfreward_vlm.service.serving.models import adapter_of
-from selfreward_vlm.service.serving.text import Decoding, TokenScore, encode, run
+from selfreward_vlm.service.serving.text import Decoding, PromptIds, TokenScore, encode, run
 from selfreward_vlm.service.state import AppState
 
 DEFAULT_MAX_TOKENS = 256
@@ -87,7 +87,7 @@ async def chat(state: AppState, req: ChatCompletionRequest) -> Served[ChatResult
         image=ImageRef(id=image_id) if image_id else None,
         strategy="greedy" if greedy else "sample",
         n=req.n,
-        temperature=req.temperature or 1.0,
+        temperature=temperature or 1.0,  # unused when greedy
         top_p=req.top_p or 1.0,
         seed=req.seed,
         stop="sentence" if len(stops) == 1 else "eos",
@@ -103,7 +103,7 @@ async def chat(state: AppState, req: ChatCompletionRequest) -> Served[ChatResult
     for g in served.body:
         tokens = [TokenScore(t, lp) for t, lp in zip(g.token_ids, g.token_logprobs, strict=True)]
         if top_k:  # the alternatives: one forward of the model over prompt + answer
-            whole = type(prompt)([*prompt.ids, *g.token_ids], prompt.inputs)
+            whole = PromptIds([*prompt.ids, *g.token_ids], prompt.inputs)
             scored = await run(state, adapter, whole, top_k, Decoding())
             for t, s in zip(tokens, scored.prompt[len(prompt.ids) :], strict=True):
                 t.top = s.top
