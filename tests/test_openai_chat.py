@@ -12,9 +12,7 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from selfreward_vlm.service.app import build_app
-from selfreward_vlm.service.settings import ServiceSettings
-from tests.test_openai_compat import data_uri
+from tests.test_openai_compat import data_uri, in_process, openai_client
 
 USER = "Describe the image."
 RED = (200, 30, 30)
@@ -22,22 +20,15 @@ RED = (200, 30, 30)
 
 @pytest.fixture(scope="module")
 def api(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory):
-    from selfreward_vlm.service.engine.loader import load_models
-
-    settings = ServiceSettings(
-        model=str(tiny_models["vlm"]),
-        served_model_name=["tiny-llava"],
-        warmup=False,
-        max_new_tokens=64,
-        data_dir=tmp_path_factory.mktemp("openai-chat"),
-    )
-    with TestClient(build_app(settings, load_models(settings))) as client:
-        yield client
+    data = tmp_path_factory.mktemp("openai-chat")
+    vlm = str(tiny_models["vlm"])
+    with in_process(data, model=vlm, served_model_name=["tiny-llava"], max_new_tokens=64) as api:
+        yield api
 
 
 @pytest.fixture(scope="module")
 def oai(api: TestClient) -> openai.OpenAI:
-    return openai.OpenAI(base_url="http://testserver/v1", api_key="unused", http_client=api)
+    return openai_client(api)
 
 
 def user_turn(text: str = USER, color: tuple[int, int, int] = RED) -> dict[str, Any]:

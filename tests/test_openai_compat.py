@@ -4,7 +4,10 @@
 from __future__ import annotations
 
 import base64
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import openai
 import pytest
@@ -18,15 +21,26 @@ USER = "Describe the image."
 ANSWER = " There is a red circle. It is big."
 
 
-@pytest.fixture(scope="module")
-def api(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory):
+@contextlib.contextmanager
+def in_process(data_dir: Path, **settings: Any) -> Iterator[TestClient]:
+    """The app on real (tiny) models, in process: `ServiceSettings(**settings)`."""
     from selfreward_vlm.service.engine.loader import load_models
 
+    config = ServiceSettings(warmup=False, data_dir=data_dir, **settings)
+    with TestClient(build_app(config, load_models(config))) as client:
+        yield client
+
+
+def openai_client(api: TestClient) -> openai.OpenAI:
+    """The real OpenAI client, speaking HTTP to the in-process app (TestClient is an httpx
+    client)."""
+    return openai.OpenAI(base_url="http://testserver/v1", api_key="unused", http_client=api)
+
+
+@pytest.fixture(scope="module")
+def api(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory):
     vlm, clip = str(tiny_models["vlm"]), str(tiny_models["clip"])
-    settings = ServiceSettings(
-        model=vlm, clip=clip, warmup=False, data_dir=tmp_path_factory.mktemp("openai-data")
-    )
-    with TestClient(build_app(settings, load_models(settings))) as client:
+    with in_process(tmp_path_factory.mktemp("openai-data"), model=vlm, clip=clip) as client:
         client.image_id = client.post(  # type: ignore[attr-defined]
             "/v1/images", content=png(), headers={"content-type": "image/png"}
         ).json()["id"]
@@ -35,9 +49,7 @@ def api(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="module")
 def oai(api: TestClient) -> openai.OpenAI:
-    """The real OpenAI client, speaking HTTP to the in-process app (TestClient is an httpx
-    client)."""
-    return openai.OpenAI(base_url="http://testserver/v1", api_key="unused", http_client=api)
+    return openai_client(api)
 
 
 def templated(tiny_models: dict[str, Path], with_image: bool = True) -> str:

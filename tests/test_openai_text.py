@@ -12,29 +12,21 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from selfreward_vlm.service.app import build_app
-from selfreward_vlm.service.settings import ServiceSettings
+from tests.test_openai_compat import in_process, openai_client
 
 TEXTS = ["The cat sits on the mat.", "A dog runs in the park. The sky is blue"]
 
 
 @pytest.fixture(scope="module")
 def lm_api(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory):
-    from selfreward_vlm.service.engine.loader import load_models
-
-    settings = ServiceSettings(
-        model=str(tiny_models["lm"]),
-        served_model_name=["tiny-lm"],
-        warmup=False,
-        data_dir=tmp_path_factory.mktemp("openai-text"),
-    )
-    with TestClient(build_app(settings, load_models(settings))) as client:
-        yield client
+    data = tmp_path_factory.mktemp("openai-text")
+    with in_process(data, model=str(tiny_models["lm"]), served_model_name=["tiny-lm"]) as api:
+        yield api
 
 
 @pytest.fixture(scope="module")
 def client(lm_api: TestClient) -> openai.OpenAI:
-    return openai.OpenAI(base_url="http://testserver/v1", api_key="unused", http_client=lm_api)
+    return openai_client(lm_api)
 
 
 @pytest.fixture(scope="module")
