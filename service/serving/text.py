@@ -4,8 +4,9 @@ top-k alternatives, and generation continues the token ids as they are (no chat 
 The engine scores continuations after a chat-templated user turn, and only the chosen tokens'
 log-probs; here the model's OWN forward (`GenericFamily.full_logprobs`: any model, its own
 positions, masks and image merge) runs over the prompt's token ids, under the engine's lock and
-the request's adapter, on a worker thread. Generated tokens re-run that forward (no KV reuse):
-correct for every family, and a log-likelihood request (`max_tokens` 0 or 1) costs one forward.
+the request's adapter, on a worker thread. Generation: a text prompt's keeps the model's own KV cache between tokens, a prompt with an image
+re-runs the model's whole forward for each (correct for every family); a log-likelihood request
+(`max_tokens` 0 or 1) costs one forward.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch
 
 from selfreward_vlm.service.chat_text import collapse_placeholders
 from selfreward_vlm.service.deadlines import DeadlineExceededError, current_deadline
+from selfreward_vlm.service.engine.families.base import cache_keyword
 from selfreward_vlm.service.engine.families.generic import GenericFamily
 from selfreward_vlm.service.errors import InvalidRequestError
 from selfreward_vlm.service.state import AppState
@@ -147,7 +149,7 @@ def _run(
 ) -> TextResult:
     model = GenericFamily(engine.hf)
     ids = prompt.ids
-    with engine.lock, engine.adapters.active(adapter):
+    with torch.inference_mode(), engine.lock, engine.adapters.active(adapter):
         logp = model.full_logprobs(ids, prompt.inputs, len(ids))  # (T, V)
         scored = [TokenScore(ids[0], None)]
         scored += [_score(logp[i - 1], ids[i], top_k) for i in range(1, len(ids))]
@@ -178,7 +180,7 @@ def _continue(
 ) -> Continuation:
     seed = None if decoding.seed is None else decoding.seed + choice
     gen = torch.Generator().manual_seed(seed) if seed is not None else None
-    ids, out = list(prompt.ids), []
+    ids, out, cache = list(prompt.ids), [], None
     for step in range(decoding.max_tokens):
         token = _pick(engine, logp, decoding, gen)
         out.append(_score(logp, token, top_k))
@@ -191,9 +193,25 @@ def _continue(
         if step + 1 < decoding.max_tokens:
             stop.check()  # the engine's lock is held: never for a request nobody waits for
             ids.append(token)
-            logp = model.full_logprobs(ids, prompt.inputs, len(prompt.ids))[-1]
+            logp, cache = _next(engine, model, prompt, ids, cache)
     text = engine.tokenizer.decode([t.token_id for t in out], skip_special_tokens=True)
     return Continuation(out, text, "length")
+
+
+def _next(
+    engine: Any, model: GenericFamily, prompt: PromptIds, ids: list[int], cache: Any
+) -> tuple[torch.Tensor, Any]:
+    """(V,) log-probs after `ids`, and the KV cache to extend next time. A text prompt's KV
+    is kept between tokens (the model's own forward with its own cache); a prompt with an image
+    re-runs the model's whole forward, whose positions only the model's code knows."""
+    if prompt.inputs:
+        return model.full_logprobs(ids, prompt.inputs, len(prompt.ids))[-1], None
+    hf, kw = engine.hf, cache_keyword(engine.hf)
+    if cache is None:  # this choice's first step: the prompt and its tokens so far
+        cache = hf(input_ids=torch.tensor([ids[:-1]], device=hf.device), use_cache=True)
+        cache = cache.past_key_values
+    out = hf(input_ids=torch.tensor([ids[-1:]], device=hf.device), use_cache=True, **{kw: cache})
+    return torch.log_softmax(out.logits[0, -1].float(), dim=-1), out.past_key_values
 
 
 def _pick(engine: Any, logp: torch.Tensor, d: Decoding, gen: torch.Generator | None) -> int:
