@@ -4,9 +4,10 @@ top-k alternatives, and generation continues the token ids as they are (no chat 
 The engine scores continuations after a chat-templated user turn, and only the chosen tokens'
 log-probs; here the model's OWN forward (`GenericFamily.full_logprobs`: any model, its own
 positions, masks and image merge) runs over the prompt's token ids, under the engine's lock and
-the request's adapter, on a worker thread. Generation: a text prompt's keeps the model's own KV cache between tokens, a prompt with an image
-re-runs the model's whole forward for each (correct for every family); a log-likelihood request
-(`max_tokens` 0 or 1) costs one forward.
+the request's adapter, on a worker thread. A log-likelihood request (`max_tokens` 0 or 1) costs
+one forward. Generation from a text prompt keeps the model's own KV cache between tokens; from
+a prompt with an image it re-runs the model's whole forward for each token (whose positions
+only the model's code knows), correct for every family.
 """
 
 from __future__ import annotations
