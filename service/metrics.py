@@ -36,6 +36,7 @@ _TIME_BUCKETS = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0
 )  # fmt: skip
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+_ROW_BUCKETS = (1, 2, 5, 10, 20, 40, 80, 160, 320, 640)
 
 PROMETHEUS_CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -76,6 +77,24 @@ class Metrics:
             "selfreward_batch_size",
             "Work items merged into one forward",
             buckets=_BATCH_BUCKETS,
+            registry=r,
+        )
+        self.live_rows = Gauge(
+            "selfreward_live_rows", "Decoder rows of the live generations", registry=r
+        )
+        self.live_generations = Gauge(
+            "selfreward_live_generations", "Generations being decoded right now", registry=r
+        )
+        self.step_rows = Histogram(
+            "selfreward_decode_step_rows",
+            "Rows (beams, samples of all live generations) one decode step forwards",
+            buckets=_ROW_BUCKETS,
+            registry=r,
+        )
+        self.step_duration = Histogram(
+            "selfreward_decode_step_duration_seconds",
+            "Time of one decode step over all live generations",
+            buckets=_TIME_BUCKETS,
             registry=r,
         )
         self.tokens_scored = Counter(
@@ -121,6 +140,14 @@ class Metrics:
         self.batch_size.observe(size)
         self.queue_duration.observe(max(queue_s, 0.0))
         self.inference_duration.observe(max(infer_s, 0.0))
+
+    def observe_step(self, generations: int, rows: int, seconds: float, live_rows: int) -> None:
+        """Record one decode step: how many generations and rows it advanced, its time, and
+        the rows still live after it."""
+        self.step_rows.observe(rows)
+        self.step_duration.observe(max(seconds, 0.0))
+        self.live_generations.set(generations)
+        self.live_rows.set(live_rows)
 
     def add_usage(self, usage: Usage) -> None:
         """Add one response's `usage` to the token and image-cache counters."""

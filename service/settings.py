@@ -110,10 +110,44 @@ class ServiceSettings(BaseSettings):
     max_pairs_per_request: int = Field(1000, description="largest pair batch for the store")
 
     # batching
-    max_batch_size: int = Field(32, ge=1, description="work items merged into one forward")
-    max_wait_ms: float = Field(2.0, ge=0, description="how long a batch waits to fill")
-    max_batch_tokens: int = Field(65536, ge=1, description="token budget of one batch")
+    max_batch_size: int = Field(32, ge=1, description="scoring items merged into one forward")
+    max_wait_ms: float = Field(
+        0.0,
+        ge=0,
+        description="how long an idle worker waits for more scoring work to batch with the "
+        "first item (0: run at once; under load work queues behind the running step anyway)",
+    )
+    max_batch_tokens: int = Field(65536, ge=1, description="token budget of one scoring batch")
     max_queue: int = Field(256, ge=1, description="queued requests before 429")
+    decode_batching: Literal["continuous", "isolated"] = Field(
+        "continuous",
+        description="'continuous': every live generation advances in one decoder forward per "
+        "step; 'isolated': each generation's step is its own forward, so its numbers never "
+        "depend on what else runs (bit-for-bit reproducible; the demo uses it)",
+    )
+    adapter_batching: Literal["mixed", "grouped"] = Field(
+        "mixed",
+        description="rows of different adapters in one step: 'mixed' runs one forward with "
+        "per-row LoRA (PEFT's mixed-batch forward), 'grouped' one forward per adapter",
+    )
+    max_live_rows: int = Field(
+        64, ge=1, description="decoder rows (beams, samples) of all live generations together"
+    )
+    kv_cache_bytes: int = Field(
+        0,
+        ge=0,
+        description="KV bytes the live generations may hold; 0: on CUDA kv_cache_memory_fraction "
+        "of the memory free after warm-up, elsewhere no byte limit (max_live_rows still holds)",
+    )
+    kv_cache_memory_fraction: float = Field(
+        0.5, gt=0, le=0.95, description="on CUDA with kv_cache_bytes 0: share of free memory"
+    )
+    max_prefill_tokens_per_step: int = Field(
+        4096,
+        ge=1,
+        description="prefill tokens new generations may forward between two decode steps "
+        "(at least one generation joins per step), so joining never stalls the running rows",
+    )
     cross_prefix_batching: Literal["auto", "on", "off"] = Field(
         "auto",
         description="score rows with different prefix states in one padded forward; 'auto': "

@@ -241,6 +241,8 @@ def test_api_serves_a_qwen_model_and_info_names_the_path(
         info = client.get("/info").json()["model"]
         assert info["family"] == ("qwen_vl" if path == "auto" else "generic")
         assert info["path"] == ("fast" if path == "auto" else "generic")
+        batching = "continuous (mixed adapters)" if path == "auto" else "isolated"
+        assert info["decode_batching"] == batching  # the generic path decodes one at a time
         image_id = client.post(
             "/v1/images", content=buf.getvalue(), headers={"content-type": "image/png"}
         ).json()["id"]

@@ -36,6 +36,13 @@ def test_probes_and_info(live_server: str, tiny_models: dict[str, Path]) -> None
     assert info["limits"]["max_items"] > 0 and "torch" in info["versions"]
     metrics = httpx.get(f"{live_server}/metrics").text
     assert "selfreward_requests_total" in metrics and "selfreward_ready 1.0" in metrics
+    for name in (
+        "selfreward_live_rows",
+        "selfreward_live_generations",
+        "selfreward_decode_step_rows_bucket",
+        "selfreward_decode_step_duration_seconds",
+    ):
+        assert name in metrics  # fmt: skip
     response = httpx.get(f"{live_server}/nowhere")
     assert response.status_code == 404 and response.json()["error"]["type"] == "not_found"
     assert response.headers["x-request-id"] and float(response.headers["x-total-time-ms"]) >= 0

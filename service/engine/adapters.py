@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from selfreward_vlm.service.engine.lm import LanguageEngine
 
 BASE = "base"
+MIXED = "<mixed>"  # `_active` while a mixed-adapter batch runs (see `rows`)
 
 
 class AdapterRegistry:
@@ -129,6 +130,31 @@ class AdapterRegistry:
         with self._engine.lock:
             self._activate(name)
             yield
+
+    @contextlib.contextmanager
+    def rows(self, names: list[str]) -> Iterator[None]:
+        """Run the body over a batch whose row i uses adapter `names[i]`.
+
+        One adapter: the usual switch (`active`). Several: every LoRA layer applies each
+        adapter to its own rows only (PEFT's mixed-batch forward, S-LoRA's idea without its
+        kernels): the base weights' GEMM runs once over all rows, each adapter's low-rank
+        update over its rows."""
+        distinct = set(names)
+        if len(distinct) == 1:
+            with self.active(names[0]):
+                yield
+            return
+        for name in distinct:
+            self._check_loaded(name)
+        with self._engine.lock:
+            _set_disabled(self._peft, False)
+            self._active = MIXED
+            peft_names = ["__base__" if n == BASE else n for n in names]
+            try:
+                with self._peft.base_model._enable_peft_forward_hooks(adapter_names=peft_names):
+                    yield
+            finally:
+                self._activate(BASE)
 
     def _activate(self, name: str) -> None:
         if self._peft is None:

@@ -10,6 +10,7 @@ is its cumulative penalised log-prob; finished hypotheses are ranked by score / 
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,7 +55,10 @@ class Generated:
 
 
 class _Rows:
-    """Running decoder rows that share one prefix state; `step` feeds each row one token."""
+    """Decoder rows of one generation that share one prefix state: an in-place KV buffer per
+    layer. `reorder` forks/reorders rows (a gather within this generation's rows), `step` feeds
+    each row one token on its own; `engine.ragged.decode_step` advances many generations' rows
+    in one forward instead."""
 
     def __init__(
         self, engine: LanguageEngine, state: PrefixState, max_new_tokens: int, usage: Usage
@@ -66,26 +70,46 @@ class _Rows:
         self.layers = [BufferLayer(k, v, capacity) for k, v in state.kv]
         self.rows = 1
         self.length = state.length
-        self.cacheable = True  # generate() clears it for an image that has no id
+        self.cacheable = True  # start() clears it for an image that has no id
+
+    @property
+    def position(self) -> int:
+        """The rope position of the next token fed to these rows."""
+        return self.length + self.state.rope_delta
+
+    def kv_bytes(self, rows: int, max_new_tokens: int) -> int:
+        """Bytes of KV these rows hold at their longest: what the live-row budget counts."""
+        k = self.layers[0].keys
+        assert k is not None
+        per_token = 2 * len(self.layers) * k.shape[1] * k.shape[3] * k.element_size()
+        return rows * per_token * (self.state.length + max_new_tokens + 1)
 
     def first(self) -> torch.Tensor:
         """(1, V) next-token log-probs after the prefix state."""
         return self.state.next_logprobs[None]
 
-    def step(self, parents: list[int], tokens: list[int]) -> torch.Tensor:
-        """Reorder rows to `parents`, append `tokens`; returns next-token log-probs (R, V)."""
-        dev = self.engine.device
+    def reorder(self, parents: list[int]) -> None:
+        """Keep rows `parents` (indices, repeats allowed) in this order."""
         if parents != list(range(self.rows)):  # rows reordered or forked: one gather
-            idx = torch.tensor(parents, device=dev)
+            idx = torch.tensor(parents, device=self.engine.device)
             for layer in self.layers:
                 layer.select_rows(idx)
             self.rows = len(parents)
+
+    def step(self, parents: list[int], tokens: list[int]) -> torch.Tensor:
+        """Reorder rows to `parents`, append `tokens`; returns next-token log-probs (R, V)."""
+        dev = self.engine.device
+        self.reorder(parents)
         embeds = self.engine.embed(torch.tensor(tokens, device=dev)[:, None])
-        pos = torch.full((len(tokens), 1), self.length + self.state.rope_delta, device=dev)
+        pos = torch.full((len(tokens), 1), self.position, device=dev)
         hidden, _ = self.engine.run_decoder(embeds, None, None, pos, layers=self.layers)
-        self.length += 1
-        self.usage.tokens_forwarded += len(tokens)
+        self.advanced(len(tokens))
         return self.engine.logprobs(hidden[:, -1])
+
+    def advanced(self, rows: int) -> None:
+        """Book one step of `rows` tokens (their KV is in the buffers now)."""
+        self.length += 1
+        self.usage.tokens_forwarded += rows
 
     def remember(self, row: int, ids: list[int], next_logprobs: torch.Tensor) -> None:
         """Cache the state of a finished candidate (all its tokens but the last are in the KV),
@@ -102,9 +126,66 @@ class _Rows:
         engine.prefix_cache.put(state)
 
 
-def generate(engine: LanguageEngine, item: GenerateItem) -> list[Generated]:
-    """Generate `item.n` candidates after image + prompt + prefix."""
-    with torch.inference_mode(), engine.lock, engine.adapters.active(item.adapter):
+class SharedPrefixRows(_Rows):
+    """Rows whose prefix KV is held once, as the prefix state has it; each row (beam, sample)
+    owns only the KV of the tokens generated after it. Reordering beams copies suffixes only,
+    and attention reads the prefix once for all rows (`ragged.ragged_attention`). The layout
+    of a step batched with other generations (`ragged.decode_step`), which is the only way
+    these rows are stepped."""
+
+    def __init__(
+        self, engine: LanguageEngine, state: PrefixState, max_new_tokens: int, usage: Usage
+    ):
+        self.engine, self.usage, self.state = engine, usage, state
+        self.prefix_kv = state.kv  # (1, H, P, D) per layer; never written
+        self.layers = [
+            BufferLayer(k[:, :, :0], v[:, :, :0], max_new_tokens + 1) for k, v in state.kv
+        ]
+        self.rows = 1
+        self.length = state.length
+        self.cacheable = True
+
+    def kv_bytes(self, rows: int, max_new_tokens: int) -> int:
+        k = self.prefix_kv[0][0]
+        per_token = 2 * len(self.layers) * k.shape[1] * k.shape[3] * k.element_size()
+        return per_token * (self.state.length + rows * (max_new_tokens + 1))
+
+    def step(self, parents: list[int], tokens: list[int]) -> torch.Tensor:
+        raise NotImplementedError("shared-prefix rows are stepped by ragged.decode_step")
+
+    def remember(self, row: int, ids: list[int], next_logprobs: torch.Tensor) -> None:
+        engine = self.engine
+        if engine.naive or not ids[:-1] or not self.cacheable:
+            return
+        kv = []
+        for (pk, pv), layer in zip(self.prefix_kv, self.layers, strict=True):
+            sk, sv = layer.row(row)
+            kv.append((torch.cat([pk, sk], dim=-2), torch.cat([pv, sv], dim=-2)))
+        token_ids = self.state.token_ids + tuple(ids[:-1])
+        state = PrefixState(
+            self.state.namespace, token_ids, kv, next_logprobs.clone(), self.state.rope_delta
+        )
+        engine.prefix_cache.put(state)
+
+
+# A search is a generator: it yields the rows' next step (parent row of each new row, and its
+# token), is sent the (rows, V) log-probs after that step, and returns its candidates.
+Step = tuple[list[int], list[int]]
+Search = Generator[Step, torch.Tensor, list[Generated]]
+
+
+class Generation:
+    """One request's generation, advanced one token per step by whoever drives it: `generate`
+    alone, or the scheduler together with other requests' generations (`ragged.decode_step`).
+
+    Construction does the request's prefill (prompt + prefix state, under the caller's lock and
+    adapter); afterwards `pending` is the step waiting to run (None once `result` is set)."""
+
+    def __init__(self, engine: LanguageEngine, item: GenerateItem, batched: bool = False):
+        """`batched`: its rows will be stepped together with others' (`ragged.decode_step`),
+        so they hold the prefix KV once (`SharedPrefixRows`); else each row holds a copy and
+        steps alone (`_Rows.step`), the path whose numbers never depend on other requests."""
+        self.engine, self.item = engine, item
         prompt = engine.encode_prompt(item.prompt, item.image_id, item.image)
         prefix_ids = engine.encode_text(item.prefix)
         engine.check_no_image_tokens(prefix_ids, "prefix")
@@ -115,22 +196,78 @@ def generate(engine: LanguageEngine, item: GenerateItem) -> list[Generated]:
                 f"{engine.settings.max_text_tokens} tokens",
                 field="max_new_tokens",
             )
-        rows: _Rows | GenericRows
+        self.rows: _Rows | GenericRows
         if engine.path == "generic":
             inputs = engine.pixel_inputs(prompt, item.image) if prompt.has_image else {}
-            rows = GenericRows(engine, ids, inputs, len(prompt.ids), item.usage)
+            self.rows = GenericRows(engine, ids, inputs, len(prompt.ids), item.usage)
         else:
             state = engine.prefix_state(
                 item.adapter, item.image_id, item.image, prompt, ids, len(prompt.ids), item.usage
             )
-            rows = _Rows(engine, state, item.max_new_tokens, item.usage)
-            rows.cacheable = item.image is None or item.image_id is not None
+            rows_class = SharedPrefixRows if batched else _Rows
+            self.rows = rows_class(engine, state, item.max_new_tokens, item.usage)
+            self.rows.cacheable = item.image is None or item.image_id is not None
         stops = engine.stop_token_ids(item.stop, item.stop_text)
+        first = self.rows.first()
         if item.strategy in ("beam", "diverse_beam"):
             groups = (item.num_beam_groups or item.n) if item.strategy == "diverse_beam" else 1
             penalty = item.diversity_penalty if item.strategy == "diverse_beam" else 0.0
-            return group_beam_search(engine, rows, item, groups, penalty, stops)
-        return sample(engine, rows, item, stops, greedy=item.strategy == "greedy")
+            search = group_beam_search(engine, self.rows, item, groups, penalty, stops, first)
+        else:
+            greedy = item.strategy == "greedy"
+            search = sample(engine, self.rows, item, stops, first, greedy=greedy)
+        self._search: Search = search
+        self.pending: Step | None = None
+        self.result: list[Generated] | None = None
+        self._resume(None)
+
+    @property
+    def fast(self) -> bool:
+        """Whether its rows can join a batched step (fast path; the generic path cannot)."""
+        return isinstance(self.rows, _Rows)
+
+    @property
+    def batched(self) -> bool:
+        """Whether its rows can only be stepped by `ragged.decode_step`."""
+        return isinstance(self.rows, SharedPrefixRows)
+
+    @property
+    def kv_bytes(self) -> int:
+        """KV bytes its rows hold at their longest (0 on the generic path, which keeps none)."""
+        if not isinstance(self.rows, _Rows):
+            return 0
+        rows = 1 if self.item.strategy == "greedy" else self.item.n
+        return self.rows.kv_bytes(rows, self.item.max_new_tokens)
+
+    @property
+    def live_rows(self) -> int:
+        """Rows the pending step forwards."""
+        return len(self.pending[1]) if self.pending is not None else 0
+
+    def advance(self, logp: torch.Tensor) -> None:
+        """Hand the search the log-probs after its pending step; sets the next step or result."""
+        self._resume(logp)
+
+    def step_alone(self) -> None:
+        """Run the pending step in a forward of this generation's rows alone."""
+        assert self.pending is not None
+        self.advance(self.rows.step(*self.pending))
+
+    def _resume(self, logp: torch.Tensor | None) -> None:
+        try:
+            self.pending = next(self._search) if logp is None else self._search.send(logp)
+        except StopIteration as done:
+            self.pending, self.result = None, done.value
+
+
+def generate(engine: LanguageEngine, item: GenerateItem) -> list[Generated]:
+    """Generate `item.n` candidates after image + prompt + prefix, this request alone."""
+    with torch.inference_mode(), engine.lock, engine.adapters.active(item.adapter):
+        gen = Generation(engine, item)
+        while gen.pending is not None:
+            gen.step_alone()
+        assert gen.result is not None
+        return gen.result
 
 
 def _suppress(engine: LanguageEngine, logp: torch.Tensor) -> torch.Tensor:
@@ -148,7 +285,8 @@ def group_beam_search(
     groups: int,
     penalty: float,
     stops: frozenset[int],
-) -> list[Generated]:
+    first: torch.Tensor,
+) -> Search:
     """Group beam search with Hamming diversity; `groups == 1` is plain beam search."""
     if item.n % groups:
         raise InvalidRequestError("n must be a multiple of num_beam_groups", "num_beam_groups")
@@ -158,7 +296,7 @@ def group_beam_search(
         [(0.0, [], [], 0)] for _ in range(groups)
     ]  # per group: (score, tokens, raw logprobs, row index)
     hyps: list[list[Generated]] = [[] for _ in range(groups)]
-    logp = rows.first()
+    logp = first
     for step in range(item.max_new_tokens):
         proc_all = _suppress(engine, logp)
         freq = torch.zeros(logp.shape[-1], device=logp.device)
@@ -206,7 +344,7 @@ def group_beam_search(
         # Rows of finished groups were appended to `parents`; drop them before the forward.
         order = {b[3]: i for i, b in enumerate(keep)}
         live = [[(s, q, lp, order[r]) for s, q, lp, r in group] for group in live]
-        logp = rows.step([parents[b[3]] for b in keep], [tokens[b[3]] for b in keep])
+        logp = yield [parents[b[3]] for b in keep], [tokens[b[3]] for b in keep]
     for g in range(groups):
         for s, seq, lps, _ in live[g]:
             hyps[g].append(Generated(seq, lps, "length", s / max(len(seq), 1)))
@@ -222,15 +360,16 @@ def sample(
     rows: _Rows | GenericRows,
     item: GenerateItem,
     stops: frozenset[int],
+    first: torch.Tensor,
     greedy: bool,
-) -> list[Generated]:
+) -> Search:
     """Independent rows: ancestral sampling (temperature, top-p, a seed per row) or greedy."""
     n = 1 if greedy else item.n
     seeds = [None if item.seed is None else item.seed + i for i in range(n)]
     gens = [torch.Generator().manual_seed(s) if s is not None else None for s in seeds]
     running: list[tuple[int, list[int], list[float], int]] = [(i, [], [], 0) for i in range(n)]
     out: dict[int, Generated] = {}
-    logp = rows.first()
+    logp = first
     for step in range(item.max_new_tokens):
         proc = _suppress(engine, logp)
         nxt: list[tuple[int, list[int], list[float], int]] = []
@@ -246,7 +385,7 @@ def sample(
         running = nxt
         if not nxt or step == item.max_new_tokens - 1:
             break
-        logp = rows.step([r for *_, r in nxt], [s[-1] for _, s, _, _ in nxt])
+        logp = yield [r for *_, r in nxt], [s[-1] for _, s, _, _ in nxt]
         running = [(c, s, lp, i) for i, (c, s, lp, _) in enumerate(nxt)]
     for cand, seq, lps, _ in running:
         out[cand] = Generated(seq, lps, "length")

@@ -58,3 +58,8 @@ class BufferLayer(DynamicLayer):
         self._k = self._alloc(self._k[:, :, : self.filled].index_select(0, rows), capacity)
         self._v = self._alloc(self._v[:, :, : self.filled].index_select(0, rows), capacity)
         self._views()
+
+    def truncate(self, filled: int) -> None:
+        """Forget everything after the first `filled` tokens (a step that failed midway)."""
+        self.filled = filled
+        self._views()

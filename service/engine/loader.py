@@ -58,7 +58,20 @@ class Models:
         """The family module and path the policy takes, and CLIP's logit scale (for /info)."""
         e = self.engine
         scale = self.clip.logit_scale if self.clip is not None else None
-        return {"family": e.family.name, "path": e.path, "clip_logit_scale": scale}
+        return {
+            "family": e.family.name,
+            "path": e.path,
+            "clip_logit_scale": scale,
+            "decode_batching": self.decode_batching(),
+        }
+
+    def decode_batching(self) -> str:
+        """How live generations share decode steps (see `ServiceSettings.decode_batching`):
+        the generic path and naive mode always forward each generation on its own."""
+        s = self.settings
+        if self.engine.path == "generic" or s.naive_mode or s.decode_batching == "isolated":
+            return "isolated"
+        return f"continuous ({s.adapter_batching} adapters)"
 
     def warmup(self) -> None:
         """One small request through every model, so the first user request is not the slow one."""

@@ -25,6 +25,7 @@ _LIMITS = (
     "max_new_tokens",
     "max_adapter_bytes",
     "max_pairs_per_request",
+    "max_live_rows",
     "max_batch_size",
     "max_wait_ms",
     "max_batch_tokens",
@@ -45,6 +46,12 @@ class ServedModelInfo(ModelInfo):
     )  # fmt: skip
     clip_logit_scale: float | None = Field(
         None, description="the CLIP model's learned logit scale (exp), a guide for `scale`"
+    )
+    decode_batching: str | None = Field(
+        None,
+        description="'continuous (mixed|grouped adapters)': live generations advance in one "
+        "decoder forward per step; 'isolated': each generation's step is its own forward "
+        "(decode_batching=isolated, naive mode, or the generic path)",
     )
 
 
