@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install test demo demo-quick lint bench openapi container-smoke
+.PHONY: install test demo demo-quick lint bench openapi container-smoke harness
 
 install: $(VENV)/.installed
 
@@ -66,3 +66,18 @@ reliability: install
 # request inside the built image (needs root; minutes; not part of CI: see docker/README.md).
 container-smoke:
 	bash docker/smoke.sh
+
+# The evaluation harnesses (README "Evaluate an adapter with lm-evaluation-harness / lmms-eval"):
+# lm-evaluation-harness's local-completions against its own hf backend, lmms-eval's OpenAI model
+# against /v1/generate. They need a side venv (about 7 GB, built once by scripts/harness_venv.sh,
+# ~7 min); `make test` runs these tests only where that venv exists. Figures in
+# build/harness-figures.jsonl.
+HARNESS_VENV ?= $(HOME)/.cache/selfreward/harness-venv
+
+harness: install
+	bash scripts/harness_venv.sh $(HARNESS_VENV)
+	mkdir -p build && rm -f build/harness-figures.jsonl
+	SELFREWARD_HARNESS_VENV=$(HARNESS_VENV) \
+	SELFREWARD_HARNESS_REPORT=$(CURDIR)/build/harness-figures.jsonl \
+	$(VENV)/bin/python -m pytest -q tests/test_harnesses.py
+	cat build/harness-figures.jsonl

@@ -23,12 +23,18 @@ def template_parts(engine: Any, with_image: bool) -> tuple[str, str]:
     return head, tail
 
 
+def collapse_placeholders(engine: Any, text: str) -> str:
+    """`text` with each run of the model's image placeholder collapsed to one."""
+    if engine.image_token_id is None:
+        return text
+    placeholder = engine.tokenizer.convert_ids_to_tokens(engine.image_token_id)
+    return re.sub(f"(?:{re.escape(placeholder)})+", placeholder, text)
+
+
 def split_templated(engine: Any, text: str, with_image: bool) -> tuple[str, str] | None:
     """(user turn, what follows the assistant tag) of a chat-templated text (runs of image
     placeholders collapsed first); None when the text does not fit the template."""
-    if engine.image_token_id is not None:
-        placeholder = engine.tokenizer.convert_ids_to_tokens(engine.image_token_id)
-        text = re.sub(f"(?:{re.escape(placeholder)})+", placeholder, text)
+    text = collapse_placeholders(engine, text)
     head, tail = template_parts(engine, with_image)
     if not text.startswith(head):
         return None

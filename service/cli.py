@@ -78,6 +78,10 @@ def serve_command(
         list[str] | None,
         typer.Option(help="LoRA adapter loaded at start-up, NAME=DIR (repeatable)"),
     ] = None,
+    served_model_name: Annotated[
+        list[str] | None,
+        typer.Option(help="a name OpenAI clients may use for the base model (repeatable)"),
+    ] = None,
     host: Annotated[str | None, typer.Option(help="bind address [127.0.0.1]")] = None,
     port: Annotated[int | None, typer.Option(help="port [8000]")] = None,
     device: Annotated[str | None, typer.Option(help="auto | cpu | cuda")] = None,
@@ -155,6 +159,7 @@ def serve_command(
         "model": model,
         "clip": clip,
         "adapters": _parse_adapters(adapter) if adapter else None,
+        "served_model_name": served_model_name,
         "host": host,
         "port": port,
         "device": device,

@@ -25,6 +25,11 @@ class ServiceSettings(BaseSettings):
     adapters: dict[str, str] = Field(
         default_factory=dict, description="LoRA adapters loaded at start-up: name -> directory"
     )
+    served_model_name: list[str] = Field(
+        default_factory=list,
+        description="names the OpenAI-compatible routes accept for the base model, besides "
+        "'base' and the --model value (as vLLM's --served-model-name); /v1/models lists them",
+    )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     model_path: Literal["auto", "generic"] = Field(

@@ -255,6 +255,54 @@ def test_over_real_http_with_aiohttp_as_openrlhf_posts(
     assert data["extra_logs"]["num_sentences"] == [2, 2]
 
 
+def test_a_batch_split_over_two_urls_as_openrlhf_splits_it(
+    live_server: str, tiny_models: dict[str, Path]
+) -> None:
+    """OpenRLHF >= 0.10 (`openrlhf/utils/agent.py`, `_fetch_rewards_via_http`) splits every
+    request over all `--reward.remote_url`s in slices of ceil(n / urls): with one query and two
+    URLs the second gets empty lists, and a non-200 there drops the whole reward. Replayed here
+    with aiohttp on two URLs of a live server."""
+    import asyncio
+
+    import aiohttp
+    import httpx
+
+    image_id = httpx.post(f"{live_server}/v1/images", content=png(),
+                          headers={"content-type": "image/png"}).json()["id"]  # fmt: skip
+    query, prompt = openrlhf_query(tiny_models, RESPONSE, expand=True)
+    urls = [f"{live_server}/get_reward", f"http://localhost:{live_server.rsplit(':', 1)[1]}"
+            "/get_reward"]  # fmt: skip
+
+    async def fetch(queries: list[str]) -> list[dict]:
+        size = (len(queries) + len(urls) - 1) // len(urls)
+        timeout = aiohttp.ClientTimeout(total=180)
+
+        async def post(url: str, data: dict) -> dict:
+            async with (
+                aiohttp.ClientSession(timeout=timeout) as session,
+                session.post(url, json=data) as response,
+            ):
+                response.raise_for_status()
+                return await response.json()
+
+        payloads = [
+            {"query": queries[i * size : (i + 1) * size],
+             "prompts": [prompt] * len(queries[i * size : (i + 1) * size]),
+             "labels": [image_id] * len(queries[i * size : (i + 1) * size])}
+            for i in range(len(urls))
+        ]  # fmt: skip
+        return list(await asyncio.gather(*(post(u, p) for u, p in zip(urls, payloads,
+                                                                      strict=True))))  # fmt: skip
+
+    one = asyncio.run(fetch([query]))
+    assert one[1] == {"rewards": [], "scores": [], "extra_logs": {}}
+    assert len(one[0]["rewards"]) == 1
+    three = asyncio.run(fetch([query] * 3))
+    assert [len(r["rewards"]) for r in three] == [2, 1]
+    rewards = [x for r in three for x in r["rewards"]]
+    assert rewards == pytest.approx(one[0]["rewards"] * 3, rel=1e-5)
+
+
 def test_an_empty_first_response_in_clip_mode_is_no_500(
     api: TestClient, tiny_models: dict[str, Path]
 ) -> None:
@@ -280,12 +328,12 @@ def test_an_overlong_response_is_a_422_before_any_scoring(
 ) -> None:
     """The sentences' prefixes grow with the square of the response: a response over the token
     limit, or with more sentences than `max_items`, is refused before they are built."""
-    import selfreward_vlm.service.routes.openrlhf as openrlhf
+    import selfreward_vlm.service.serving.reward as reward
 
     def no_prefixes(sentences: Any) -> list[str]:
         raise AssertionError("prefixes built for an over-long response")
 
-    monkeypatch.setattr(openrlhf, "prefixes", no_prefixes)
+    monkeypatch.setattr(reward, "prefixes", no_prefixes)
     settings = api.app.state.selfreward.settings  # type: ignore[attr-defined]
     _, prompt = openrlhf_query(tiny_models, "", expand=False)
     for response, limit in [(" a." * 5000, "tokens"), (" a." * 65, "sentences")]:
@@ -304,7 +352,7 @@ def test_a_failed_sample_cancels_the_others(
     the GPU from the next request)."""
     import asyncio
 
-    from selfreward_vlm.service.routes import scoring
+    from selfreward_vlm.service.serving import scoring
 
     events: list[str] = []
 

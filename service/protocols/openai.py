@@ -1,4 +1,5 @@
-"""OpenAI / vLLM wire models for `/v1/completions` (echo scoring) and `/v1/score` (CLIP).
+"""OpenAI / vLLM wire models for `/v1/completions`, `/v1/score` (CLIP) and `/v1/models`
+(chat completions: `protocols.openai_chat`).
 
 Shapes follow vLLM's OpenAI-compatible server (`entrypoints/openai/protocol.py`): unknown
 fields are ignored as vLLM ignores sampling options it does not use, and errors have OpenAI's
@@ -37,27 +38,48 @@ class OpenAIErrorResponse(_Wire):
 # --------------------------------------------------------------------------- completions
 
 
-class CompletionRequest(_Wire):
-    """Scoring through the completions API: `echo=true, max_tokens=0, logprobs=k`.
+PromptFormat = Literal["auto", "text", "chat"]
 
-    `prompt` is the model's chat-templated text followed by the assistant text (what
-    `tokenizer.apply_chat_template(..., add_generation_prompt=True)` gives, plus the response);
-    the assistant text's tokens are scored. `image` (a selfreward extension, pass it in the
-    OpenAI client's `extra_body`) fills the template's image slot.
+
+class CompletionRequest(_Wire):
+    """The completions API, as vLLM serves it: scoring (`echo=true, logprobs=k`, `max_tokens` 0
+    or more) and generation from a raw prompt.
+
+    How the prompt is read (`prompt_format`, a selfreward extension):
+    - `text` (vLLM's reading): a text prompt is tokenized with the model's special tokens
+      (`add_special_tokens`), a token-id prompt is taken as given; every token after the first
+      gets its log-prob, and `logprobs: k` the real top-k alternatives;
+    - `chat`: the model's chat-templated text (`apply_chat_template(..., add_generation_prompt
+      =True)`) followed by an answer: only the answer's tokens (and generated ones) get
+      log-probs, the template's are context (null), as `/v1/logprobs` scores the answer;
+    - `auto` (default): `chat` when the prompt fits the model's chat template, else `text`.
+
+    `image` (also an extension, in the OpenAI client's `extra_body`) is the prompt's image: the
+    text holds the model's image placeholder where it goes.
     """
 
-    model: str = Field(description="adapter name; 'base' = no adapter")
+    model: str = Field(
+        description="the served model's name (--model or --served-model-name), 'base', or an "
+        "adapter name"
+    )
     prompt: str | list[str] | list[int] | list[list[int]]
     echo: bool = False
-    max_tokens: int | None = Field(16, ge=0)
-    logprobs: int | None = Field(None, ge=0)
-    prompt_logprobs: int | None = Field(None, ge=0, description="vLLM extension")
-    n: int = Field(1, ge=1, description="1 only: scoring is deterministic")
+    max_tokens: int | None = Field(16, ge=0, description="tokens to generate after the prompt")
+    temperature: float | None = Field(1.0, ge=0, description="0 = greedy")
+    top_p: float | None = Field(1.0, gt=0, le=1)
+    seed: int | None = Field(None, description="choice i samples with seed + i")
+    stop: str | list[str] | None = Field(None, description="generation ends before these")
+    logprobs: int | None = Field(None, ge=0, le=20)
+    prompt_logprobs: int | None = Field(None, ge=0, le=20, description="vLLM extension")
+    n: int = Field(1, ge=1, description="choices per prompt (1 when max_tokens is 0)")
     add_special_tokens: bool = Field(
         True, description="vLLM extension: a text prompt's tokens include the tokenizer's "
         "special tokens (BOS), as vLLM tokenizes it; token-id prompts are taken as they are",
     )  # fmt: skip
     stream: bool = False
+    prompt_format: PromptFormat = Field(
+        "auto", description="selfreward extension: how the prompt is read (see above)"
+    )
     image: ImageRef | None = Field(None, description="selfreward extension: the prompt's image")
 
 
@@ -141,3 +163,20 @@ class ScoreResponse(_Wire):
     model: str
     data: list[ScoreData]
     usage: CompletionUsage
+
+
+# --------------------------------------------------------------------------- models
+
+
+class ModelCard(_Wire):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "selfreward"
+    root: str | None = Field(None, description="the base model (--model)")
+    parent: str | None = Field(None, description="an adapter's base model")
+
+
+class ModelList(_Wire):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]

@@ -6,10 +6,12 @@ import importlib.metadata
 import platform
 
 from fastapi import APIRouter, Depends, Response
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 from selfreward_vlm.core.schemas import ErrorResponse, InfoResponse, ModelInfo
 from selfreward_vlm.service.metrics import PROMETHEUS_CONTENT_TYPE
+from selfreward_vlm.service.serving.completions import PROMPT_FORMATS
+from selfreward_vlm.service.serving.models import served_names
 from selfreward_vlm.service.state import AppState, get_ready_state, get_state
 
 router = APIRouter(tags=["health"])
@@ -53,8 +55,18 @@ class ServedModelInfo(ModelInfo):
     )
 
 
+class OpenAIInfo(BaseModel):
+    """How the OpenAI-compatible routes read a request."""
+
+    served_model_names: list[str] = Field(
+        description="names `model` may take for the base model (besides 'base' and adapters)"
+    )
+    completions_prompt: str = Field(description="how /v1/completions reads a prompt")
+
+
 class ServedInfoResponse(InfoResponse):
     model: ServedModelInfo
+    openai: OpenAIInfo | None = None
 
 
 # Distribution names whose versions /info reports (read from metadata: no torch import here).
@@ -119,4 +131,7 @@ def info(state: AppState = Depends(get_ready_state)) -> ServedInfoResponse:
         adapter_versions=state.shared_adapters.versions() if state.shared_adapters else {},
         naive_mode=settings.naive_mode,
         versions=versions,
+        openai=OpenAIInfo(
+            served_model_names=served_names(state), completions_prompt=PROMPT_FORMATS
+        ),
     )

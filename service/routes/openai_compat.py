@@ -1,5 +1,7 @@
-"""OpenAI / vLLM-compatible scoring: `POST /v1/completions` (echo + log-probs) and `POST /v1/score`
-(CLIP relevance), thin translators onto the native `/v1/logprobs` and `/v1/clip` handlers.
+"""OpenAI / vLLM-compatible routes, thin translators over the serving layer: `POST
+/v1/completions` (`serving.completions`), `POST /v1/chat/completions` (`serving.chat`, the
+engine's generation), `GET /v1/models`, and `POST /v1/score` (CLIP relevance,
+`serving.scoring.clip`).
 
 Errors on these routes leave in OpenAI's shape `{"error": {"message", "type", "param",
 "code"}}` (the route class below catches them at this edge); the native routes keep theirs, and
@@ -16,27 +18,33 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.routing import APIRoute
 
-from selfreward_vlm.core.schemas import ClipRequest, ImageRef, LogprobsRequest, TokenLogprobs
-from selfreward_vlm.service.chat_text import split_templated
+from selfreward_vlm.core.schemas import ClipRequest, ImageRef
 from selfreward_vlm.service.errors import InvalidRequestError, QueueFullError, ServiceError
 from selfreward_vlm.service.protocols.openai import (
-    CompletionChoice,
-    CompletionLogprobs,
     CompletionRequest,
     CompletionResponse,
     CompletionUsage,
+    ModelList,
     OpenAIErrorResponse,
-    PromptTokenLogprob,
     ScoreData,
     ScoreMultiModal,
     ScoreRequest,
     ScoreResponse,
     ScoreSide,
 )
-from selfreward_vlm.service.routes import scoring
+from selfreward_vlm.service.protocols.openai_chat import (
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+)
+from selfreward_vlm.service.routes.scoring import set_timing
+from selfreward_vlm.service.serving import chat as serving_chat
+from selfreward_vlm.service.serving import completions as serving_completions
+from selfreward_vlm.service.serving import scoring
+from selfreward_vlm.service.serving.common import check_items
+from selfreward_vlm.service.serving.models import model_list
 from selfreward_vlm.service.state import AppState, get_ready_state
 
 _OPENAI_TYPES = {
@@ -88,139 +96,54 @@ class OpenAIRoute(APIRoute):
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": OpenAIErrorResponse, "description": "Invalid request (OpenAI error shape)"},
-    404: {"model": OpenAIErrorResponse, "description": "Unknown adapter or image"},
+    404: {"model": OpenAIErrorResponse, "description": "Unknown model, adapter or image"},
 }
 router = APIRouter(tags=["openai"], route_class=OpenAIRoute, responses=_ERRORS)
 
 
-# ------------------------------------------------------------------ completions
+# ------------------------------------------------------------------ completions, chat, models
 
 
 @router.post("/v1/completions", response_model=CompletionResponse, response_model_exclude_none=True)
 async def completions(
     req: CompletionRequest, state: AppState = Depends(get_ready_state)
 ) -> CompletionResponse:
-    """Log-probs of a given text, as vLLM answers `echo=true, max_tokens=0, logprobs=k`.
-
-    The prompt is the model's chat-templated text plus the assistant text; the assistant text's
-    tokens get their log-probs (from `/v1/logprobs`), the template's tokens are context and get
-    null (vLLM's first token is null likewise). `top_logprobs` holds the token itself only.
-    """
-    if req.stream:
-        raise InvalidRequestError("stream is not supported on this scoring route", "stream")
-    if req.max_tokens:
-        raise InvalidRequestError(
-            "this route scores text: use echo=true with max_tokens=0 (generation: /v1/generate)",
-            "max_tokens",
-        )
-    if not req.echo:
-        raise InvalidRequestError("echo must be true (max_tokens=0 returns only the echo)", "echo")
-    if req.n != 1:  # scoring is deterministic: n copies would say nothing more
-        raise InvalidRequestError("n must be 1 on this scoring route", "n")
-    prompts = _prompts(state, req.prompt)
-    scoring.check_items(state, prompts, "prompt")
-    image_id = None
-    if req.image is not None:
-        image_id, _ = await scoring.resolve_image(state, req.image)
-    choices = await asyncio.gather(
-        *(_choice(state, req, i, text, ids, image_id) for i, (text, ids) in enumerate(prompts))
-    )
-    n_tokens = sum(len(c.logprobs.tokens) for c in choices if c.logprobs is not None)
-    return CompletionResponse(
-        model=req.model,
-        choices=list(choices),
-        usage=CompletionUsage(prompt_tokens=n_tokens, total_tokens=n_tokens),
-    )
+    """Log-probs of a text (`echo=true, logprobs=k`, `max_tokens` 0 or more), or a completion
+    of it, as vLLM answers (what lm-evaluation-harness's `local-completions` sends). How the
+    prompt is read, `text` (vLLM) or `chat` (the model's chat template + an answer):
+    `prompt_format`, see the request schema."""
+    return (await serving_completions.completions(state, req)).body
 
 
-def _prompts(
-    state: AppState, prompt: str | list[str] | list[int] | list[list[int]]
-) -> list[tuple[str, list[int] | None]]:
-    """`prompt` as (text, the client's token ids or None): token-id prompts are decoded with
-    their special tokens, and keep their ids for the echo."""
-    tok = state.models.engine.tokenizer  # type: ignore[union-attr]
-    if isinstance(prompt, str):
-        return [(prompt, None)]
-    ids = [t for p in prompt for t in (p if isinstance(p, list) else [p]) if isinstance(t, int)]
-    if any(not 0 <= t < len(tok) for t in ids):  # the tokenizer would overflow or misread
-        raise InvalidRequestError(f"token ids must lie in [0, {len(tok)})", field="prompt")
-    if prompt and all(isinstance(t, int) for t in prompt):
-        one = [t for t in prompt if isinstance(t, int)]
-        return [(tok.decode(one, skip_special_tokens=False), one)]
-    out: list[tuple[str, list[int] | None]] = []
-    for p in prompt:  # texts, or token-id lists (validation refuses a mixed list)
-        if isinstance(p, str):
-            out.append((p, None))
-        else:
-            one = p if isinstance(p, list) else [p]
-            out.append((tok.decode(one, skip_special_tokens=False), one))
-    return out
-
-
-async def _choice(
-    state: AppState,
-    req: CompletionRequest,
-    index: int,
-    text: str,
-    submitted: list[int] | None,
-    image_id: str | None,
-) -> CompletionChoice:
+@router.post(
+    "/v1/chat/completions",
+    response_model=ChatCompletionResponse,
+    response_model_exclude_none=True,
+    responses={200: {"content": {"text/event-stream": {}}, "description": "JSON, or with "
+                     "stream: true server-sent events of ChatCompletionChunk"}},
+)  # fmt: skip
+async def chat_completions(
+    req: ChatCompletionRequest, response: Response, state: AppState = Depends(get_ready_state)
+) -> Any:
+    """OpenAI's chat completions: text and `image_url` parts (one image), generated by the
+    engine as `/v1/generate` generates; `stream: true` answers with server-sent events."""
+    served = await serving_chat.chat(state, req)
+    set_timing(response, *served.works)
+    if not req.stream:
+        return served.body.response
+    include_usage = bool(req.stream_options and req.stream_options.include_usage)
     engine = state.models.engine  # type: ignore[union-attr]
-    parts = split_templated(engine, text, image_id is not None)
-    if parts is None:
-        raise InvalidRequestError(
-            "the prompt must be this model's chat-templated text (apply_chat_template with "
-            "add_generation_prompt) followed by the text to score",
-            "prompt" if isinstance(req.prompt, str) else f"prompt.{index}",
-        )
-    user, assistant = parts
-    native = LogprobsRequest(
-        model=req.model, prompt=user, continuations=[assistant],
-        image=ImageRef(id=image_id) if image_id else None,
-    )  # fmt: skip
-    scored: TokenLogprobs = (await scoring.logprobs(native, Response(), state)).results[0]
-    context = _context_ids(engine.tokenizer, req, text, assistant, submitted, scored.token_ids)
-    ids = [*context, *scored.token_ids]
-    lps: list[float | None] = [None] * len(context) + list(scored.token_logprobs)
-    tokens = [engine.tokenizer.decode([t], skip_special_tokens=False) for t in ids]
-    offsets, at = [], 0
-    for t in tokens:
-        offsets.append(at)
-        at += len(t)
-    logprobs = None
-    if req.logprobs is not None:
-        top = [None if lp is None else {t: lp} for t, lp in zip(tokens, lps, strict=True)]
-        logprobs = CompletionLogprobs(
-            text_offset=offsets, token_logprobs=lps, tokens=tokens, top_logprobs=top
-        )
-    prompt_lps = None
-    if req.prompt_logprobs is not None:
-        prompt_lps = [
-            None if lp is None else {str(i): PromptTokenLogprob(logprob=lp, decoded_token=t)}
-            for i, t, lp in zip(ids, tokens, lps, strict=True)
-        ]
-    return CompletionChoice(index=index, text=text, logprobs=logprobs, prompt_logprobs=prompt_lps)
+    return StreamingResponse(
+        serving_chat.stream(engine, served.body, include_usage),
+        media_type="text/event-stream",
+        headers=dict(response.headers),
+    )
 
 
-def _context_ids(
-    tok: Any,
-    req: CompletionRequest,
-    text: str,
-    assistant: str,
-    submitted: list[int] | None,
-    answer: list[int],
-) -> list[int]:
-    """The echoed tokens before the answer's: the client's own (its token ids, or its text
-    tokenized as vLLM does, `add_special_tokens` honoured), so the echo has one entry per
-    submitted token (expanded image placeholders included). Where the client's tokens cross
-    the assistant text's start differently from the answer's, its context text's tokens."""
-    add = req.add_special_tokens and submitted is None  # token ids are taken as they are
-    if submitted is None:
-        submitted = list(tok(text, add_special_tokens=add)["input_ids"])
-    if submitted[len(submitted) - len(answer) :] == answer:
-        return submitted[: len(submitted) - len(answer)]
-    context = text[: len(text) - len(assistant)]
-    return list(tok(context, add_special_tokens=add)["input_ids"])
+@router.get("/v1/models", response_model=ModelList)
+async def models(state: AppState = Depends(get_ready_state)) -> ModelList:
+    """The base model under each of its names, `base` and the adapters."""
+    return model_list(state)
 
 
 # ------------------------------------------------------------------ score
@@ -247,7 +170,7 @@ async def score(req: ScoreRequest, state: AppState = Depends(get_ready_state)) -
                 "text_2",
             )
         pairs.append((image, text))
-    scoring.check_items(state, pairs, "text_2")
+    check_items(state, pairs, "text_2")
     by_image: dict[str, list[int]] = {}
     for i, (image, _) in enumerate(pairs):
         by_image.setdefault(image.model_dump_json(exclude_none=True), []).append(i)
@@ -255,7 +178,8 @@ async def score(req: ScoreRequest, state: AppState = Depends(get_ready_state)) -
         ClipRequest(image=pairs[idx[0]][0], texts=[str(pairs[i][1]) for i in idx])
         for idx in by_image.values()
     ]
-    answers = await asyncio.gather(*(scoring.clip(c, Response(), state) for c in calls))
+    served = await asyncio.gather(*(scoring.clip(state, c) for c in calls))
+    answers = [s.body for s in served]
     data: list[ScoreData] = []
     for idx, answer in zip(by_image.values(), answers, strict=True):
         data += [ScoreData(index=i, score=r.relevance) for i, r in zip(idx, answer.results,

@@ -1,5 +1,5 @@
-"""OpenRLHF's remote reward model protocol: `POST /get_reward`, a thin translator onto the native
-scoring handlers (`routes.scoring`).
+"""OpenRLHF's remote reward model protocol: `POST /get_reward`, a translator onto the serving
+layer (`serving.reward.response_reward`: the reward of one response in the operator's mode).
 
 OpenRLHF (`openrlhf/utils/agent.py`, `SingleTurnAgentExecutor`) posts
 `{"query": [...], "prompts": [...], "labels": [...]}`, where `query` is
@@ -17,71 +17,25 @@ model's own chat template. The operator picks the reward (`--openrlhf-reward`): 
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
-import time
-from collections.abc import Awaitable, Callable, Coroutine
-from functools import partial
-from typing import Any, TypeVar
+from typing import Any
 
-from fastapi import APIRouter, Depends, Response
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import APIRouter, Depends
 
-from selfreward_vlm.core.integrations import (
-    SCORE_CENTER,
-    SCORE_SCALE,
-    aggregate,
-    prefixes,
-    split_sentences,
-    unit_score,
-)
-from selfreward_vlm.core.schemas import (
-    ClipRequest,
-    ImageRef,
-    ImplicitRewardRequest,
-    RewardRequest,
-)
+from selfreward_vlm.core.integrations import SCORE_CENTER, SCORE_SCALE, split_sentences, unit_score
+from selfreward_vlm.core.schemas import ImageRef
 from selfreward_vlm.service.chat_text import response_after, split_templated, template_parts
-from selfreward_vlm.service.errors import (
-    InvalidRequestError,
-    QueueFullError,
-    ServiceError,
+from selfreward_vlm.service.errors import InvalidRequestError, QueueFullError, ServiceError
+from selfreward_vlm.service.protocols.openrlhf import (
+    OpenRLHFRewardRequest,
+    OpenRLHFRewardResponse,
 )
-from selfreward_vlm.service.routes import scoring
+from selfreward_vlm.service.serving.common import check_items
+from selfreward_vlm.service.serving.reward import all_or_none, response_reward
 from selfreward_vlm.service.state import AppState, get_ready_state
 
-T = TypeVar("T")
 _IMAGE_ID = re.compile(r"^[0-9a-f]{64}$")
-
-
-class OpenRLHFRewardRequest(BaseModel):
-    """What OpenRLHF posts (older releases send `query` alone)."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    query: list[str] = Field(..., min_length=1, description="templated prompt + response")
-    prompts: list[str] | None = Field(None, description="the templated prompts, same order")
-    labels: list[Any] | None = Field(
-        None,
-        description="image id, data:/http(s) URL, or JSON {'image': ..., 'prompt': ...} "
-        "(prompt: the user turn, when it cannot be read out of the template)",
-    )
-
-
-class OpenRLHFRewardResponse(BaseModel):
-    rewards: list[float] = Field(description="the reward of each query, in input order")
-    scores: list[float] = Field(
-        description="1/(1+exp(-(reward-center)/scale)): a monotone map into (0, 1)"
-    )
-    extra_logs: dict[str, list[float]] = Field(description="r_i, r_t, num_sentences, ...")
-
-
-class RewardBusyError(QueueFullError):
-    """The queue stayed full for the whole wait bound: 503 + Retry-After (OpenRLHF retries
-    five times, one second apart)."""
-
-    status_code = 503
 
 
 router = APIRouter(tags=["openrlhf"])
@@ -93,12 +47,14 @@ async def get_reward(
 ) -> OpenRLHFRewardResponse:
     """OpenRLHF remote reward model (`--remote_rm_url` / `--reward.remote_url`)."""
     n = len(req.query)
-    scoring.check_items(state, req.query, "query")
+    check_items(state, req.query, "query")
     for name in ("prompts", "labels"):
         given = getattr(req, name)
         if given is not None and len(given) != n:
             raise InvalidRequestError(f"{len(given)} {name} for {n} queries", field=name)
-    samples = await _all_or_none([_sample(state, req, i) for i in range(n)])
+    if n == 0:  # one URL's share of a batch split over several (OpenRLHF >= 0.10)
+        return OpenRLHFRewardResponse(rewards=[], scores=[], extra_logs={})
+    samples = await all_or_none([_sample(state, req, i) for i in range(n)])
     settings = state.settings
     mode = settings.openrlhf_reward
     center, scale = settings.openrlhf_score_center, settings.openrlhf_score_scale
@@ -123,7 +79,7 @@ async def _sample(state: AppState, req: OpenRLHFRewardRequest, i: int) -> dict[s
         response = split_query(state, req.query[i], templated, i)
         if user is None:
             user = user_turn(state, templated, req.query[i], image is not None, i)
-        return await _score(state, image, user, response, f"labels.{i}")
+        return await response_reward(state, image, user, response, f"labels.{i}")
     except QueueFullError:
         raise
     except ServiceError as exc:
@@ -212,88 +168,3 @@ def user_turn(state: AppState, templated: str | None, query: str, with_image: bo
             field=f"prompts.{i}",
         )
     return parts[0]
-
-
-async def _score(
-    state: AppState, image: ImageRef | None, user: str, response: str, field: str
-) -> dict[str, float]:
-    """One sample's reward and logs, by the native handlers, in the operator's mode."""
-    settings = state.settings
-    mode, how = settings.openrlhf_reward, settings.openrlhf_aggregation
-    sentences = split_sentences(response)
-    if mode == "implicit":
-        image_id, _ = await scoring.resolve_image(state, image)
-        req = ImplicitRewardRequest(
-            policy=settings.openrlhf_policy, reference=settings.openrlhf_reference,
-            beta=settings.openrlhf_beta, image=ImageRef(id=image_id) if image_id else None,
-            prompt=user, responses=[response],
-        )  # fmt: skip
-        res = await _patiently(state, lambda: scoring.implicit(req, Response(), state))
-        r = res.results[0]
-        return {
-            "reward": r.reward_sum if how == "sum" else r.reward_avg,
-            "policy_logprob": r.policy_logprob,
-            "reference_logprob": r.reference_logprob,
-            "num_tokens": float(r.num_tokens),
-            "num_sentences": float(len(sentences)),
-        }
-    if image is None:
-        raise InvalidRequestError(f"the {mode} reward needs an image in the label", field=field)
-    image_id, _ = await scoring.resolve_image(state, image, for_policy=mode == "calibrated")
-    ref = ImageRef(id=image_id)
-    if not sentences:  # the mode's own keys: every sample's extra_logs share them
-        logs = {"reward": 0.0, "r_i": 0.0, "num_sentences": 0.0}
-        return logs if mode == "clip" else {**logs, "r_t": 0.0}
-    if mode == "clip":
-        creq = ClipRequest(image=ref, texts=[s.strip() for s in sentences])
-        clip = await _patiently(state, lambda: scoring.clip(creq, Response(), state))
-        r_i = [c.relevance for c in clip.results]
-        return {"reward": aggregate(r_i, how), "r_i": aggregate(r_i, how),
-                "num_sentences": float(len(sentences))}  # fmt: skip
-    calls = [
-        RewardRequest(
-            image=ref, prompt=user, prefix=p, candidates=[s], model=settings.openrlhf_policy
-        )
-        for p, s in zip(prefixes(sentences), sentences, strict=True)
-    ]
-    results = await _all_or_none(
-        [_patiently(state, partial(scoring.reward, c, Response(), state)) for c in calls]
-    )
-    scores = [res.results[0] for res in results]
-    return {
-        "reward": aggregate([s.reward for s in scores], how),
-        "r_i": aggregate([s.r_i for s in scores], how),
-        "r_t": aggregate([s.r_t for s in scores], how),
-        "num_sentences": float(len(sentences)),
-    }
-
-
-async def _all_or_none(calls: list[Coroutine[Any, Any, T]]) -> list[T]:
-    """`asyncio.gather`, but the first failure cancels the other calls: the request has failed,
-    their scoring would only take the GPU from the next one."""
-    tasks = [asyncio.ensure_future(c) for c in calls]
-    try:
-        return list(await asyncio.gather(*tasks))
-    except BaseException:
-        for task in tasks:
-            task.cancel()
-        raise
-
-
-async def _patiently(state: AppState, call: Callable[[], Awaitable[T]]) -> T:
-    """Run `call`, retrying while the queue is full, up to the operator's bound; then 503."""
-    deadline = time.monotonic() + state.settings.openrlhf_queue_wait_s
-    delay = 0.05
-    while True:
-        try:
-            return await call()
-        except QueueFullError as exc:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise RewardBusyError(
-                    f"the scoring queue stayed full for {state.settings.openrlhf_queue_wait_s:g}"
-                    f" s ({exc.message})",
-                    retry_after=1.0,
-                ) from None
-            await asyncio.sleep(min(delay, left))
-            delay = min(delay * 2, 0.5)
