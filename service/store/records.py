@@ -41,6 +41,25 @@ class AdapterRecord:
     created: float
 
 
+class MissingImagesError(Exception):
+    """Pairs name images the store does not hold (checked inside the write transaction)."""
+
+    def __init__(self, missing: set[str]) -> None:
+        super().__init__(f"{len(missing)} unknown image id(s)")
+        self.missing = missing
+
+
+@dataclass(frozen=True)
+class GcReport:
+    """What `Store.gc` deleted (or, with `dry_run`, would delete) and what it kept."""
+
+    images_deleted: int
+    image_bytes_freed: int
+    images_kept_referenced: int
+    images_kept_recent: int
+    dry_run: bool
+
+
 def validate_dataset_name(name: str, field: str = "name") -> str:
     """Return `name` if it is a valid dataset name, else a 422 naming `field`."""
     if not DATASET_NAME_RE.match(name):
