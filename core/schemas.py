@@ -311,6 +311,37 @@ class DatasetList(_Response):
     datasets: list[DatasetInfo]
 
 
+class DatasetDeleted(_Response):
+    dataset: str
+    deleted: int = Field(..., description="pairs deleted")
+
+
+class GcRequest(_Request):
+    """What `POST /v1/admin/gc` may delete: images no pair names and adapter files no
+    adapter name points to, older than `min_age_s`."""
+
+    min_age_s: float | None = Field(
+        None,
+        ge=0,
+        description="keep anything younger than this many seconds (default: the service's "
+        "gc_min_age_s, 1 day): a search uploads its images before it posts their pairs",
+    )
+    dry_run: bool = Field(False, description="count what would be deleted; delete nothing")
+
+
+class GcResponse(_Response):
+    dry_run: bool
+    images_deleted: int = Field(..., description="images deleted (or, dry run, deletable)")
+    image_bytes_freed: int
+    images_kept_referenced: int = Field(..., description="kept: a pair names them")
+    images_kept_recent: int = Field(..., description="kept: unreferenced but too recent")
+    adapter_files_deleted: int = Field(
+        ..., description="adapter versions (content digests) no name points to, deleted"
+    )
+    adapter_bytes_freed: int
+    adapter_files_kept: int = Field(..., description="kept: a name points to them, or recent")
+
+
 # --------------------------------------------------------------------------- adapters
 
 

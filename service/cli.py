@@ -191,14 +191,23 @@ def serve_command(
         "serving %s (clip %s) on http://%s:%d", settings.model, settings.clip,
         settings.host, settings.port,
     )  # fmt: skip
-    uvicorn.run(
-        build_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_config=None,  # keep the logging configured above
-        log_level=log_level.lower(),
-        timeout_graceful_shutdown=10,
-    )
+    uvicorn.run(build_app(settings), **uvicorn_options(settings), log_level=log_level.lower())
+
+
+def uvicorn_options(settings: ServiceSettings) -> dict[str, Any]:
+    """uvicorn's settings from ours: the slow-client limits (`service.connections`) and the
+    graceful stop after the drain (`service.drain`)."""
+    from selfreward_vlm.service.connections import guarded_protocol
+
+    return {
+        "host": settings.host,
+        "port": settings.port,
+        "log_config": None,  # keep the logging configured in serve_command
+        "timeout_graceful_shutdown": 10,
+        "http": guarded_protocol(settings.header_timeout_s),  # h11 + a header timeout
+        "limit_concurrency": settings.max_connections,  # 503 past it (uvicorn's answer)
+        "timeout_keep_alive": settings.keep_alive_s,
+    }
 
 
 def _configure_logging(level: str) -> None:

@@ -6,7 +6,12 @@ What an orchestrator (or a person) sees after SIGTERM:
 3. new requests get a clean 503 `not_ready` with `Retry-After` and `Connection: close`
    (never a dropped connection), `/health` and `/metrics` still answer; every answer while
    draining closes its connection, so no idle keep-alive connection is cut later;
-4. then uvicorn's own shutdown runs: it stops listening, the lifespan stops the batcher and
+4. once nothing is in flight, the grace period (`drain_grace_s`): the listener stays open and
+   every new connection still gets its 503 + `Connection: close`, for as long as a load
+   balancer needs to see `/ready` fail and stop sending. Without it, requests sent in the
+   instant the listener closed found their connection reset with no answer (measured: 14 of
+   32 hammering clients);
+5. then uvicorn's own shutdown runs: it stops listening, the lifespan stops the batcher and
    closes the pair store.
 
 uvicorn installs its signal handlers before the lifespan starts; `Drain.install` puts its own
@@ -42,8 +47,11 @@ class ShuttingDownError(NotReadyError):
 class Drain:
     """In-flight request count and the draining flag of one app."""
 
-    def __init__(self, timeout_s: Callable[[], float]) -> None:
+    def __init__(
+        self, timeout_s: Callable[[], float], grace_s: Callable[[], float] = lambda: 0.0
+    ) -> None:
         self.timeout_s = timeout_s
+        self.grace_s = grace_s
         self.draining = False
         self.in_flight = 0
         self._idle = asyncio.Event()
@@ -104,11 +112,16 @@ class Drain:
     async def _finish(self, signum: int, frame: FrameType | None) -> None:
         start = time.monotonic()
         idle = await self.wait_idle()
+        grace = self.grace_s()
         logger.info(
-            "drain %s after %.2f s; stopping",
+            "drain %s after %.2f s; answering 503 for %.1f s more, then stopping",
             "complete" if idle else f"timed out with {self.in_flight} in flight",
             time.monotonic() - start,
+            grace,
         )
+        if grace > 0:
+            await asyncio.sleep(grace)
+        logger.info("grace period over: closing the listener")
         self._stop_server(signum, frame)
 
     def _stop_server(self, signum: int, frame: FrameType | None) -> None:

@@ -51,6 +51,7 @@ from selfreward_vlm.service.errors import (
 )
 from selfreward_vlm.service.settings import ServiceSettings
 from selfreward_vlm.service.state import AppState, get_ready_state
+from selfreward_vlm.service.store.faults import is_disk_full, storage_full
 
 logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["adapters"])
@@ -59,7 +60,7 @@ ADAPTER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _FIELDS = {"name", CONFIG_FILE, WEIGHTS_FILE}
 _MAX_CONFIG_BYTES = 2**20
 _ERRORS: dict[int | str, dict] = {
-    code: {"model": ErrorResponse} for code in (404, 409, 413, 422, 503)
+    code: {"model": ErrorResponse} for code in (404, 409, 413, 422, 503, 507)
 }
 
 
@@ -93,7 +94,12 @@ async def upload_adapter(
             field=WEIGHTS_FILE,
         )
     root = adapters_dir(settings)
-    staged = await anyio.to_thread.run_sync(_stage, root, config.file, weights.file)
+    try:
+        staged = await anyio.to_thread.run_sync(_stage, root, config.file, weights.file)
+    except OSError as exc:  # _stage removed what it wrote
+        if is_disk_full(exc):
+            raise storage_full(f"the adapter directory {root}", "adapters", exc) from None
+        raise
     try:
         await anyio.to_thread.run_sync(check_fits, staged, state.models)
     except BaseException:
@@ -105,8 +111,23 @@ async def upload_adapter(
         with anyio.CancelScope(shield=True):
             info = await _install(state, name, staged, root / name)
             if (shared := state.shared_adapters) is not None:  # once, for every replica
-                await anyio.to_thread.run_sync(shared.publish, name, root / name)
+                try:
+                    await anyio.to_thread.run_sync(shared.publish, name, root / name)
+                except ServiceError:  # 507 (adapter store full) or 503 (store down)
+                    await anyio.to_thread.run_sync(_unpublished, state, name, root / name)
+                    raise
         return info
+
+
+def _unpublished(state: AppState, name: str, folder: Path) -> None:
+    """Undo this replica's install of an upload the registry never got: unload it and
+    forget its version, so the next request loads what the registry names (if anything)."""
+    adapters = state.models.engine.adapters  # type: ignore[union-attr]
+    if name in adapters.names():
+        adapters.delete(name)
+    shutil.rmtree(folder, ignore_errors=True)
+    if (shared := state.shared_adapters) is not None:
+        shared.forget(name)
 
 
 async def _check_form(request: Request, name: str) -> None:
