@@ -292,9 +292,25 @@ async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
         message = f"method {request.method} not allowed on {request.url.path}"
     else:
         message = str(exc.detail)
+    headers = exc.headers
+    if status == 405:  # Starlette names the first matching route's methods only
+        headers = {**(headers or {}), "Allow": ", ".join(_allowed_methods(request))}
     return error_response(
-        status, _HTTP_TYPES.get(status, f"http_{status}"), message, headers=exc.headers
+        status, _HTTP_TYPES.get(status, f"http_{status}"), message, headers=headers
     )
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route of this app serves at the request's path."""
+    from starlette.routing import Match
+
+    scope = {**request.scope, "method": "GET"}
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches(scope)
+        if match != Match.NONE:
+            methods.update(getattr(route, "methods", None) or ())
+    return sorted(methods)
 
 
 async def _on_service_error(request: Request, exc: Exception) -> JSONResponse:

@@ -61,6 +61,9 @@ def _document_error_shape(app: FastAPI) -> None:
         components = schema.get("components", {}).get("schemas", {})
         for unused in ("HTTPValidationError", "ValidationError"):
             components.pop(unused, None)
+        for name, component in components.items():
+            if name.startswith("Body_"):  # form bodies: routes refuse fields they do not name
+                component["additionalProperties"] = False
         app.openapi_schema = schema
         return schema
 

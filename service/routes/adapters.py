@@ -57,6 +57,14 @@ logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["adapters"])
 
 ADAPTER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# An upload's name: ADAPTER_NAME_RE but not "base" (the model itself), spelled without a
+# lookahead (pydantic's regex engine has none): 1-3 or 5-64 characters, or 4 that are not
+# b-a-s-e.
+_C = "[A-Za-z0-9._-]"
+UPLOAD_NAME_PATTERN = (
+    f"^(?:[A-Za-z0-9]{_C}{{0,2}}|[A-Za-z0-9]{_C}{{4,63}}|[A-Za-ac-z0-9]{_C}{{3}}"
+    f"|b[A-Zb-z0-9._-]{_C}{{2}}|ba[A-Za-rt-z0-9._-]{_C}|bas[A-Za-df-z0-9._-])$"
+)
 _FIELDS = {"name", CONFIG_FILE, WEIGHTS_FILE}
 _MAX_CONFIG_BYTES = 2**20
 _ERRORS: dict[int | str, dict] = {
@@ -77,7 +85,7 @@ def adapters_dir(settings: ServiceSettings) -> Path:
 )
 async def upload_adapter(
     request: Request,
-    name: str = Form(..., pattern=ADAPTER_NAME_RE.pattern, description="adapter name"),
+    name: str = Form(..., pattern=UPLOAD_NAME_PATTERN, description="adapter name (not 'base')"),
     config: UploadFile = File(..., alias=CONFIG_FILE, description="PEFT adapter_config.json"),
     weights: UploadFile = File(..., alias=WEIGHTS_FILE, description="adapter weights"),
     state: AppState = Depends(get_ready_state),

@@ -24,7 +24,7 @@ from selfreward_vlm.service.errors import PayloadTooLargeError
 from selfreward_vlm.service.images import ImageNotFoundError
 from selfreward_vlm.service.state import AppState, get_state
 from selfreward_vlm.service.store import DATASET_NAME_RE
-from selfreward_vlm.service.store.records import MissingImagesError
+from selfreward_vlm.service.store.records import CURSOR_RE, MissingImagesError
 
 router = APIRouter(prefix="/v1", tags=["datasets"])
 
@@ -82,7 +82,11 @@ def _image_not_found(body: PairsUpsertRequest, missing: set[str]) -> ImageNotFou
 )
 def page_pairs(
     name: str = _NAME,
-    after: str | None = Query(None, description="cursor: `next_cursor` of the previous page"),
+    after: str | None = Query(
+        None,
+        description="cursor: `next_cursor` of the previous page",
+        json_schema_extra={"pattern": CURSOR_RE.pattern},  # decode_cursor enforces it
+    ),
     limit: int = Query(100, ge=1, le=1000, description="pairs per page"),
     state: AppState = Depends(get_state),
 ) -> PairsPage:

@@ -206,7 +206,7 @@ class Store(abc.ABC):
         """Up to `limit` pairs after cursor `after`, in insertion order, and the next cursor
         (None at the end). An unknown dataset is a 404."""
         validate_dataset_name(dataset)
-        start = decode_cursor(after) if after else 0
+        start = decode_cursor(after) if after is not None else 0
         with self._read() as conn:
             rows = conn.execute(
                 "SELECT seq, json FROM pairs WHERE dataset = ? AND seq > ? ORDER BY seq LIMIT ?",
