@@ -59,6 +59,7 @@ class QueueFullError(ServiceError):
 
     status_code = 429
     type = "queue_full"
+    retry_after: float  # always set
 
     def __init__(self, message: str, retry_after: float = 1.0) -> None:
         super().__init__(message)
