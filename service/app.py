@@ -69,6 +69,7 @@ def build_app(
         summary="Reward scoring for self-rewarding VLM preference optimization (CSR, SBSPO)",
         lifespan=_make_lifespan(settings, models, batcher_factory, metrics, drain),
     )
+    app.state.drain = drain  # `selfreward serve` hands it the listening sockets
     # Documents the optional bearer token on /v1/*; the middleware enforces it.
     bearer = Security(HTTPBearer(auto_error=False, description="SELFREWARD_API_KEY, if set"))
     include_routers(app, v1_dependencies=[bearer])

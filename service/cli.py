@@ -191,7 +191,13 @@ def serve_command(
         "serving %s (clip %s) on http://%s:%d", settings.model, settings.clip,
         settings.host, settings.port,
     )  # fmt: skip
-    uvicorn.run(build_app(settings), **uvicorn_options(settings), log_level=log_level.lower())
+    app = build_app(settings)
+    server = uvicorn.Server(
+        uvicorn.Config(app, **uvicorn_options(settings), log_level=log_level.lower())
+    )
+    # The drain shrinks their accept queue before the listener closes (service.drain).
+    app.state.drain.listeners = lambda: [s for srv in server.servers for s in srv.sockets]
+    server.run()
 
 
 def uvicorn_options(settings: ServiceSettings) -> dict[str, Any]:

@@ -9,6 +9,11 @@ previous response ends) to its headers being complete; past `header_timeout_s` i
 408 and closes. Slow bodies are cut in the app (`service.deadlines`, `body_timeout_s`), which
 can answer them with the service's error shape.
 
+At shutdown uvicorn closes every connection that has no request in progress. One that was
+accepted an instant before the listener closed, whose request is still on its way, was cut
+with no answer; here such a connection gets `SHUTDOWN_WAIT_S` for its request, which the
+draining app answers 503 + `Connection: close` (uvicorn waits for open connections).
+
 In front of the service, a reverse proxy does the same (and buffers slow clients away from
 the server): nginx `client_header_timeout`, `client_body_timeout`, `limit_conn`; HAProxy
 `timeout http-request`, `maxconn`.
@@ -40,11 +45,33 @@ _REQUEST_TIMEOUT = (
 )
 
 
+SHUTDOWN_WAIT_S = 1.0  # at shutdown, how long a fresh connection may take to send its request
+
+
 class GuardedH11Protocol(H11Protocol):
-    """uvicorn's h11 protocol plus a header timeout (module doc)."""
+    """uvicorn's h11 protocol plus a header timeout, and a moment at shutdown for a request
+    already on its way (module doc)."""
 
     header_timeout_s = 10.0
     _header_timer: asyncio.TimerHandle | None = None
+
+    _stopping = False
+
+    def shutdown(self) -> None:
+        self._stopping = True
+        if self.cycle is None and not self.transport.is_closing():
+            # no request yet: answer one that arrives soon (503 while draining), then close
+            self._disarm()
+            self._header_timer = self.loop.call_later(SHUTDOWN_WAIT_S, self._close_if_idle)
+            return
+        super().shutdown()
+
+    def _close_if_idle(self) -> None:
+        self._header_timer = None
+        if self.cycle is None or self.cycle.response_complete:
+            super().shutdown()
+        else:
+            self.cycle.keep_alive = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -61,7 +88,9 @@ class GuardedH11Protocol(H11Protocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        if not self.transport.is_closing() and self.conn.their_state is h11.IDLE:
+        if self._stopping and not self.transport.is_closing():
+            super().shutdown()  # the server is stopping: no next request on this connection
+        elif not self.transport.is_closing() and self.conn.their_state is h11.IDLE:
             self._arm()  # the next request's headers get the same time
 
     def _arm(self) -> None:

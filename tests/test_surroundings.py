@@ -267,8 +267,8 @@ def test_full_disk_is_a_507_and_heals(
 def test_sigterm_under_32_hammering_clients_answers_every_request(
     tiny_models: dict[str, Path], tmp_path: Path
 ) -> None:
-    """Each client sends without pause until it gets a 503 (then a load balancer would send
-    it elsewhere) or finds the port closed; no request may end without an HTTP answer."""
+    """Each client sends without pause, 503s included, until it finds the port closed; no
+    request may end without an HTTP answer (a refused connection sent nothing)."""
     server = start(tiny_models, tmp_path / "data", drain_grace_s=2, log_level="info")
     outcomes: collections.Counter = collections.Counter()
     lost: list[str] = []
@@ -291,7 +291,9 @@ def test_sigterm_under_32_hammering_clients_answers_every_request(
                     return
                 with lock:
                     outcomes[r.status_code] += 1
-                if r.status_code != 200:
+                if r.status_code not in (200, 503):
+                    with lock:
+                        lost.append(f"{r.status_code} {r.text[:200]}")
                     return
 
     threads = [threading.Thread(target=client) for _ in range(32)]
@@ -299,7 +301,7 @@ def test_sigterm_under_32_hammering_clients_answers_every_request(
         for t in threads:
             t.start()
         go.set()
-        time.sleep(1.5)
+        time.sleep(3.0)
         sigterm = time.monotonic()
         server.proc.send_signal(signal.SIGTERM)
         for t in threads:
