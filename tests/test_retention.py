@@ -134,3 +134,29 @@ def test_gc_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     store = open_store(url)
     assert store.image_ids() == []
     store.close()
+
+
+def test_delete_and_gc_over_http_need_the_admin_key(tmp_path: Path) -> None:
+    """In-process app (fake models): the routes, their auth and their answers."""
+    from tests.test_service_shell import make_client
+
+    keys = {"api_key": "k-api", "admin_key": "k-admin"}
+    api = {"Authorization": "Bearer k-api"}
+    admin = {"Authorization": "Bearer k-admin"}
+    with make_client(tmp_path, **keys) as client:
+        store: Store = client.app.state.selfreward.store  # type: ignore[attr-defined]
+        old = put(store, 1, age_s=7200)
+        body = {"pairs": [make_pair(i, images=[old]).model_dump() for i in range(3)]}
+        assert client.post("/v1/datasets/d/pairs", json=body, headers=api).status_code == 200
+        assert client.delete("/v1/datasets/d", headers=api).status_code == 403
+        assert client.post("/v1/admin/gc", json={}, headers=api).status_code == 403
+        gc = client.post("/v1/admin/gc", json={"min_age_s": 3600}, headers=admin).json()
+        assert gc["images_deleted"] == 0 and gc["images_kept_referenced"] == 1
+        r = client.delete("/v1/datasets/d", headers=admin)
+        assert r.status_code == 200 and r.json() == {"dataset": "d", "deleted": 3}
+        assert client.delete("/v1/datasets/d", headers=admin).status_code == 404
+        gc = client.post("/v1/admin/gc", json={"min_age_s": 3600}, headers=admin).json()
+        assert gc["images_deleted"] == 1 and gc["image_bytes_freed"] == len(image(1).data)
+        assert client.get(f"/v1/images/{old}", headers=api).status_code == 404
+        refused = client.post("/v1/admin/gc", json={"dry_run": "yes"}, headers=admin)
+        assert refused.status_code == 422 and refused.json()["error"]["field"] == "dry_run"
