@@ -109,7 +109,8 @@ class ServiceSettings(BaseSettings):
     )  # fmt: skip
     body_timeout_s: float = Field(
         30.0, gt=0, description="a request body not received in full this long after its "
-        "headers is answered 408 and its connection closed (slow uploads)",
+        "headers is answered 408 and its connection closed (slow uploads); raise it for "
+        "large adapter uploads over slow links",
     )  # fmt: skip
     max_connections: int | None = Field(
         1024, ge=1, description="open connections (and running requests) before uvicorn "

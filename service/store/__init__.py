@@ -7,6 +7,9 @@
 Both hold the preference pairs, the dataset index, images (bytes by sha256) and the adapter
 registry; both run the same migrations (`migrations.py`), give the same cursor semantics and
 idempotent upserts, and pass the same tests. `open_store(url)` picks one from a URL.
+Their failures reach callers the same way too (`faults.py`: 503 `store_unavailable` for "try
+again", 507 `insufficient_storage` for a full disk), and `Store.gc` / `delete_dataset` free
+space (`service/routes/retention.py` says what is kept and why).
 `PairStore` is the SQLite store under its historical name.
 """
 
