@@ -195,8 +195,9 @@ def serve_command(
     server = uvicorn.Server(
         uvicorn.Config(app, **uvicorn_options(settings), log_level=log_level.lower())
     )
-    # The drain shrinks their accept queue before the listener closes (service.drain).
-    app.state.drain.listeners = lambda: [s for srv in server.servers for s in srv.sockets]
+    drain = getattr(getattr(app, "state", None), "drain", None)
+    if drain is not None:  # it shrinks their accept queue before they close (service.drain)
+        drain.listeners = lambda: [s for srv in server.servers for s in srv.sockets]
     server.run()
 
 
