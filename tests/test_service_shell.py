@@ -296,7 +296,7 @@ def test_set_flag_reaches_any_setting(monkeypatch, tmp_path: Path) -> None:
 
     seen: list[ServiceSettings] = []
     monkeypatch.setattr(app_module, "build_app", lambda settings: seen.append(settings))
-    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: None)
+    monkeypatch.setattr(uvicorn.Server, "run", lambda *a, **k: None)
     cli = typer.Typer()
     cli.command()(serve_command)
     base = ["--model", "m", "--data-dir", str(tmp_path)]
