@@ -40,8 +40,9 @@ def _boolean(value: Any) -> Any:
 
 # Request scalars as the schema states them (not strict mode: that would refuse a tuple for a
 # list or numpy's int64 from Python callers, which are fine).
-Int = Annotated[int, _json_number("an integer")]
-Float = Annotated[float, _json_number("a number")]
+_INTEGER, _NUMBER = _json_number("an integer"), _json_number("a number")
+Int = Annotated[int, _INTEGER]
+Float = Annotated[float, _NUMBER]
 Bool = Annotated[bool, BeforeValidator(_boolean)]
 
 
@@ -286,7 +287,11 @@ class GenerateRequest(_Request):
         description=f"candidates (at most max_items, {DEFAULT_MAX_ITEMS} by default)",
         json_schema_extra={"maximum": DEFAULT_MAX_ITEMS},
     )
-    num_beam_groups: Int | None = Field(None, ge=1, description="default: n (diverse_beam)")
+    # (an optional field's bounds go inside the union, before the check: else the JSON
+    # schema shows pydantic's "ge" instead of "minimum")
+    num_beam_groups: Annotated[int, Field(ge=1), _INTEGER] | None = Field(
+        None, description="default: n (diverse_beam)"
+    )
     diversity_penalty: Float = Field(3.0, ge=0.0)
     temperature: Float = Field(0.7, gt=0.0)
     top_p: Float = Field(1.0, gt=0.0, le=1.0)
@@ -400,9 +405,8 @@ class GcRequest(_Request):
     """What `POST /v1/admin/gc` may delete: images no pair names and adapter files no
     adapter name points to, older than `min_age_s`."""
 
-    min_age_s: Float | None = Field(
+    min_age_s: Annotated[float, Field(ge=0), _NUMBER] | None = Field(
         None,
-        ge=0,
         description="keep anything younger than this many seconds (default: the service's "
         "gc_min_age_s, 1 day): a search uploads its images before it posts their pairs",
     )
