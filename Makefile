@@ -44,12 +44,13 @@ openapi: install
 
 # Reliability (README "Reliability"): the CI suite's longer versions. `fuzz`: Schemathesis on
 # every operation with FUZZ_EXAMPLES examples each; `reliability`: fuzz + load + overload +
-# deadlines + SIGTERM + hostile input + retries, figures in build/reliability-figures.jsonl.
+# deadlines + SIGTERM + hostile input + retries + store outages, full disks, slow clients
+# (a 40 s PostgreSQL outage), figures in build/reliability-figures.jsonl.
 .PHONY: fuzz reliability
 FUZZ_EXAMPLES ?= 200
 RELIABILITY_TESTS = tests/test_fuzz.py tests/test_load.py tests/test_shutdown.py \
 	tests/test_deadlines.py tests/test_hostile_input.py tests/test_auth_walk.py \
-	tests/test_client_retry.py tests/test_one_bad_item.py
+	tests/test_client_retry.py tests/test_one_bad_item.py tests/test_surroundings.py
 
 fuzz: install
 	SELFREWARD_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(VENV)/bin/python -m pytest -q tests/test_fuzz.py
@@ -57,7 +58,7 @@ fuzz: install
 reliability: install
 	mkdir -p build && rm -f build/reliability-figures.jsonl
 	SELFREWARD_FUZZ_EXAMPLES=50 SELFREWARD_LOAD_CLIENTS=16 SELFREWARD_LOAD_REQUESTS=100 \
-	SELFREWARD_OVERLOAD_CLIENTS=256 \
+	SELFREWARD_OVERLOAD_CLIENTS=256 SELFREWARD_PG_OUTAGE_S=40 \
 	SELFREWARD_RELIABILITY_REPORT=$(CURDIR)/build/reliability-figures.jsonl \
 	$(VENV)/bin/python -m pytest -q $(RELIABILITY_TESTS)
 	cat build/reliability-figures.jsonl

@@ -7,9 +7,9 @@ fields, so a typo in a field name is a 422 that names the field rather than a si
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 LanguageScore = Literal["prob", "mean_logprob", "sum_logprob"]
 Strategy = Literal["diverse_beam", "beam", "sample", "greedy"]
@@ -18,6 +18,74 @@ StopMode = Literal["sentence", "eos"]
 
 class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+def _json_number(kind: str) -> Any:
+    """A number must come as a JSON number: pydantic's lax mode took `false` as 0 and "5" as
+    5, which the OpenAPI document does not allow. (Python numbers, numpy's included, pass.)"""
+
+    def check(value: Any) -> Any:
+        if isinstance(value, bool | str | bytes):
+            raise ValueError(f"must be {kind}, not {type(value).__name__}")
+        return value
+
+    return BeforeValidator(check)
+
+
+def _boolean(value: Any) -> Any:
+    if not isinstance(value, bool):
+        raise ValueError("must be true or false")
+    return value
+
+
+# Request scalars as the schema states them (not strict mode: that would refuse a tuple for a
+# list or numpy's int64 from Python callers, which are fine).
+_INTEGER, _NUMBER = _json_number("an integer"), _json_number("a number")
+Int = Annotated[int, _INTEGER]
+Float = Annotated[float, _NUMBER]
+Bool = Annotated[bool, BeforeValidator(_boolean)]
+
+
+# Limits the service enforces from its settings, shown in the OpenAPI document at their
+# defaults (a server started with other limits says so in GET /info `limits`).
+DEFAULT_MAX_ITEMS = 64  # settings.max_items
+DEFAULT_MAX_NEW_TOKENS = 1024  # settings.max_new_tokens
+
+
+def _items(description: str) -> Any:
+    """A required list of 1..max_items strings (the maximum is checked against settings)."""
+    return Field(
+        ...,
+        min_length=1,
+        description=f"{description} (at most max_items, {DEFAULT_MAX_ITEMS} by default)",
+        json_schema_extra={"maxItems": DEFAULT_MAX_ITEMS},
+    )
+
+
+def _exactly_one_schema(schema: dict[str, Any]) -> None:
+    """`ImageRef` in JSON Schema: exactly one of id, base64, url is a string, the others
+    absent or null (what `_exactly_one` enforces)."""
+    names = ("id", "base64", "url")
+    given = {
+        "id": {"type": "string", "minLength": 1},
+        "base64": {"type": "string", "pattern": BASE64_PATTERN},
+        "url": {"type": "string", "pattern": DATA_URI_PATTERN},
+    }
+    schema["minProperties"] = 1
+    schema["oneOf"] = [
+        {
+            "required": [name],
+            "properties": {n: given[n] if n == name else {"type": "null"} for n in names},
+        }
+        for name in names
+    ]
+
+
+# Well-formed base64 (what `base64.b64decode(validate=True)` takes), and a data: URI of an image
+# with a base64 payload: the forms the service reads with default settings (http(s) image URLs
+# only when the operator allows them). Whether the bytes are an image no schema can say.
+BASE64_PATTERN = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=|[A-Za-z0-9+/]{4})$"
+DATA_URI_PATTERN = r"^data:image/[A-Za-z0-9.+-]+;base64," + BASE64_PATTERN[1:]
 
 
 class _Response(BaseModel):
@@ -29,7 +97,10 @@ class _Response(BaseModel):
 
 class ImageRef(_Request):
     """An image: the sha256 id returned by `POST /v1/images`, the bytes inline as base64, or a
-    URL (a `data:image/...;base64,` URI always; `http(s)` only where the operator allows it)."""
+    URL (a `data:image/...;base64,` URI always; `http(s)` only where the operator allows it).
+    Exactly one of the three."""
+
+    model_config = ConfigDict(json_schema_extra=_exactly_one_schema)
 
     id: str | None = Field(None, description="sha256 hex id from POST /v1/images")
     base64: str | None = Field(None, description="image file bytes (PNG/JPEG/...), base64")
@@ -92,7 +163,7 @@ class LogprobsRequest(_Request):
     image: ImageRef | None = None
     prompt: str
     prefix: str = ""
-    continuations: list[str] = Field(..., min_length=1)
+    continuations: list[str] = _items("texts scored after prompt + prefix")
 
 
 class TokenLogprobs(_Response):
@@ -116,8 +187,8 @@ class LogprobsResponse(_Response):
 
 class ClipRequest(_Request):
     image: ImageRef
-    texts: list[str] = Field(..., min_length=1)
-    scale: float = Field(100.0, gt=0, description="R_I = max(scale * cos, 0)")
+    texts: list[str] = _items("texts scored against the image")
+    scale: Float = Field(100.0, gt=0, description="R_I = max(scale * cos, 0)")
 
 
 class ClipScore(_Response):
@@ -142,10 +213,10 @@ class RewardRequest(_Request):
     image: ImageRef
     prompt: str
     prefix: str = ""
-    candidates: list[str] = Field(..., min_length=1)
-    lambda_: float = Field(0.9, alias="lambda", ge=0.0, le=1.0, description="weight of R_I")
+    candidates: list[str] = _items("candidate next sentences")
+    lambda_: Float = Field(0.9, alias="lambda", ge=0.0, le=1.0, description="weight of R_I")
     language_score: LanguageScore = "prob"
-    scale: float = Field(100.0, gt=0)
+    scale: Float = Field(100.0, gt=0)
 
 
 class RewardScore(_Response):
@@ -176,10 +247,10 @@ class ImplicitRewardRequest(_Request):
 
     policy: str = Field(..., description="adapter name of the policy ('base' allowed)")
     reference: str = Field("base", description="adapter name of the reference")
-    beta: float = Field(0.1, gt=0.0)
+    beta: Float = Field(0.1, gt=0.0)
     image: ImageRef | None = None
     prompt: str
-    responses: list[str] = Field(..., min_length=1)
+    responses: list[str] = _items("responses to score")
 
 
 class ImplicitReward(_Response):
@@ -210,15 +281,29 @@ class GenerateRequest(_Request):
     prompt: str
     prefix: str = ""
     strategy: Strategy = "diverse_beam"
-    n: int = Field(5, ge=1)
-    num_beam_groups: int | None = Field(None, ge=1, description="default: n (diverse_beam)")
-    diversity_penalty: float = Field(3.0, ge=0.0)
-    temperature: float = Field(0.7, gt=0.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    seed: int | None = Field(None, description="candidate i samples with seed + i")
+    n: Int = Field(
+        5,
+        ge=1,
+        description=f"candidates (at most max_items, {DEFAULT_MAX_ITEMS} by default)",
+        json_schema_extra={"maximum": DEFAULT_MAX_ITEMS},
+    )
+    # (an optional field's bounds go inside the union, before the check: else the JSON
+    # schema shows pydantic's "ge" instead of "minimum")
+    num_beam_groups: Annotated[int, Field(ge=1), _INTEGER] | None = Field(
+        None, description="default: n (diverse_beam)"
+    )
+    diversity_penalty: Float = Field(3.0, ge=0.0)
+    temperature: Float = Field(0.7, gt=0.0)
+    top_p: Float = Field(1.0, gt=0.0, le=1.0)
+    seed: Int | None = Field(None, description="candidate i samples with seed + i")
     stop: StopMode = "sentence"
     stop_text: str = Field(".", min_length=1, description="sentence delimiter")
-    max_new_tokens: int = Field(74, ge=1)
+    max_new_tokens: Int = Field(
+        74,
+        ge=1,
+        description=f"at most the max_new_tokens setting ({DEFAULT_MAX_NEW_TOKENS} by default)",
+        json_schema_extra={"maximum": DEFAULT_MAX_NEW_TOKENS},
+    )
 
 
 class Candidate(_Response):
@@ -247,18 +332,18 @@ class SentenceScore(_Response):
     """One sentence of a searched response with the scores it was chosen by."""
 
     text: str
-    r_t: float | None = None
-    r_i: float | None = None
-    reward: float | None = None
-    extra: dict[str, float] = Field(default_factory=dict)
+    r_t: Float | None = None
+    r_i: Float | None = None
+    reward: Float | None = None
+    extra: dict[str, Float] = Field(default_factory=dict)
 
 
 class ResponseScore(_Response):
     """A whole response's score and its per-sentence breakdown."""
 
-    reward: float
+    reward: Float
     sentences: list[SentenceScore] = Field(default_factory=list)
-    extra: dict[str, float] = Field(default_factory=dict)
+    extra: dict[str, Float] = Field(default_factory=dict)
 
 
 class PreferencePair(BaseModel):
@@ -280,7 +365,7 @@ class PreferencePair(BaseModel):
     params: dict[str, Any] = Field(default_factory=dict)
     model: str = Field("base", description="adapter the pair was generated with")
     reference: str | None = Field(None, description="reference adapter, where one was used")
-    iteration: int = 0
+    iteration: Int = 0
     chosen_score: ResponseScore
     rejected_score: ResponseScore
 
@@ -309,6 +394,36 @@ class DatasetInfo(_Response):
 
 class DatasetList(_Response):
     datasets: list[DatasetInfo]
+
+
+class DatasetDeleted(_Response):
+    dataset: str
+    deleted: int = Field(..., description="pairs deleted")
+
+
+class GcRequest(_Request):
+    """What `POST /v1/admin/gc` may delete: images no pair names and adapter files no
+    adapter name points to, older than `min_age_s`."""
+
+    min_age_s: Annotated[float, Field(ge=0), _NUMBER] | None = Field(
+        None,
+        description="keep anything younger than this many seconds (default: the service's "
+        "gc_min_age_s, 1 day): a search uploads its images before it posts their pairs",
+    )
+    dry_run: Bool = Field(False, description="count what would be deleted; delete nothing")
+
+
+class GcResponse(_Response):
+    dry_run: bool
+    images_deleted: int = Field(..., description="images deleted (or, dry run, deletable)")
+    image_bytes_freed: int
+    images_kept_referenced: int = Field(..., description="kept: a pair names them")
+    images_kept_recent: int = Field(..., description="kept: unreferenced but too recent")
+    adapter_files_deleted: int = Field(
+        ..., description="adapter versions (content digests) no name points to, deleted"
+    )
+    adapter_bytes_freed: int
+    adapter_files_kept: int = Field(..., description="kept: a name points to them, or recent")
 
 
 # --------------------------------------------------------------------------- adapters

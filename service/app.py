@@ -29,8 +29,6 @@ from selfreward_vlm.service.auth import BearerAuthMiddleware, BodyLimitMiddlewar
 from selfreward_vlm.service.deadlines import DeadlineMiddleware
 from selfreward_vlm.service.drain import Drain, DrainMiddleware, ShuttingDownError
 from selfreward_vlm.service.errors import (
-    NotReadyError,
-    QueueFullError,
     ServiceError,
     UnauthorizedError,
 )
@@ -64,13 +62,14 @@ def build_app(
     from selfreward_vlm.service.routes import include_routers
 
     metrics = Metrics()
-    drain = Drain(lambda: settings.drain_timeout_s)
+    drain = Drain(lambda: settings.drain_timeout_s, lambda: settings.drain_grace_s)
     app = FastAPI(
         title="selfreward",
         version=API_VERSION,
         summary="Reward scoring for self-rewarding VLM preference optimization (CSR, SBSPO)",
         lifespan=_make_lifespan(settings, models, batcher_factory, metrics, drain),
     )
+    app.state.drain = drain  # `selfreward serve` hands it the listening sockets
     # Documents the optional bearer token on /v1/*; the middleware enforces it.
     bearer = Security(HTTPBearer(auto_error=False, description="SELFREWARD_API_KEY, if set"))
     include_routers(app, v1_dependencies=[bearer])
@@ -94,6 +93,7 @@ def build_app(
         DeadlineMiddleware,
         timeout_s=lambda: settings.request_timeout_s,
         on_abandon=metrics.observe_abandoned,
+        body_timeout_s=lambda: settings.body_timeout_s,
     )
     app.add_middleware(DrainMiddleware, drain=drain)
     app.add_middleware(RequestTimingMiddleware, metrics=metrics, render_error=render)
@@ -114,6 +114,7 @@ def _make_lifespan(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state = open_state(settings, metrics)
         app.state.selfreward = state
+        _count_store_errors(state, metrics)
         drain.on_begin = lambda: metrics.set_ready(False)
         drain.install()
         task: asyncio.Task[None] | None = None
@@ -137,6 +138,20 @@ def _make_lifespan(
             logger.info("stopped: batcher stopped, pair store closed")
 
     return lifespan
+
+
+def _count_store_errors(state: AppState, metrics: Metrics) -> None:
+    """`selfreward_store_errors_total{kind}`: store calls answered 503 or 507 (store.faults)."""
+    from prometheus_client import Counter
+
+    counter = Counter(
+        "selfreward_store_errors",
+        "Store calls that failed, by kind (connection, shutdown, pool_timeout, conflict, busy, "
+        "io_error, resources, disk_full)",
+        ["kind"],
+        registry=metrics.registry,
+    )
+    state.store.health.on_error = lambda kind: counter.labels(kind=kind).inc()
 
 
 def _follow_context_length(settings: ServiceSettings, models: Models) -> None:
@@ -215,10 +230,8 @@ def error_response(
 
 def service_error_response(exc: ServiceError) -> JSONResponse:
     headers: dict[str, str] = {}
-    if isinstance(exc, QueueFullError):
+    if exc.retry_after is not None:  # 429 queue_full, 503 not_ready / store_unavailable
         headers["Retry-After"] = str(max(1, round(exc.retry_after)))
-    elif isinstance(exc, NotReadyError):
-        headers["Retry-After"] = "1"
     if isinstance(exc, ShuttingDownError):
         headers["Connection"] = "close"  # this server is going away: reconnect elsewhere
     if isinstance(exc, UnauthorizedError):
@@ -265,6 +278,7 @@ _HTTP_TYPES = {
     401: "unauthorized",
     404: "not_found",
     405: "method_not_allowed",
+    408: "request_timeout",
     413: "payload_too_large",
     415: "unsupported_media_type",
 }
@@ -279,9 +293,28 @@ async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
         message = f"method {request.method} not allowed on {request.url.path}"
     else:
         message = str(exc.detail)
+    headers = exc.headers
+    if status == 405:  # Starlette names the first matching route's methods only
+        headers = {**(headers or {}), "Allow": ", ".join(_allowed_methods(request))}
     return error_response(
-        status, _HTTP_TYPES.get(status, f"http_{status}"), message, headers=exc.headers
+        status, _HTTP_TYPES.get(status, f"http_{status}"), message, headers=headers
     )
+
+
+_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route of this app serves at the request's path (asked of the
+    router itself, method by method: included routers nest their routes)."""
+    from starlette.routing import Match
+
+    routes = request.app.router.routes
+    return [
+        method
+        for method in _METHODS
+        if any(r.matches({**request.scope, "method": method})[0] == Match.FULL for r in routes)
+    ]
 
 
 async def _on_service_error(request: Request, exc: Exception) -> JSONResponse:

@@ -53,9 +53,9 @@ def route_path(scope: Scope) -> str:
 
 
 def access_level(method: str, path: str) -> Access:
-    """What a request needs: `admin` changes adapters or deletes a dataset, `write` stores
-    pairs, `read` is everything else that is not open (scoring, generation, image upload,
-    listings)."""
+    """What a request needs: `admin` changes adapters, deletes a dataset or runs gc, `write`
+    stores pairs, `read` is everything else that is not open (scoring, generation, image
+    upload, listings)."""
     if path in OPEN_PATHS or path.startswith(OPEN_PREFIXES):
         return "open"
     method = method.upper()
@@ -65,6 +65,8 @@ def access_level(method: str, path: str) -> Access:
         return "admin"
     if path.startswith("/v1/datasets"):
         return "admin" if method == "DELETE" else "write"
+    if path.startswith("/v1/admin/"):
+        return "admin"
     return "read"
 
 

@@ -196,14 +196,30 @@ def serve_command(
         "serving %s (clip %s) on http://%s:%d", settings.model, settings.clip,
         settings.host, settings.port,
     )  # fmt: skip
-    uvicorn.run(
-        build_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_config=None,  # keep the logging configured above
-        log_level=log_level.lower(),
-        timeout_graceful_shutdown=10,
+    app = build_app(settings)
+    server = uvicorn.Server(
+        uvicorn.Config(app, **uvicorn_options(settings), log_level=log_level.lower())
     )
+    drain = getattr(getattr(app, "state", None), "drain", None)
+    if drain is not None:  # it shrinks their accept queue before they close (service.drain)
+        drain.listeners = lambda: [s for srv in server.servers for s in srv.sockets]
+    server.run()
+
+
+def uvicorn_options(settings: ServiceSettings) -> dict[str, Any]:
+    """uvicorn's settings from ours: the slow-client limits (`service.connections`) and the
+    graceful stop after the drain (`service.drain`)."""
+    from selfreward_vlm.service.connections import guarded_protocol
+
+    return {
+        "host": settings.host,
+        "port": settings.port,
+        "log_config": None,  # keep the logging configured in serve_command
+        "timeout_graceful_shutdown": 10,
+        "http": guarded_protocol(settings.header_timeout_s),  # h11 + a header timeout
+        "limit_concurrency": settings.max_connections,  # 503 past it (uvicorn's answer)
+        "timeout_keep_alive": settings.keep_alive_s,
+    }
 
 
 def _configure_logging(level: str) -> None:

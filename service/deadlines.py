@@ -5,6 +5,10 @@ sends `x-request-timeout-ms`. A request still running at its deadline is cancell
 504 `deadline_exceeded`. A client that hangs up before its answer is written gets its request
 cancelled too. Cancellation reaches the batcher: work still queued is dropped unrun (its batch
 slot goes to someone else), and the worker also drops queued work whose deadline has passed.
+
+A body that has not arrived in full `body_timeout_s` after the headers is answered 408
+`request_timeout` and its connection closed: a slow upload would otherwise hold its
+connection until the deadline.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from collections.abc import Callable
 
 import anyio
 from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from selfreward_vlm.service.auth import route_path
@@ -65,11 +70,16 @@ class DeadlineMiddleware:
     """
 
     def __init__(
-        self, app: ASGIApp, timeout_s: Callable[[], float], on_abandon: Callable[[str], None]
+        self,
+        app: ASGIApp,
+        timeout_s: Callable[[], float],
+        on_abandon: Callable[[str], None],
+        body_timeout_s: Callable[[], float] = lambda: float("inf"),
     ) -> None:
         self.app = app
         self.timeout_s = timeout_s
         self.on_abandon = on_abandon
+        self.body_timeout_s = body_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or route_path(scope) in _NO_DEADLINE:
@@ -88,12 +98,24 @@ class DeadlineMiddleware:
                 gone.set()
                 scope_.cancel()
 
+        body_by = time.perf_counter() + self.body_timeout_s()
+
         async def guarded_receive() -> Message:
             nonlocal watcher
             if watcher is not None:  # body already read: wait for the watcher's verdict
                 await gone.wait()
                 return {"type": "http.disconnect"}
-            message = await receive()
+            try:  # a slow body is cut in seconds, not at the request's deadline
+                wait = max(0.001, body_by - time.perf_counter())
+                message = await asyncio.wait_for(receive(), wait if wait < 1e9 else None)
+            except asyncio.TimeoutError:
+                self.on_abandon("slow_body")
+                raise HTTPException(
+                    408,
+                    f"the request body did not arrive within {self.body_timeout_s():g} s "
+                    "(setting body_timeout_s)",
+                    headers={"Connection": "close"},
+                ) from None
             if message["type"] == "http.request" and not message.get("more_body", False):
                 watcher = asyncio.ensure_future(watch())
             return message

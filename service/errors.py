@@ -12,6 +12,7 @@ class ServiceError(Exception):
 
     status_code = 500
     type = "internal_error"
+    retry_after: float | None = None  # seconds; sent as `Retry-After` when set
 
     def __init__(self, message: str, field: str | None = None) -> None:
         super().__init__(message)
@@ -58,6 +59,7 @@ class QueueFullError(ServiceError):
 
     status_code = 429
     type = "queue_full"
+    retry_after: float  # always set
 
     def __init__(self, message: str, retry_after: float = 1.0) -> None:
         super().__init__(message)
@@ -67,3 +69,25 @@ class QueueFullError(ServiceError):
 class NotReadyError(ServiceError):
     status_code = 503
     type = "not_ready"
+    retry_after = 1.0
+
+
+class StoreUnavailableError(ServiceError):
+    """The store cannot answer now (connection lost, server restarting, pool exhausted,
+    serialization conflict): nothing was written; the same request may be retried."""
+
+    status_code = 503
+    type = "store_unavailable"
+
+    def __init__(self, message: str, kind: str = "unavailable", retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.kind = kind  # the metric label: connection, timeout, conflict, busy, ...
+        self.retry_after = retry_after
+
+
+class InsufficientStorageError(ServiceError):
+    """A disk is full (the store, or the adapter directory); `field` names which. Nothing was
+    half-written; the same request works again once space is freed."""
+
+    status_code = 507
+    type = "insufficient_storage"

@@ -28,8 +28,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from selfreward_vlm.service.errors import NotReadyError
+from selfreward_vlm.service.errors import NotReadyError, StoreUnavailableError
 from selfreward_vlm.service.store import AdapterRecord, Store
+from selfreward_vlm.service.store.faults import is_disk_full, storage_full, wait_cap
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +42,7 @@ RETRY_FAILED_S = 30.0  # a version whose load failed is tried again after this l
 # seen up to this much later (this replica's own uploads and deletes at once).
 REGISTRY_CACHE_S = 1.0
 _CACHE_NAMES = 1024  # names remembered at most (a client may send any number of names)
+LOOP_STORE_WAIT_S = 0.25  # the event loop's registry lookups wait at most this for the store
 
 
 class AdapterFilesError(NotReadyError):
@@ -111,17 +113,10 @@ class SharedAdapters:
         registry record. Called after this replica loaded the same files."""
         digest = adapter_digest(folder)
         target = self.root / digest
-        if not target.is_dir():
-            staged = self.root / ".tmp" / uuid.uuid4().hex
-            staged.mkdir(parents=True)
-            for file in FILES:
-                shutil.copyfile(folder / file, staged / file)
-                _fsync(staged / file)
-            try:
-                staged.rename(target)
-            except OSError:  # another replica stored the same digest meanwhile
-                shutil.rmtree(staged, ignore_errors=True)
-            _fsync(self.root)
+        if target.is_dir():
+            os.utime(target)  # recent again: gc keeps recent folders (and checks the registry)
+        else:
+            _store_files(folder, self.root, target)
         with self._lock:
             record = self.store.register_adapter(name, digest)
             self.loaded[name] = record.version
@@ -135,6 +130,12 @@ class SharedAdapters:
             if record is not None:
                 self.loaded[name] = record.version
                 self._remember(name, record)
+
+    def forget(self, name: str) -> None:
+        """Drop what this replica knows of `name` (its next use asks the registry again)."""
+        with self._lock:
+            self.loaded.pop(name, None)
+            self._seen.pop(name, None)
 
     # ------------------------------------------------------------------ reading
 
@@ -160,7 +161,22 @@ class SharedAdapters:
         seen = self._seen.get(name) if cached else None
         if seen is not None and time.monotonic() - seen[0] < self.cache_s:
             return seen[1]
-        record = self.store.adapter(name)
+        if not cached:
+            record = self.store.adapter(name)
+        elif seen is not None and self.store.health.state == "unavailable":
+            # The store is down: serve what this replica knew rather than stall the event
+            # loop on it (worker threads and /health notice when it is back).
+            return seen[1]
+        else:
+            token = wait_cap.set(LOOP_STORE_WAIT_S)
+            try:
+                record = self.store.adapter(name)
+            except StoreUnavailableError:
+                if seen is None:
+                    raise
+                return seen[1]
+            finally:
+                wait_cap.reset(token)
         self._remember(name, record)
         return record
 
@@ -240,6 +256,67 @@ class SharedAdapters:
         self.adapters.load(record.name, folder, "upload")
         self.loaded[record.name] = record.version
         logger.info("adapter %r v%d loaded from the shared registry", record.name, record.version)
+
+
+def _store_files(folder: Path, root: Path, target: Path) -> None:
+    """Copy an adapter's files into `target` through a staged, fsynced folder and one
+    rename; a full disk leaves nothing behind and is a 507 naming the adapter directory."""
+    staged = root / ".tmp" / uuid.uuid4().hex
+    try:
+        staged.mkdir(parents=True)
+        for file in FILES:
+            shutil.copyfile(folder / file, staged / file)
+            _fsync(staged / file)
+    except OSError as exc:
+        shutil.rmtree(staged, ignore_errors=True)
+        if is_disk_full(exc):
+            raise storage_full(
+                f"the shared adapter directory {root}", "adapter_store", exc
+            ) from None
+        raise
+    try:
+        staged.rename(target)
+    except OSError:  # another replica stored the same digest meanwhile
+        shutil.rmtree(staged, ignore_errors=True)
+    _fsync(root)
+
+
+def gc_adapter_files(
+    store: Store, root: Path, min_age_s: float, dry_run: bool = False
+) -> tuple[int, int, int]:
+    """Delete the adapter versions (digest folders under `root`) that no adapter name in the
+    registry points to and that are older than `min_age_s`, and staging leftovers as old;
+    returns `(deleted, bytes_freed, kept)`. Kept: every folder a live name points to, and
+    recent ones (an upload stores its files before it points the name at them). A folder is
+    moved aside before it is deleted, then the registry is asked again: a name pointed at it
+    meanwhile gets it back."""
+    if not root.is_dir():
+        return 0, 0, 0
+    cutoff = time.time() - min_age_s
+    live = {r.digest for r in store.adapters() if r.digest}
+    deleted = freed = kept = 0
+    for folder in sorted(root.iterdir()):
+        if folder.name == ".tmp" or not folder.is_dir():
+            continue
+        if folder.name in live or folder.stat().st_mtime >= cutoff:
+            kept += 1
+            continue
+        size = sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
+        if not dry_run:
+            trash = root / ".tmp" / f"gc-{folder.name}-{uuid.uuid4().hex[:8]}"
+            trash.parent.mkdir(exist_ok=True)
+            folder.rename(trash)
+            if any(r.digest == folder.name for r in store.adapters()):
+                trash.rename(folder)  # published again meanwhile
+                kept += 1
+                continue
+            shutil.rmtree(trash, ignore_errors=True)
+        deleted, freed = deleted + 1, freed + size
+    tmp = root / ".tmp"
+    for leftover in sorted(tmp.iterdir()) if tmp.is_dir() and not dry_run else []:
+        if leftover.stat().st_mtime < cutoff:  # a crashed upload's staging folder
+            shutil.rmtree(leftover, ignore_errors=True)
+    return deleted, freed, kept
 
 
 def _in_event_loop() -> bool:

@@ -93,6 +93,40 @@ class ServiceSettings(BaseSettings):
         "directory too (NFS, a ReadWriteMany volume)",
     )
 
+    # reliability: store outages, retention, shutdown, slow clients (README "Reliability")
+    store_timeout_s: float = Field(
+        3.0, gt=0, description="longest wait for a store connection (or a SQLite lock) before "
+        "a request answers 503 store_unavailable; never past the request's deadline",
+    )  # fmt: skip
+    store_reconnect_s: float = Field(
+        2.0, gt=0, description="PostgreSQL: how long the pool retries a lost connection with "
+        "backoff before the next request starts a fresh attempt (bounds the recovery time "
+        "after an outage)",
+    )  # fmt: skip
+    drain_grace_s: float = Field(
+        5.0, ge=0, description="on SIGTERM, after the drain: keep answering new connections "
+        "503 + Connection: close this long (the time a load balancer needs to see /ready "
+        "fail) before the listener closes",
+    )  # fmt: skip
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="a connection whose request line and headers are not complete "
+        "this long after it opened (or after its previous response) is answered 408 and closed",
+    )  # fmt: skip
+    body_timeout_s: float = Field(
+        30.0, gt=0, description="a request body not received in full this long after its "
+        "headers is answered 408 and its connection closed (slow uploads); raise it for "
+        "large adapter uploads over slow links",
+    )  # fmt: skip
+    max_connections: int | None = Field(
+        1024, ge=1, description="open connections (and running requests) before uvicorn "
+        "answers 503 to new requests; None = no limit",
+    )  # fmt: skip
+    keep_alive_s: int = Field(5, ge=1, description="idle keep-alive connections close after")
+    gc_min_age_s: float = Field(
+        86400.0, ge=0, description="gc keeps unreferenced images and adapter files younger "
+        "than this (a search uploads its images before it posts their pairs)",
+    )  # fmt: skip
+
     # limits (bad input is a 4xx, never a 500 or an OOM)
     max_body_bytes: int = Field(32 * 2**20, description="largest request body")
     max_image_bytes: int = Field(16 * 2**20, description="largest image file")

@@ -69,7 +69,11 @@ def open_state(settings: ServiceSettings, metrics: Metrics | None = None) -> App
     from selfreward_vlm.service.store import open_store
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    store = open_store(settings.store or settings.data_dir / "selfreward.db")
+    store = open_store(
+        settings.store or settings.data_dir / "selfreward.db",
+        timeout_s=settings.store_timeout_s,
+        reconnect_s=settings.store_reconnect_s,
+    )
     images = ImageStore(
         store,
         max_bytes=settings.max_image_bytes,

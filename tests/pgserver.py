@@ -68,13 +68,18 @@ def start(root: Path, bindir: Path) -> str:
         **run,
     )  # fmt: skip
     opts = f"-k {root} -p {port} -c listen_addresses=127.0.0.1 -c fsync=on"
-    subprocess.run(
-        _as_owner([str(bindir / "pg_ctl"), "-D", str(data), "-l", str(root / "log"), "-w",
-                   "-t", "60", "-o", opts, "start"]),
-        **run,
-    )  # fmt: skip
+    (root / "opts").write_text(opts)
+    ctl(root, bindir, "start")
     (root / "url").write_text(f"postgresql://{user}@127.0.0.1:{port}/postgres")
     return (root / "url").read_text()
+
+
+def ctl(root: Path, bindir: Path, action: str, mode: str = "fast") -> None:
+    """`pg_ctl start|stop|restart` on the server under `root` (as `start` made it); waits
+    until it is done. Tests of store outages stop and start their own server with it."""
+    cmd = [str(bindir / "pg_ctl"), "-D", str(root / "data"), "-l", str(root / "log"), "-w",
+           "-t", "60", "-m", mode, "-o", (root / "opts").read_text(), action]  # fmt: skip
+    subprocess.run(_as_owner(cmd), check=True, capture_output=True, text=True, timeout=120)
 
 
 def stop(root: Path, bindir: Path) -> None:

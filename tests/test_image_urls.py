@@ -270,7 +270,7 @@ def test_serve_flags_reach_the_settings(monkeypatch: pytest.MonkeyPatch, tmp_pat
 
     seen: list[ServiceSettings] = []
     monkeypatch.setattr(app_module, "build_app", lambda settings: seen.append(settings))
-    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: None)
+    monkeypatch.setattr(uvicorn.Server, "run", lambda *a, **k: None)
     cli = typer.Typer()
     cli.command()(serve_command)
     res = CliRunner().invoke(cli, [

@@ -26,8 +26,10 @@ def png(seed: int, size: tuple[int, int] = (32, 32)) -> bytes:
 
 
 def test_probes_and_info(live_server: str, tiny_models: dict[str, Path]) -> None:
-    assert httpx.get(f"{live_server}/health").json() == {"status": "ok"}
-    assert httpx.get(f"{live_server}/ready").json() == {"status": "ready"}
+    health = httpx.get(f"{live_server}/health").json()
+    assert health["status"] == "ok" and health["store"]["state"] == "ok"
+    assert health["store"]["where"].startswith("sqlite:") and health["store"]["errors"] == {}
+    assert httpx.get(f"{live_server}/ready").json() == {"status": "ready", "store": "ok"}
     info = httpx.get(f"{live_server}/info").json()
     assert info["model"]["kind"] == "vlm"
     assert info["model"]["model"] == str(tiny_models["vlm"])

@@ -144,8 +144,9 @@ def assert_error(response: Any, status: int, type_: str, field: str | None = Non
 def test_health_ready_info_with_injected_models(tmp_path: Path) -> None:
     models = FakeModels()
     with make_client(tmp_path, models, max_items=7) as client:
-        assert client.get("/health").json() == {"status": "ok"}
-        assert client.get("/ready").json() == {"status": "ready"}
+        health = client.get("/health").json()
+        assert health["status"] == "ok" and health["store"]["state"] == "ok"
+        assert client.get("/ready").json() == {"status": "ready", "store": "ok"}
         info = InfoResponse.model_validate(client.get("/info").json())
         state = client.app.state.selfreward  # type: ignore[attr-defined]
     assert models.warmups == 1 and state.batcher.running is False  # stopped on shutdown
@@ -295,7 +296,7 @@ def test_set_flag_reaches_any_setting(monkeypatch, tmp_path: Path) -> None:
 
     seen: list[ServiceSettings] = []
     monkeypatch.setattr(app_module, "build_app", lambda settings: seen.append(settings))
-    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: None)
+    monkeypatch.setattr(uvicorn.Server, "run", lambda *a, **k: None)
     cli = typer.Typer()
     cli.command()(serve_command)
     base = ["--model", "m", "--data-dir", str(tmp_path)]

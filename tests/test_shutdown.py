@@ -135,7 +135,8 @@ def test_kubernetes_waits_for_the_whole_shutdown() -> None:
     docs = yaml.safe_load_all((ROOT / "deploy" / "k8s" / "deployment.yaml").read_text())
     pod = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"]
     uvicorn_graceful_s, batcher_join_s = 10, 30  # service/cli.py, Batcher.stop
-    worst = ServiceSettings(model="unused").drain_timeout_s + uvicorn_graceful_s + batcher_join_s
+    settings = ServiceSettings(model="unused")
+    worst = settings.drain_timeout_s + settings.drain_grace_s + uvicorn_graceful_s + batcher_join_s
     assert pod["terminationGracePeriodSeconds"] > worst
 
 

@@ -13,10 +13,18 @@ _ERROR_REF = {"$ref": "#/components/schemas/ErrorResponse"}
 def include_routers(app: FastAPI, v1_dependencies: Sequence[Any] = ()) -> None:
     """Mount every router. `v1_dependencies` are added to the `/v1/*` routers (the bearer
     security scheme, so OpenAPI documents it)."""
-    from selfreward_vlm.service.routes import adapters, datasets, generate, health, images, scoring
+    from selfreward_vlm.service.routes import (
+        adapters,
+        datasets,
+        generate,
+        health,
+        images,
+        retention,
+        scoring,
+    )
 
     app.include_router(health.router)
-    for module in (images, datasets, adapters, scoring, generate):
+    for module in (images, datasets, adapters, scoring, generate, retention):
         app.include_router(module.router, dependencies=list(v1_dependencies))
     # Foreign protocols (thin translators onto the handlers above), behind the same token.
     from selfreward_vlm.service.routes import openai_compat, openrlhf
@@ -53,6 +61,9 @@ def _document_error_shape(app: FastAPI) -> None:
         components = schema.get("components", {}).get("schemas", {})
         for unused in ("HTTPValidationError", "ValidationError"):
             components.pop(unused, None)
+        for name, component in components.items():
+            if name.startswith("Body_"):  # form bodies: routes refuse fields they do not name
+                component["additionalProperties"] = False
         app.openapi_schema = schema
         return schema
 
@@ -65,7 +76,7 @@ _GUARD_ANSWERS = {
     "403": "This key may not do this (read-only or non-admin key)",
     "404": "Unknown adapter, image, dataset or resource named in the request",
     "429": "The request queue is full (see Retry-After)",
-    "503": "Not ready, or shutting down (see Retry-After)",
+    "503": "Not ready, shutting down, or the store is unavailable (see Retry-After)",
     "504": "The request's deadline passed (request_timeout_s or x-request-timeout-ms)",
 }
 _BODY_ANSWERS = {

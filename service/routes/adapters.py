@@ -51,15 +51,24 @@ from selfreward_vlm.service.errors import (
 )
 from selfreward_vlm.service.settings import ServiceSettings
 from selfreward_vlm.service.state import AppState, get_ready_state
+from selfreward_vlm.service.store.faults import is_disk_full, storage_full
 
 logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["adapters"])
 
 ADAPTER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# An upload's name: ADAPTER_NAME_RE but not "base" (the model itself), spelled without a
+# lookahead (pydantic's regex engine has none): 1-3 or 5-64 characters, or 4 that are not
+# b-a-s-e.
+_C = "[A-Za-z0-9._-]"
+UPLOAD_NAME_PATTERN = (
+    f"^(?:[A-Za-z0-9]{_C}{{0,2}}|[A-Za-z0-9]{_C}{{4,63}}|[A-Za-ac-z0-9]{_C}{{3}}"
+    f"|b[A-Zb-z0-9._-]{_C}{{2}}|ba[A-Za-rt-z0-9._-]{_C}|bas[A-Za-df-z0-9._-])$"
+)
 _FIELDS = {"name", CONFIG_FILE, WEIGHTS_FILE}
 _MAX_CONFIG_BYTES = 2**20
 _ERRORS: dict[int | str, dict] = {
-    code: {"model": ErrorResponse} for code in (404, 409, 413, 422, 503)
+    code: {"model": ErrorResponse} for code in (404, 409, 413, 422, 503, 507)
 }
 
 
@@ -76,7 +85,7 @@ def adapters_dir(settings: ServiceSettings) -> Path:
 )
 async def upload_adapter(
     request: Request,
-    name: str = Form(..., pattern=ADAPTER_NAME_RE.pattern, description="adapter name"),
+    name: str = Form(..., pattern=UPLOAD_NAME_PATTERN, description="adapter name (not 'base')"),
     config: UploadFile = File(..., alias=CONFIG_FILE, description="PEFT adapter_config.json"),
     weights: UploadFile = File(..., alias=WEIGHTS_FILE, description="adapter weights"),
     state: AppState = Depends(get_ready_state),
@@ -93,7 +102,12 @@ async def upload_adapter(
             field=WEIGHTS_FILE,
         )
     root = adapters_dir(settings)
-    staged = await anyio.to_thread.run_sync(_stage, root, config.file, weights.file)
+    try:
+        staged = await anyio.to_thread.run_sync(_stage, root, config.file, weights.file)
+    except OSError as exc:  # _stage removed what it wrote
+        if is_disk_full(exc):
+            raise storage_full(f"the adapter directory {root}", "adapters", exc) from None
+        raise
     try:
         await anyio.to_thread.run_sync(check_fits, staged, state.models)
     except BaseException:
@@ -105,8 +119,23 @@ async def upload_adapter(
         with anyio.CancelScope(shield=True):
             info = await _install(state, name, staged, root / name)
             if (shared := state.shared_adapters) is not None:  # once, for every replica
-                await anyio.to_thread.run_sync(shared.publish, name, root / name)
+                try:
+                    await anyio.to_thread.run_sync(shared.publish, name, root / name)
+                except ServiceError:  # 507 (adapter store full) or 503 (store down)
+                    await anyio.to_thread.run_sync(_unpublished, state, name, root / name)
+                    raise
         return info
+
+
+def _unpublished(state: AppState, name: str, folder: Path) -> None:
+    """Undo this replica's install of an upload the registry never got: unload it and
+    forget its version, so the next request loads what the registry names (if anything)."""
+    adapters = state.models.engine.adapters  # type: ignore[union-attr]
+    if name in adapters.names():
+        adapters.delete(name)
+    shutil.rmtree(folder, ignore_errors=True)
+    if (shared := state.shared_adapters) is not None:
+        shared.forget(name)
 
 
 async def _check_form(request: Request, name: str) -> None:

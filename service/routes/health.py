@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import platform
+from typing import Literal
 
+import anyio
 from fastapi import APIRouter, Depends, Response
 from pydantic import BaseModel, Field
 
 from selfreward_vlm.core.schemas import ErrorResponse, InfoResponse, ModelInfo
+from selfreward_vlm.service.errors import ServiceError
 from selfreward_vlm.service.metrics import PROMETHEUS_CONTENT_TYPE
 from selfreward_vlm.service.serving.completions import PROMPT_FORMATS
 from selfreward_vlm.service.serving.models import served_names
@@ -80,22 +84,61 @@ def _version(dist: str) -> str:
         return "not installed"
 
 
-@router.get("/health", summary="Liveness: the process answers")
-async def health() -> dict[str, str]:
-    """Always 200 while the process serves HTTP, even while models load or after they failed."""
-    return {"status": "ok"}
+class StoreHealthInfo(BaseModel):
+    """How the store answered lately (service.store.faults)."""
+
+    state: Literal["ok", "unavailable", "full"] = Field(
+        ..., description="ok; unavailable (503 store_unavailable); full (507 on writes)"
+    )
+    since: float = Field(..., description="unix time the state last changed")
+    where: str = Field(..., description="the store, without secrets")
+    last_error: str | None = None
+    last_error_at: float | None = None
+    errors: dict[str, int] = Field(default_factory=dict, description="store errors by kind")
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok"]
+    store: StoreHealthInfo
+
+
+class ReadyResponse(BaseModel):
+    status: Literal["ready"]
+    store: Literal["ok", "unavailable", "full"] = Field(
+        ..., description="the store's state; /ready stays 200 while the store is down (see "
+        "README, Reliability): routes that need the store answer 503 store_unavailable"
+    )  # fmt: skip
+
+
+_PING_S = 0.5  # /health waits this long at most for the store
+
+
+@router.get("/health", response_model=HealthResponse, summary="Liveness, and the store's state")
+async def health(state: AppState = Depends(get_state)) -> HealthResponse:
+    """Always 200 while the process serves HTTP, even while models load or after they failed,
+    and while the store is down (a restart would not bring it back). `store` says how the
+    store answers: one round trip, bounded by 0.5 s, made in a worker thread."""
+    store = state.store
+    with contextlib.suppress(ServiceError):  # recorded in store.health by the ping
+        await anyio.to_thread.run_sync(store.ping, _PING_S)
+    return HealthResponse(status="ok", store=StoreHealthInfo(**store.health.report()))
 
 
 @router.get(
     "/ready",
+    response_model=ReadyResponse,
     summary="Readiness: models loaded and warm",
     responses={503: {"model": ErrorResponse, "description": "loading, or loading failed"}},
 )
-async def ready(state: AppState = Depends(get_state)) -> dict[str, str]:
-    """200 once the models are loaded, warmed and the batcher runs; 503 (saying why) before."""
+async def ready(state: AppState = Depends(get_state)) -> ReadyResponse:
+    """200 once the models are loaded, warmed and the batcher runs; 503 (saying why) before.
+
+    A store outage does not turn it to 503: replicas share the store, so taking them all out
+    of rotation would also stop what works without it (scoring, generation); `store` says
+    the state the last store call found."""
     if not state.ready:
         raise state.not_ready_error()
-    return {"status": "ready"}
+    return ReadyResponse(status="ready", store=state.store.health.state)  # type: ignore[arg-type]
 
 
 @router.get(

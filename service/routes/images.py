@@ -33,6 +33,7 @@ _UPLOAD_BODY = {
                 "type": "object",
                 "properties": {"file": {"type": "string", "format": "binary"}},
                 "required": ["file"],
+                "additionalProperties": False,
             }
         },
     },
@@ -107,7 +108,9 @@ async def _read_multipart(request: Request) -> bytes:
     },
 )
 def get_image(
-    image_id: str = PathParam(..., description="sha256 hex id from POST /v1/images"),
+    image_id: str = PathParam(
+        ..., pattern=r"^[0-9a-fA-F]{64}$", description="sha256 hex id from POST /v1/images"
+    ),
     state: AppState = Depends(get_state),
 ) -> Response:
     """The image exactly as uploaded, with its content type. Ids are content hashes, so the

@@ -7,6 +7,9 @@
 Both hold the preference pairs, the dataset index, images (bytes by sha256) and the adapter
 registry; both run the same migrations (`migrations.py`), give the same cursor semantics and
 idempotent upserts, and pass the same tests. `open_store(url)` picks one from a URL.
+Their failures reach callers the same way too (`faults.py`: 503 `store_unavailable` for "try
+again", 507 `insufficient_storage` for a full disk), and `Store.gc` / `delete_dataset` free
+space (`service/routes/retention.py` says what is kept and why).
 `PairStore` is the SQLite store under its historical name.
 """
 
@@ -49,9 +52,10 @@ def is_postgres_url(url: str) -> bool:
     return url.startswith(("postgresql://", "postgres://", "postgresql+psycopg://"))
 
 
-def open_store(url: str | Path) -> Store:
+def open_store(url: str | Path, timeout_s: float = 5.0, reconnect_s: float = 2.0) -> Store:
     """Open (and migrate) the store a URL names: `postgresql://…` or a SQLite file path
-    (`sqlite:///abs/path.db` is accepted too)."""
+    (`sqlite:///abs/path.db` is accepted too). A store call waits at most `timeout_s` for a
+    connection (or a lock) before it answers 503; see `faults.py` and `postgres.py`."""
     text = str(url)
     if is_postgres_url(text):
         try:
@@ -60,7 +64,11 @@ def open_store(url: str | Path) -> Store:
             raise RuntimeError(
                 f"a PostgreSQL store needs psycopg: pip install 'selfreward-vlm[postgres]' ({exc})"
             ) from None
-        return PostgresStore(text.replace("postgresql+psycopg://", "postgresql://", 1))
+        return PostgresStore(
+            text.replace("postgresql+psycopg://", "postgresql://", 1),
+            timeout_s=timeout_s,
+            reconnect_s=reconnect_s,
+        )
     if text.startswith("sqlite://"):
         text = text.removeprefix("sqlite://")
-    return SQLiteStore(text)
+    return SQLiteStore(text, timeout_s=timeout_s)

@@ -28,9 +28,12 @@ from typing import Any
 
 from selfreward_vlm.core.schemas import PreferencePair
 from selfreward_vlm.service.errors import NotFoundError
+from selfreward_vlm.service.store.faults import StoreHealth
 from selfreward_vlm.service.store.records import (
     AdapterRecord,
+    GcReport,
     ImageRow,
+    MissingImagesError,
     decode_cursor,
     encode_cursor,
     iter_jsonl_pairs,
@@ -47,6 +50,7 @@ class Store(abc.ABC):
     """Pairs, the dataset index, images and the adapter registry; thread-safe."""
 
     kind: str  # "sqlite" | "postgresql"
+    health: StoreHealth  # the last outcome, errors by kind; translates failures (faults.py)
 
     # ------------------------------------------------------------------ back end
 
@@ -66,6 +70,11 @@ class Store(abc.ABC):
     def describe(self) -> str:
         """Where the data lives, without secrets (for logs)."""
 
+    def ping(self, timeout_s: float = 1.0) -> None:
+        """One round trip to the store (for `/health`); raises what a store call raises."""
+        with self._read() as conn:
+            conn.execute("SELECT 1").fetchone()
+
     def physical_check(self) -> list[str]:
         """The engine's own consistency check (pages, indexes); problems found."""
         return []
@@ -77,10 +86,14 @@ class Store(abc.ABC):
 
     # ------------------------------------------------------------------ pairs
 
-    def upsert(self, dataset: str, pairs: list[PreferencePair]) -> tuple[int, int, int]:
+    def upsert(
+        self, dataset: str, pairs: list[PreferencePair], check_images: bool = False
+    ) -> tuple[int, int, int]:
         """Insert the pairs whose ids are new to `dataset` in one transaction.
 
         Returns `(inserted, duplicates, total)`; `total` is the dataset's size afterwards.
+        With `check_images`, every image a new pair names must be stored, checked inside the
+        transaction (so `gc` cannot delete one in between): else `MissingImagesError`.
         """
         validate_dataset_name(dataset)
         now = time.time()
@@ -88,12 +101,24 @@ class Store(abc.ABC):
         if not rows:
             return 0, 0, self._count(dataset)
         with self._write() as conn:
+            self._gc_lock(conn, exclusive=False)
             # Creates or row-locks the dataset's index entry first: this serializes the
             # writers of one dataset (see the module docstring).
             conn.execute(
                 "INSERT INTO datasets (name, count, created) VALUES (?, 0, ?) "
                 "ON CONFLICT (name) DO UPDATE SET count = datasets.count",
                 (dataset, now),
+            )
+            new = self._new_pairs(conn, dataset, pairs)
+            named = {image for pair in new for image in pair.images}
+            if check_images and named:
+                missing = named - stored_images(conn, named)
+                if missing:
+                    raise MissingImagesError(missing)
+            conn.executemany(
+                "INSERT INTO pair_images (dataset, pair_id, image) VALUES (?, ?, ?) "
+                "ON CONFLICT DO NOTHING",
+                [(dataset, pair.id, image) for pair in new for image in set(pair.images)],
             )
             cur = conn.executemany(
                 "INSERT INTO pairs (dataset, id, json, created) VALUES (?, ?, ?, ?) "
@@ -110,6 +135,66 @@ class Store(abc.ABC):
             ).fetchone()[0]
         return inserted, len(rows) - inserted, int(total)
 
+    @staticmethod
+    def _new_pairs(conn: Conn, dataset: str, pairs: list[PreferencePair]) -> list[PreferencePair]:
+        """The pairs of a batch that the insert will keep: ids not in `dataset` yet, first
+        occurrence in the batch (the dataset's row lock keeps this true until commit)."""
+        known: set[str] = set()
+        ids = sorted({p.id for p in pairs})
+        for start in range(0, len(ids), _IN_CHUNK):
+            chunk = ids[start : start + _IN_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            rows = conn.execute(
+                f"SELECT id FROM pairs WHERE dataset = ? AND id IN ({marks})", [dataset, *chunk]
+            ).fetchall()
+            known.update(r[0] for r in rows)
+        new = []
+        for pair in pairs:
+            if pair.id not in known:
+                known.add(pair.id)
+                new.append(pair)
+        return new
+
+    def delete_dataset(self, dataset: str) -> int:
+        """Delete a dataset and all its pairs in one transaction; returns how many pairs.
+        An unknown dataset is a 404. Its images stay until `gc` finds them unreferenced."""
+        validate_dataset_name(dataset)
+        with self._write() as conn:
+            if not self._exists(conn, dataset):
+                raise NotFoundError(f"no dataset named {dataset!r}", field="name")
+            count = conn.execute("DELETE FROM pairs WHERE dataset = ?", (dataset,)).rowcount
+            conn.execute("DELETE FROM pair_images WHERE dataset = ?", (dataset,))
+            conn.execute("DELETE FROM datasets WHERE name = ?", (dataset,))
+        return int(count)
+
+    # ------------------------------------------------------------------ retention
+
+    def _gc_lock(self, conn: Conn, exclusive: bool) -> None:  # noqa: B027  (a hook)
+        """Keep `gc` and pair writes apart (a back end whose writers are not serialized
+        anyway takes a lock here; SQLite's `BEGIN IMMEDIATE` already does)."""
+
+    def gc(self, min_age_s: float, dry_run: bool = False) -> GcReport:
+        """Delete every image no pair names that is older than `min_age_s` (one
+        transaction, which pair writes wait for). Kept: images a pair names (a trainer reads
+        them), and recent ones (a search uploads its images before it posts their pairs)."""
+        cutoff = time.time() - min_age_s
+        unreferenced = "NOT EXISTS (SELECT 1 FROM pair_images r WHERE r.image = images.id)"
+        with self._write() as conn:
+            self._gc_lock(conn, exclusive=True)
+            total = conn.execute("SELECT COUNT(*) FROM images").fetchone()[0]
+            doomed, size = conn.execute(
+                f"SELECT COUNT(*), COALESCE(SUM(LENGTH(bytes)), 0) FROM images "
+                f"WHERE created < ? AND {unreferenced}",
+                (cutoff,),
+            ).fetchone()
+            recent = conn.execute(
+                f"SELECT COUNT(*) FROM images WHERE created >= ? AND {unreferenced}", (cutoff,)
+            ).fetchone()[0]
+            if not dry_run and doomed:
+                conn.execute(f"DELETE FROM images WHERE created < ? AND {unreferenced}", (cutoff,))
+        kept_referenced = int(total) - int(doomed) - int(recent)
+        return GcReport(int(doomed), int(size), kept_referenced, int(recent), dry_run)
+
     def _count(self, dataset: str) -> int:
         with self._read() as conn:
             row = conn.execute("SELECT count FROM datasets WHERE name = ?", (dataset,)).fetchone()
@@ -121,7 +206,7 @@ class Store(abc.ABC):
         """Up to `limit` pairs after cursor `after`, in insertion order, and the next cursor
         (None at the end). An unknown dataset is a 404."""
         validate_dataset_name(dataset)
-        start = decode_cursor(after) if after else 0
+        start = decode_cursor(after) if after is not None else 0
         with self._read() as conn:
             rows = conn.execute(
                 "SELECT seq, json FROM pairs WHERE dataset = ? AND seq > ? ORDER BY seq LIMIT ?",

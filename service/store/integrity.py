@@ -3,7 +3,8 @@
 What a crash (or a bug) must never leave behind, beyond what the database engine checks itself:
 every pair row parses as a `PreferencePair` whose id is the row's id; the dataset index counts
 exactly the rows it indexes; every image's id is the sha256 of its bytes and every image a pair
-names is stored; every live adapter record points at files, every deleted one at none.
+names is stored, and indexed in `pair_images` (which gc keeps images by); every live adapter
+record points at files, every deleted one at none.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ def check_invariants(conn: Conn) -> list[str]:
 def _check_pairs(conn: Conn) -> list[str]:
     problems: list[str] = []
     named_images: set[str] = set()
+    references = 0  # (pair, image) pairs: what the gc index `pair_images` must hold
     last = 0
     while True:  # in seq batches: a big store is never loaded at once
         rows = conn.execute(
@@ -51,10 +53,30 @@ def _check_pairs(conn: Conn) -> list[str]:
             if pair.id != pair_id:
                 problems.append(f"pair row {seq}: json id {pair.id!r} != row id {pair_id!r}")
             named_images.update(pair.images)
+            references += len(set(pair.images))
         last = int(rows[-1][0])
     if named_images:
         for missing in sorted(named_images - stored_images(conn, named_images)):
             problems.append(f"a pair names image {missing} that is not stored")
+    return problems + _check_references(conn, references)
+
+
+def _check_references(conn: Conn, expected: int) -> list[str]:
+    """`pair_images` (what gc keeps images by) indexes exactly the pairs' images."""
+    indexed = int(conn.execute("SELECT COUNT(*) FROM pair_images").fetchone()[0])
+    orphans = int(
+        conn.execute(
+            "SELECT COUNT(*) FROM pair_images r WHERE NOT EXISTS "
+            "(SELECT 1 FROM pairs p WHERE p.dataset = r.dataset AND p.id = r.pair_id)"
+        ).fetchone()[0]
+    )
+    problems = []
+    if orphans:
+        problems.append(f"pair_images: {orphans} row(s) name a pair that does not exist")
+    if indexed - orphans != expected:
+        problems.append(
+            f"pair_images indexes {indexed - orphans} pair images; pairs name {expected}"
+        )
     return problems
 
 

@@ -80,6 +80,25 @@ MIGRATIONS: tuple[Migration, ...] = (
             "digest TEXT, deleted INTEGER NOT NULL, created DOUBLE PRECISION NOT NULL)",
         ),
     ),
+    Migration(
+        4,
+        "image references of pairs (for gc)",
+        sqlite=(
+            "CREATE TABLE pair_images (dataset TEXT NOT NULL, pair_id TEXT NOT NULL, "
+            "image TEXT NOT NULL, PRIMARY KEY (dataset, pair_id, image))",
+            "CREATE INDEX pair_images_image ON pair_images (image)",
+            "INSERT OR IGNORE INTO pair_images (dataset, pair_id, image) "
+            "SELECT p.dataset, p.id, j.value FROM pairs p, json_each(p.json, '$.images') j",
+        ),
+        postgresql=(
+            "CREATE TABLE pair_images (dataset TEXT NOT NULL, pair_id TEXT NOT NULL, "
+            "image TEXT NOT NULL, PRIMARY KEY (dataset, pair_id, image))",
+            "CREATE INDEX pair_images_image ON pair_images (image)",
+            "INSERT INTO pair_images (dataset, pair_id, image) "
+            "SELECT DISTINCT p.dataset, p.id, j.image FROM pairs p, "
+            "jsonb_array_elements_text(p.json::jsonb -> 'images') AS j(image)",
+        ),
+    ),
 )
 LATEST = MIGRATIONS[-1].version
 

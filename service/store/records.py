@@ -41,6 +41,25 @@ class AdapterRecord:
     created: float
 
 
+class MissingImagesError(Exception):
+    """Pairs name images the store does not hold (checked inside the write transaction)."""
+
+    def __init__(self, missing: set[str]) -> None:
+        super().__init__(f"{len(missing)} unknown image id(s)")
+        self.missing = missing
+
+
+@dataclass(frozen=True)
+class GcReport:
+    """What `Store.gc` deleted (or, with `dry_run`, would delete) and what it kept."""
+
+    images_deleted: int
+    image_bytes_freed: int
+    images_kept_referenced: int
+    images_kept_recent: int
+    dry_run: bool
+
+
 def validate_dataset_name(name: str, field: str = "name") -> str:
     """Return `name` if it is a valid dataset name, else a 422 naming `field`."""
     if not DATASET_NAME_RE.match(name):
@@ -52,14 +71,22 @@ def validate_dataset_name(name: str, field: str = "name") -> str:
     return name
 
 
+# A page cursor: "p" and the insertion number of the last pair of the page. Opaque to callers
+# (they pass `next_cursor` back); the OpenAPI document states the pattern so that a cursor is
+# valid exactly when it matches. Cursors of earlier versions (base64 of "s<seq>") still work.
+CURSOR_RE = re.compile(r"^p[0-9]{1,18}$")
+
+
 def encode_cursor(seq: int) -> str:
     """An opaque page cursor for the pair with insertion number `seq`."""
-    return base64.urlsafe_b64encode(f"s{seq}".encode()).decode().rstrip("=")
+    return f"p{seq}"
 
 
 def decode_cursor(cursor: str, field: str = "after") -> int:
     """The insertion number inside a cursor from `encode_cursor` (422 naming `field` if bad)."""
-    try:
+    if CURSOR_RE.match(cursor):
+        return int(cursor[1:])
+    try:  # an earlier version's cursor: base64url of "s<seq>"
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         if not raw.startswith("s"):
             raise ValueError(raw)

@@ -11,10 +11,11 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
 
 from selfreward_vlm.service.store.base import Store
+from selfreward_vlm.service.store.faults import StoreHealth
 from selfreward_vlm.service.store.migrations import migrate
 
 _POOL_SIZE = 8
@@ -25,9 +26,11 @@ class SQLiteStore(Store):
 
     kind = "sqlite"
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, timeout_s: float = 5.0) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.timeout_s = timeout_s  # how long a write waits for another process's lock
+        self.health = StoreHealth(self.describe())
         self._pool: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         self._closed = False
@@ -43,7 +46,7 @@ class SQLiteStore(Store):
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(
-            self.path, timeout=30.0, isolation_level=None, check_same_thread=False
+            self.path, timeout=self.timeout_s, isolation_level=None, check_same_thread=False
         )
         conn.execute("PRAGMA synchronous=FULL")
         return conn
@@ -66,12 +69,14 @@ class SQLiteStore(Store):
             if not keep:
                 conn.close()
 
-    def _read(self) -> AbstractContextManager[sqlite3.Connection]:
-        return self._conn()
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        with self.health.guard(writing=False), self._conn() as conn:
+            yield conn
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        with self._conn() as conn:
+        with self.health.guard(writing=True), self._conn() as conn:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
