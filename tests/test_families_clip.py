@@ -77,4 +77,5 @@ def test_info_reports_clip_logit_scale(clip_dirs, family_dirs) -> None:
         model=str(family_dirs["gemma3"]), clip=str(clip_dirs["siglip"]), device="cpu"
     )
     served = load_models(settings).served_info()
-    assert served == {"family": "gemma3", "path": "fast", "clip_logit_scale": pytest.approx(1.0)}
+    assert served == {"family": "gemma3", "path": "fast", "clip_logit_scale": pytest.approx(1.0),
+                      "decode_batching": "continuous (mixed adapters)"}  # fmt: skip

@@ -7,7 +7,8 @@ not be accepted (`negative_data_rejection`). What no JSON Schema can say stays o
 named below: whether bytes are an image or an adapter (`invalid_image`, `invalid_adapter`),
 and `num_beam_groups` dividing `n`.
 
-The compatibility routes (OpenAI `/v1/completions`, `/v1/score`, `/score`; OpenRLHF
+The compatibility routes (OpenAI `/v1/completions`, `/v1/chat/completions`, `/v1/models`,
+`/v1/score`, `/score`; OpenRLHF
 `/get_reward`) are checked by `test_fuzz.py` only: their wire models live with those routes.
 
 Examples per operation and mode: `SELFREWARD_FUZZ_EXAMPLES` (CI: 6; `make fuzz`: 200).
@@ -29,7 +30,14 @@ from tests.reliability import OPENAPI, Server, keyed_server, report
 __all__ = ["keyed_server"]
 
 EXAMPLES = int(os.environ.get("SELFREWARD_FUZZ_EXAMPLES", "6"))
-FOREIGN = {"/v1/completions", "/v1/score", "/score", "/get_reward"}
+FOREIGN = {
+    "/v1/completions",
+    "/v1/chat/completions",
+    "/v1/models",
+    "/v1/score",
+    "/score",
+    "/get_reward",
+}
 SCHEMA = schemathesis.openapi.from_dict(OPENAPI)
 OPERATIONS = [
     op for op in (result.ok() for result in SCHEMA.get_all_operations()) if op.path not in FOREIGN

@@ -117,6 +117,13 @@ class AdapterRegistry:
         self._check_loaded(name, field="name")
         with self._engine.lock:
             self._peft.delete_adapter(name)
+            if self._info.keys() == {name}:
+                # The last one: PEFT would keep naming it active, and its next load_adapter
+                # fails looking it up. Take the LoRA layers out; the next load starts afresh.
+                self._peft.unload()
+                self._peft = None
+            elif name in self._peft.active_adapters:
+                self._peft.set_adapter(next(n for n in self._info if n != name))
             del self._info[name]
             self._touches_vision.discard(name)
             self._versions[name] = self.version(name) + 1
