@@ -111,13 +111,17 @@ class _Rows:
         self.length += 1
         self.usage.tokens_forwarded += rows
 
+    def row_kv(self, row: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """A copy of row `row`'s whole KV per layer, (1, H, T, D) each."""
+        return [layer.row(row) for layer in self.layers]
+
     def remember(self, row: int, ids: list[int], next_logprobs: torch.Tensor) -> None:
         """Cache the state of a finished candidate (all its tokens but the last are in the KV),
         so that the next search step, whose prefix ends with this candidate, reuses it."""
         engine = self.engine
         if engine.naive or not ids[:-1] or not self.cacheable:
             return
-        kv = [layer.row(row) for layer in self.layers]
+        kv = self.row_kv(row)
         token_ids = self.state.token_ids + tuple(ids[:-1])
         # A copy: `next_logprobs` is a row of the whole (R, V) step tensor, which a view
         # would keep alive in the cache.
@@ -153,19 +157,13 @@ class SharedPrefixRows(_Rows):
     def step(self, parents: list[int], tokens: list[int]) -> torch.Tensor:
         raise NotImplementedError("shared-prefix rows are stepped by ragged.decode_step")
 
-    def remember(self, row: int, ids: list[int], next_logprobs: torch.Tensor) -> None:
-        engine = self.engine
-        if engine.naive or not ids[:-1] or not self.cacheable:
-            return
-        kv = []
+    def row_kv(self, row: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The shared prefix followed by row `row`'s own suffix, per layer."""
+        out = []
         for (pk, pv), layer in zip(self.prefix_kv, self.layers, strict=True):
             sk, sv = layer.row(row)
-            kv.append((torch.cat([pk, sk], dim=-2), torch.cat([pv, sv], dim=-2)))
-        token_ids = self.state.token_ids + tuple(ids[:-1])
-        state = PrefixState(
-            self.state.namespace, token_ids, kv, next_logprobs.clone(), self.state.rope_delta
-        )
-        engine.prefix_cache.put(state)
+            out.append((torch.cat([pk, sk], dim=-2), torch.cat([pv, sv], dim=-2)))
+        return out
 
 
 # A search is a generator: it yields the rows' next step (parent row of each new row, and its
