@@ -13,7 +13,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_valida
 
 LanguageScore = Literal["prob", "mean_logprob", "sum_logprob"]
 Strategy = Literal["diverse_beam", "beam", "sample", "greedy"]
-StopMode = Literal["sentence", "eos"]
+StopMode = Literal["sentence", "token", "eos"]
 
 
 class _Request(BaseModel):
@@ -296,7 +296,12 @@ class GenerateRequest(_Request):
     temperature: Float = Field(0.7, gt=0.0)
     top_p: Float = Field(1.0, gt=0.0, le=1.0)
     seed: Int | None = Field(None, description="candidate i samples with seed + i")
-    stop: StopMode = "sentence"
+    stop: StopMode = Field(
+        "sentence",
+        description="where a candidate ends besides EOS: 'sentence', at any token whose text "
+        "contains stop_text; 'token', at the token that is stop_text exactly (its vocabulary "
+        "string, as the official CSR code stops at '.'); 'eos', at EOS only",
+    )
     stop_text: str = Field(".", min_length=1, description="sentence delimiter")
     max_new_tokens: Int = Field(
         74,

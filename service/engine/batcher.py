@@ -39,6 +39,7 @@ from selfreward_vlm.service.deadlines import DeadlineExceededError, current_dead
 from selfreward_vlm.service.engine.decoding import GenerateItem, Generation
 from selfreward_vlm.service.engine.lm import ScoreItem
 from selfreward_vlm.service.engine.ragged import decode_step
+from selfreward_vlm.service.engine.raw_text import TextScoreItem, score_text
 from selfreward_vlm.service.errors import (
     InvalidRequestError,
     NotReadyError,
@@ -73,7 +74,7 @@ class ClipItem:
 class Work:
     """One unit of queued work and its timings (for the x-queue/inference-time headers)."""
 
-    item: ScoreItem | GenerateItem | ClipItem
+    item: ScoreItem | GenerateItem | ClipItem | TextScoreItem
     future: Future = field(default_factory=Future)
     enqueued: float = field(default_factory=time.perf_counter)
     deadline: float | None = None  # perf_counter value; None = no deadline
@@ -90,13 +91,17 @@ class Work:
         item = self.item
         if isinstance(item, ScoreItem):
             return sum(len(c) for c in item.continuations) // 4 + len(item.continuations)
+        if isinstance(item, TextScoreItem):
+            return len(item.ids)
         return 1
 
 
-def check_encodable(item: ScoreItem | GenerateItem | ClipItem) -> None:
+def check_encodable(item: ScoreItem | GenerateItem | ClipItem | TextScoreItem) -> None:
     """422 for text no tokenizer can take: JSON allows lone surrogates (`"\\ud800"`), UTF-8
     and the Rust tokenizers do not (they raised TypeError: a 500)."""
     fields: list[tuple[str, str]] = []
+    if isinstance(item, TextScoreItem):
+        return  # token ids: tokenized already
     if isinstance(item, ClipItem):
         fields = [(f"texts[{i}]", t) for i, t in enumerate(item.texts)]
     else:
@@ -149,7 +154,9 @@ class Batcher:
             await asyncio.to_thread(self._thread.join, 30)
             self._thread = None
 
-    async def submit(self, item: ScoreItem | GenerateItem | ClipItem) -> tuple[Any, Work]:
+    async def submit(
+        self, item: ScoreItem | GenerateItem | ClipItem | TextScoreItem
+    ) -> tuple[Any, Work]:
         """Queue `item`; returns (result, work) once the model has run it."""
         if self._thread is None:
             raise NotReadyError("the model worker is not running")
@@ -274,6 +281,8 @@ class Batcher:
         for work in batch:
             if isinstance(work.item, ScoreItem):
                 by_adapter[work.item.adapter].append(work)
+            elif isinstance(work.item, TextScoreItem):
+                outcomes.append(self._run_text(work))
             else:
                 outcomes.append(self._run_clip(work))
         for works in by_adapter.values():
@@ -306,6 +315,13 @@ class Batcher:
                 out.extend(self._run_scores([work]))
             return out
         return [(w, r, None) for w, r in zip(works, results, strict=True)]
+
+    def _run_text(self, work: Work) -> tuple[Work, Any, BaseException | None]:
+        assert isinstance(work.item, TextScoreItem)
+        try:
+            return work, score_text(self.models.engine, work.item), None  # type: ignore[arg-type]
+        except Exception as exc:
+            return work, None, exc
 
     def _run_clip(self, work: Work) -> tuple[Work, Any, BaseException | None]:
         item = work.item

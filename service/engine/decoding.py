@@ -12,12 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Generator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
 from selfreward_vlm.core.schemas import Usage
 from selfreward_vlm.service.engine.cache import PrefixState
+from selfreward_vlm.service.engine.families import Prompt
 from selfreward_vlm.service.engine.generic_path import GenericRows
 from selfreward_vlm.service.engine.kvbuffer import BufferLayer
 from selfreward_vlm.service.engine.lm import LanguageEngine
@@ -40,9 +41,18 @@ class GenerateItem:
     temperature: float = 0.7
     top_p: float = 1.0
     seed: int | None = None
-    stop: str = "sentence"
+    stop: str = "sentence"  # see `LanguageEngine.stop_token_ids`
     stop_text: str = "."
     max_new_tokens: int = 74
+    # A prompt already rendered and tokenized (raw text, as `/v1/completions` reads it): the
+    # model continues these ids as they are, with no chat template; `prompt` and `prefix` are
+    # then unused. `prompt_inputs`: the processor's other outputs (pixels) when it has an image.
+    prompt_ids: list[int] | None = None
+    prompt_inputs: dict[str, Any] = field(default_factory=dict)
+    # Sampling and greedy only: a candidate also ends once its text holds one of these, and
+    # each generated token keeps the `top_k` best alternatives at its position.
+    stop_strings: tuple[str, ...] = ()
+    top_k: int = 0
     usage: Usage = field(default_factory=Usage)
 
 
@@ -50,8 +60,9 @@ class GenerateItem:
 class Generated:
     token_ids: list[int]
     token_logprobs: list[float]
-    stop_reason: str  # "sentence" | "eos" | "length"
+    stop_reason: str  # "sentence" | "eos" | "length" | "stop" (a stop string)
     score: float = 0.0
+    top: list[list[tuple[int, float]]] = field(default_factory=list)  # per token, `top_k`
 
 
 class _Rows:
@@ -184,9 +195,16 @@ class Generation:
         so they hold the prefix KV once (`SharedPrefixRows`); else each row holds a copy and
         steps alone (`_Rows.step`), the path whose numbers never depend on other requests."""
         self.engine, self.item = engine, item
-        prompt = engine.encode_prompt(item.prompt, item.image_id, item.image)
-        prefix_ids = engine.encode_text(item.prefix)
-        engine.check_no_image_tokens(prefix_ids, "prefix")
+        if item.strategy in ("beam", "diverse_beam") and (item.stop_strings or item.top_k):
+            raise InvalidRequestError("stop strings and top_k need sampling or greedy", "strategy")
+        if item.prompt_ids is not None:  # rendered and tokenized by the caller
+            has_image = bool(item.prompt_inputs)
+            prompt = Prompt("", list(item.prompt_ids), item.prompt_inputs, has_image=has_image)
+            prefix_ids: list[int] = []
+        else:
+            prompt = engine.encode_prompt(item.prompt, item.image_id, item.image)
+            prefix_ids = engine.encode_text(item.prefix)
+            engine.check_no_image_tokens(prefix_ids, "prefix")
         ids = prompt.ids + prefix_ids
         if len(ids) + item.max_new_tokens > engine.settings.max_text_tokens:
             raise InvalidRequestError(
@@ -353,9 +371,13 @@ def _best(hyps: list[Generated], k: int) -> list[Generated]:
     return sorted(hyps, key=lambda h: h.score, reverse=True)[:k]
 
 
+class _Remembers(Protocol):
+    def remember(self, row: int, ids: list[int], next_logprobs: torch.Tensor) -> None: ...
+
+
 def sample(
     engine: LanguageEngine,
-    rows: _Rows | GenericRows,
+    rows: _Remembers,
     item: GenerateItem,
     stops: frozenset[int],
     first: torch.Tensor,
@@ -365,30 +387,84 @@ def sample(
     n = 1 if greedy else item.n
     seeds = [None if item.seed is None else item.seed + i for i in range(n)]
     gens = [torch.Generator().manual_seed(s) if s is not None else None for s in seeds]
-    running: list[tuple[int, list[int], list[float], int]] = [(i, [], [], 0) for i in range(n)]
+    running = [_Sampled(i) for i in range(n)]
     out: dict[int, Generated] = {}
     logp = first
     for step in range(item.max_new_tokens):
         proc = _suppress(engine, logp)
-        nxt: list[tuple[int, list[int], list[float], int]] = []
-        for cand, seq, lps, row in running:
-            tok = int(proc[row].argmax()) if greedy else _draw(proc[row], item, gens[cand])
-            seq, lps = [*seq, tok], [*lps, float(logp[row, tok])]
-            if tok in stops:
-                reason = "eos" if tok == engine.eos_token_id else "sentence"
-                out[cand] = Generated(seq, lps, reason)
-                rows.remember(row, seq, logp[row])
+        nxt: list[_Sampled] = []
+        for cand in running:
+            row = cand.row
+            tok = int(proc[row].argmax()) if greedy else _draw(proc[row], item, gens[cand.index])
+            cand.ids.append(tok)
+            cand.logprobs.append(float(logp[row, tok]))
+            if item.top_k:
+                values, index = logp[row].topk(min(item.top_k, logp.shape[-1]))
+                cand.top.append(list(zip(index.tolist(), values.tolist(), strict=True)))
+            reason = _stop_reason(engine, item, stops, tok, cand.ids)
+            if reason:
+                out[cand.index] = cand.done(reason)
+                rows.remember(row, cand.ids, logp[row])
             else:
-                nxt.append((cand, seq, lps, row))
+                nxt.append(cand)
         running = nxt
         if not nxt or step == item.max_new_tokens - 1:
             break
-        logp = yield [r for *_, r in nxt], [s[-1] for _, s, _, _ in nxt]
-        running = [(c, s, lp, i) for i, (c, s, lp, _) in enumerate(nxt)]
-    for cand, seq, lps, _ in running:
-        out[cand] = Generated(seq, lps, "length")
+        logp = yield [c.row for c in nxt], [c.ids[-1] for c in nxt]
+        for i, cand in enumerate(nxt):
+            cand.row = i
+    for cand in running:
+        out[cand.index] = cand.done("length")
     result = [out[i] for i in range(n)]
     return result * item.n if greedy else result
+
+
+@dataclass
+class _Sampled:
+    """A sampled candidate in the making: its tokens, raw log-probs, alternatives and row."""
+
+    index: int
+    ids: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    top: list[list[tuple[int, float]]] = field(default_factory=list)
+    row: int = 0
+
+    def done(self, reason: str) -> Generated:
+        return Generated(self.ids, self.logprobs, reason, top=self.top)
+
+
+def _stop_reason(
+    engine: LanguageEngine, item: GenerateItem, stops: frozenset[int], tok: int, ids: list[int]
+) -> str | None:
+    """Why a candidate that just generated `tok` ends, or None."""
+    if tok in stops:
+        return "eos" if tok == engine.eos_token_id else "sentence"
+    if item.stop_strings:
+        text = engine.decode(ids)
+        if any(s in text for s in item.stop_strings):
+            return "stop"
+    return None
+
+
+def first_tokens(
+    engine: LanguageEngine, item: GenerateItem, first: torch.Tensor
+) -> list[Generated]:
+    """One-token candidates (`item.max_new_tokens == 1`, sampling or greedy) drawn from
+    next-token log-probs already computed, e.g. by a forward that scored the prompt: the same
+    draw as `sample`'s first step, with no decode step and nothing cached."""
+    assert item.max_new_tokens == 1 and item.strategy in ("sample", "greedy")
+    stops = engine.stop_token_ids(item.stop, item.stop_text)
+    search = sample(engine, _Forgets(), item, stops, first, greedy=item.strategy == "greedy")
+    try:
+        next(search)
+    except StopIteration as done:
+        return list(done.value)
+    raise AssertionError("a one-token search asked for a decode step")
+
+
+class _Forgets:
+    def remember(self, row: int, ids: list[int], next_logprobs: torch.Tensor) -> None:
+        """Nothing to cache: these candidates have no KV of their own."""
 
 
 def _draw(logp: torch.Tensor, item: GenerateItem, gen: torch.Generator | None) -> int:

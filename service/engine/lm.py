@@ -172,14 +172,19 @@ class LanguageEngine:
             )
 
     def stop_token_ids(self, stop: str, stop_text: str) -> frozenset[int]:
-        """Token ids that end a candidate: EOS, plus (stop='sentence') every token whose text
-        contains the delimiter."""
+        """Token ids that end a candidate: EOS, plus every token whose text contains the
+        delimiter (stop='sentence'), or only the token that IS the delimiter (stop='token':
+        its vocabulary string equals `stop_text`, as `eos_token_id=period_id` stops the
+        official CSR code at "." alone)."""
         key = (stop, stop_text)
         if key not in self._stop_sets:
             ids = {self.eos_token_id}
             if stop == "sentence":
                 texts = self.tokenizer.batch_decode([[i] for i in range(len(self.tokenizer))])
                 ids |= {i for i, t in enumerate(texts) if stop_text in t}
+            elif stop == "token":
+                pieces = self.tokenizer.convert_ids_to_tokens(list(range(len(self.tokenizer))))
+                ids |= {i for i, t in enumerate(pieces) if t == stop_text}
             self._stop_sets[key] = frozenset(i for i in ids if i is not None)
         return self._stop_sets[key]
 

@@ -106,13 +106,16 @@ router = APIRouter(tags=["openai"], route_class=OpenAIRoute, responses=_ERRORS)
 
 @router.post("/v1/completions", response_model=CompletionResponse, response_model_exclude_none=True)
 async def completions(
-    req: CompletionRequest, state: AppState = Depends(get_ready_state)
+    req: CompletionRequest, response: Response, state: AppState = Depends(get_ready_state)
 ) -> CompletionResponse:
     """Log-probs of a text (`echo=true, logprobs=k`, `max_tokens` 0 or more), or a completion
     of it, as vLLM answers (what lm-evaluation-harness's `local-completions` sends). How the
     prompt is read, `text` (vLLM) or `chat` (the model's chat template + an answer):
     `prompt_format`, see the request schema."""
-    return (await serving_completions.completions(state, req)).body
+    served = await serving_completions.completions(state, req)
+    if served.works:
+        set_timing(response, *served.works)
+    return served.body
 
 
 @router.post(

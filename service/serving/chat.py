@@ -5,8 +5,9 @@ image as they are (the image first, as the service renders every user turn), so 
 and a `/v1/generate` answer to the same prompt are the same tokens; a longer conversation (a
 system prompt, earlier turns) is rendered with the model's own chat template and handed to the
 engine as the user turn that renders to exactly that text. Generation runs through the
-batcher, the prefix and image caches, like every `/v1/generate` call. `top_logprobs` come from
-one forward of the model over prompt + answer (`serving.text`).
+scheduler, the prefix and image caches, like every `/v1/generate` call; stop sequences end a
+choice as soon as its text holds one, and `top_logprobs` are the alternatives at each decoding
+step (`GenerateItem.stop_strings`, `top_k`).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from selfreward_vlm.service.protocols.openai_chat import (
 from selfreward_vlm.service.serving.common import Served, resolve_image
 from selfreward_vlm.service.serving.generate import generate_raw
 from selfreward_vlm.service.serving.models import adapter_of
-from selfreward_vlm.service.serving.text import Decoding, PromptIds, TokenScore, encode, run
+from selfreward_vlm.service.serving.text import TokenScore, encode
 from selfreward_vlm.service.state import AppState
 
 DEFAULT_MAX_TOKENS = 256
@@ -90,23 +91,21 @@ async def chat(state: AppState, req: ChatCompletionRequest) -> Served[ChatResult
         temperature=temperature or 1.0,  # unused when greedy
         top_p=req.top_p or 1.0,
         seed=req.seed,
-        stop="sentence" if len(stops) == 1 else "eos",
-        stop_text=stops[0] if stops else ".",
+        stop="eos",
         max_new_tokens=max_tokens,
     )
-    served = await generate_raw(state, native)
+    top_k = (req.top_logprobs or 0) if req.logprobs else 0
+    served = await generate_raw(state, native, stop_strings=tuple(stops), top_k=top_k)
     rendered = engine.render_prompt(conv.prompt, image is not None)
     add = engine.special_tokens(rendered).get("add_special_tokens", True)
     prompt = await anyio.to_thread.run_sync(encode, engine, rendered, None, image, add)
-    top_k = (req.top_logprobs or 0) if req.logprobs else 0
     answers = []
     for g in served.body:
-        tokens = [TokenScore(t, lp) for t, lp in zip(g.token_ids, g.token_logprobs, strict=True)]
-        if top_k:  # the alternatives: one forward of the model over prompt + answer
-            whole = PromptIds([*prompt.ids, *g.token_ids], prompt.inputs)
-            scored = await run(state, adapter, whole, top_k, Decoding())
-            for t, s in zip(tokens, scored.prompt[len(prompt.ids) :], strict=True):
-                t.top = s.top
+        tops = g.top or [[] for _ in g.token_ids]
+        tokens = [
+            TokenScore(t, lp, top)
+            for t, lp, top in zip(g.token_ids, g.token_logprobs, tops, strict=True)
+        ]
         answers.append(_answer(engine, g, tokens, stops))
     completion = sum(len(a.tokens) for a in answers)
     body = ChatCompletionResponse(

@@ -18,9 +18,9 @@ from selfreward_vlm.service.protocols.openai import (
     CompletionUsage,
     PromptTokenLogprob,
 )
-from selfreward_vlm.service.serving.common import Served, check_items, resolve_image
+from selfreward_vlm.service.serving.common import Served, check_items, resolve_image, total_usage
 from selfreward_vlm.service.serving.models import adapter_of
-from selfreward_vlm.service.serving.text import Decoding, TokenScore, encode, run
+from selfreward_vlm.service.serving.text import Decoding, TextResult, TokenScore, encode, run
 from selfreward_vlm.service.state import AppState
 
 # How /info and the README describe the two readings of a prompt.
@@ -46,7 +46,7 @@ async def completions(state: AppState, req: CompletionRequest) -> Served[Complet
     adapter = adapter_of(state, req.model)
     prompts = _prompts(state, req.prompt)
     check_items(state, prompts, "prompt")
-    _, image = await resolve_image(state, req.image)
+    image_id, image = await resolve_image(state, req.image)
     decoding = Decoding(
         max_tokens=req.max_tokens or 0,
         n=req.n,
@@ -58,8 +58,12 @@ async def completions(state: AppState, req: CompletionRequest) -> Served[Complet
     top_k = max(req.logprobs or 0, req.prompt_logprobs or 0)
     choices: list[CompletionChoice] = []
     prompt_tokens = completion_tokens = 0
+    results: list[TextResult] = []
     for prompt in prompts:
-        echo, result_choices = await _complete(state, req, adapter, prompt, image, decoding, top_k)
+        echo, result_choices, result = await _complete(
+            state, req, adapter, prompt, (image_id, image), decoding, top_k
+        )
+        results.append(result)
         prompt_tokens += len(echo)
         for cont_tokens, text, finish in result_choices:
             completion_tokens += len(cont_tokens)
@@ -72,7 +76,8 @@ async def completions(state: AppState, req: CompletionRequest) -> Served[Complet
         total_tokens=prompt_tokens + completion_tokens,
     )
     body = CompletionResponse(model=req.model, choices=choices, usage=usage)
-    return Served(body)
+    works = [w for r in results for w in r.works]
+    return Served(body, works, total_usage(*(r.usage for r in results)))
 
 
 def _validate(state: AppState, req: CompletionRequest) -> None:
@@ -122,12 +127,13 @@ async def _complete(
     req: CompletionRequest,
     adapter: str,
     prompt: _Prompt,
-    image: Any,
+    image_ref: tuple[str | None, Any],
     decoding: Decoding,
     top_k: int,
-) -> tuple[list[TokenScore], list[tuple[list[TokenScore], str, str]]]:
-    """(the echo's tokens, [(generated tokens, text, finish reason)] per choice)."""
+) -> tuple[list[TokenScore], list[tuple[list[TokenScore], str, str]], TextResult]:
+    """(the echo's tokens, [(generated tokens, text, finish reason)] per choice, the result)."""
     engine = state.models.engine  # type: ignore[union-attr]
+    image_id, image = image_ref
     chat = None
     if req.prompt_format != "text":
         chat = _templated(engine, prompt.text, image is not None)
@@ -140,19 +146,29 @@ async def _complete(
     try:
         if chat is None:
             ids = encode(engine, prompt.text, prompt.ids, image, req.add_special_tokens)
-            result = await run(state, adapter, ids, top_k, decoding)
+            score = req.echo or not decoding.max_tokens  # else only the continuation counts
+            result = await run(
+                state,
+                adapter,
+                ids,
+                top_k,
+                decoding,
+                image=image,
+                image_id=image_id,
+                score_prompt=score,
+            )
             echo = result.prompt
         else:
             echo, result = await _chat_scored(
-                state, req, adapter, prompt, chat, image, decoding, top_k
+                state, req, adapter, prompt, chat, image_ref, decoding, top_k
             )
     except InvalidRequestError as exc:
         if exc.field == "prompt":
             exc.field = prompt.field
         raise
     if not decoding.max_tokens:
-        return echo, [([], "", "length")]
-    return echo, [(c.tokens, c.text, c.finish_reason) for c in result.choices]
+        return echo, [([], "", "length")], result
+    return echo, [(c.tokens, c.text, c.finish_reason) for c in result.choices], result
 
 
 def _templated(engine: Any, text: str, with_image: bool) -> tuple[str, str] | None:
@@ -171,13 +187,14 @@ async def _chat_scored(
     adapter: str,
     prompt: _Prompt,
     chat: tuple[str, str],
-    image: Any,
+    image_ref: tuple[str | None, Any],
     decoding: Decoding,
     top_k: int,
-) -> tuple[list[TokenScore], Any]:
+) -> tuple[list[TokenScore], TextResult]:
     """The chat reading: the whole text is scored once; the answer's tokens keep their
     log-probs, the template's tokens are echoed as the client sent them, with none."""
     engine = state.models.engine  # type: ignore[union-attr]
+    image_id, image = image_ref
     answer = chat[1]
     text = collapse_placeholders(engine, prompt.text)
     add = engine.special_tokens(text).get("add_special_tokens", True)  # the engine's BOS rule
@@ -186,7 +203,7 @@ async def _chat_scored(
     start = len(context) if scored.ids[: len(context)] == context else None
     if start is None:  # the answer's first token merged with the template's last
         start = len(scored.ids) - len(engine.encode_text(answer))
-    result = await run(state, adapter, scored, top_k, decoding)
+    result = await run(state, adapter, scored, top_k, decoding, image=image, image_id=image_id)
     answer_ids = scored.ids[start:]
     client = _client_context(engine, req, prompt, answer, answer_ids)
     return [TokenScore(t, None) for t in client] + result.prompt[start:], result

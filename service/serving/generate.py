@@ -32,8 +32,11 @@ def validate(req: GenerateRequest, state: AppState) -> None:
     state.models.engine.adapters.check(req.model)  # type: ignore[union-attr]
 
 
-async def generate_raw(state: AppState, req: GenerateRequest) -> Served[list[Generated]]:
-    """The engine's candidates for `req` (validated here), before their wire form."""
+async def generate_raw(
+    state: AppState, req: GenerateRequest, stop_strings: tuple[str, ...] = (), top_k: int = 0
+) -> Served[list[Generated]]:
+    """The engine's candidates for `req` (validated here), before their wire form; sampling
+    and greedy may also end at `stop_strings` and keep `top_k` alternatives per token."""
     validate(req, state)
     image_id, image = await resolve_image(state, req.image)
     item = GenerateItem(
@@ -52,6 +55,8 @@ async def generate_raw(state: AppState, req: GenerateRequest) -> Served[list[Gen
         stop=req.stop,
         stop_text=req.stop_text,
         max_new_tokens=req.max_new_tokens,
+        stop_strings=stop_strings,
+        top_k=top_k,
     )
     generated, work = await state.batcher.submit(item)  # type: ignore[union-attr]
     item.usage.tokens_scored = sum(len(g.token_ids) for g in generated)

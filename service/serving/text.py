@@ -1,31 +1,26 @@
 """A raw prompt read as vLLM reads it: every token after the first gets its log-prob and its
 top-k alternatives, and generation continues the token ids as they are (no chat template).
 
-The engine scores continuations after a chat-templated user turn, and only the chosen tokens'
-log-probs; here the model's OWN forward (`GenericFamily.full_logprobs`: any model, its own
-positions, masks and image merge) runs over the prompt's token ids, under the engine's lock and
-the request's adapter, on a worker thread. A log-likelihood request (`max_tokens` 0 or 1) costs
-one forward. Generation from a text prompt keeps the model's own KV cache between tokens; from
-a prompt with an image it re-runs the model's whole forward for each token (whose positions
-only the model's code knows), correct for every family.
+Both run in the scheduler, like every other request: the prompt's scores are one forward of
+the model's own code (`engine.raw_text`), scheduled with the other scoring work; its
+continuation is a generation over the prompt's ids (`GenerateItem.prompt_ids`), decoded in the
+same steps as every other live generation. A log-likelihood request (`echo`, `max_tokens` 0 or
+1) costs one forward: its one generated token comes from that forward's last position.
 """
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import anyio
-import torch
-
+from selfreward_vlm.core.schemas import Usage
 from selfreward_vlm.service.chat_text import collapse_placeholders
-from selfreward_vlm.service.deadlines import DeadlineExceededError, current_deadline
-from selfreward_vlm.service.engine.families.base import cache_keyword
-from selfreward_vlm.service.engine.families.generic import GenericFamily
+from selfreward_vlm.service.engine.batcher import Work
+from selfreward_vlm.service.engine.decoding import Generated, GenerateItem
+from selfreward_vlm.service.engine.raw_text import TextScoreItem, TextScores
 from selfreward_vlm.service.errors import InvalidRequestError
+from selfreward_vlm.service.serving.common import record, total_usage
 from selfreward_vlm.service.state import AppState
 
 
@@ -61,8 +56,10 @@ class Continuation:
 
 @dataclass
 class TextResult:
-    prompt: list[TokenScore]
+    prompt: list[TokenScore]  # log-probs None where the prompt was not scored
     choices: list[Continuation]
+    works: list[Work] = field(default_factory=list)  # the scheduler's, for the timing headers
+    usage: Usage = field(default_factory=Usage)
 
 
 @dataclass
@@ -108,9 +105,17 @@ def encode(
 
 
 async def run(
-    state: AppState, adapter: str, prompt: PromptIds, top_k: int, decoding: Decoding
+    state: AppState,
+    adapter: str,
+    prompt: PromptIds,
+    top_k: int,
+    decoding: Decoding,
+    *,
+    image: Any = None,
+    image_id: str | None = None,
+    score_prompt: bool = True,
 ) -> TextResult:
-    """Score `prompt` and continue it (blocking model work on a worker thread)."""
+    """Score `prompt` (unless `score_prompt` is false) and continue it `decoding.n` times."""
     engine = state.models.engine  # type: ignore[union-attr]
     limit = state.settings.max_text_tokens
     if len(prompt.ids) + decoding.max_tokens > limit:
@@ -123,109 +128,76 @@ async def run(
     if not prompt.ids:
         raise InvalidRequestError("the prompt has no tokens", field="prompt")
     engine.adapters.check(adapter)
-    stop = _Stop(current_deadline.get())
-    try:
-        return await anyio.to_thread.run_sync(_run, engine, adapter, prompt, top_k, decoding, stop)
-    except BaseException:
-        stop.abandoned.set()  # cancelled (client gone, deadline): the thread stops at its next step
-        raise
+    batcher = state.batcher
+    assert batcher is not None
+    gen = _generate_item(adapter, prompt, top_k, decoding, image, image_id)
+    works: list[Work] = []
+    usages: list[Usage] = []
+    scored = [TokenScore(t, None) for t in prompt.ids]
+    generated: list[Generated] = []
+    if score_prompt:
+        one = gen is not None and gen.max_new_tokens == 1
+        item = TextScoreItem(adapter, prompt.ids, prompt.inputs, top_k, gen if one else None)
+        scores, work = await batcher.submit(item)
+        works.append(work)
+        usages.append(item.usage)
+        scored = _prompt_scores(prompt.ids, scores)
+        generated = scores.choices
+    if gen is not None and not generated:
+        generated, work = await batcher.submit(gen)
+        works.append(work)
+        usages.append(gen.usage)
+    choices = [_continuation(engine, g, decoding.stop) for g in generated]
+    return TextResult(scored, choices, works, record(state, total_usage(*usages)))
 
 
-@dataclass
-class _Stop:
-    """Why a generation stops early: its request was abandoned, or its deadline passed."""
-
-    deadline: float | None
-    abandoned: threading.Event = field(default_factory=threading.Event)
-
-    def check(self) -> None:
-        if self.abandoned.is_set():
-            raise DeadlineExceededError("the request was abandoned during generation")
-        if self.deadline is not None and time.perf_counter() >= self.deadline:
-            raise DeadlineExceededError("the deadline passed during generation")
-
-
-def _run(
-    engine: Any, adapter: str, prompt: PromptIds, top_k: int, decoding: Decoding, stop: _Stop
-) -> TextResult:
-    model = GenericFamily(engine.hf)
-    ids = prompt.ids
-    with torch.inference_mode(), engine.lock, engine.adapters.active(adapter):
-        logp = model.full_logprobs(ids, prompt.inputs, len(ids))  # (T, V)
-        scored = [TokenScore(ids[0], None)]
-        scored += [_score(logp[i - 1], ids[i], top_k) for i in range(1, len(ids))]
-        choices = []
-        for c in range(decoding.n if decoding.max_tokens else 0):
-            choices.append(_continue(engine, model, prompt, logp[-1], top_k, decoding, c, stop))
-    return TextResult(scored, choices)
-
-
-def _score(logp: torch.Tensor, token: int, k: int) -> TokenScore:
-    """(V,) log-probs at a position -> the token's log-prob and the top k."""
-    top: list[tuple[int, float]] = []
-    if k > 0:
-        values, index = logp.topk(min(k, logp.shape[-1]))
-        top = list(zip(index.tolist(), values.tolist(), strict=True))
-    return TokenScore(token, float(logp[token]), top)
-
-
-def _continue(
-    engine: Any,
-    model: GenericFamily,
+def _generate_item(
+    adapter: str,
     prompt: PromptIds,
-    logp: torch.Tensor,
     top_k: int,
     decoding: Decoding,
-    choice: int,
-    stop: _Stop,
-) -> Continuation:
-    seed = None if decoding.seed is None else decoding.seed + choice
-    gen = torch.Generator().manual_seed(seed) if seed is not None else None
-    ids, out, cache = list(prompt.ids), [], None
-    for step in range(decoding.max_tokens):
-        token = _pick(engine, logp, decoding, gen)
-        out.append(_score(logp, token, top_k))
-        text = engine.tokenizer.decode([t.token_id for t in out], skip_special_tokens=True)
-        if token == engine.eos_token_id:
-            return Continuation(out, text, "stop")
-        cut = [text.index(s) for s in decoding.stop if s and s in text]
-        if cut:
-            return Continuation(out, text[: min(cut)], "stop")
-        if step + 1 < decoding.max_tokens:
-            stop.check()  # the engine's lock is held: never for a request nobody waits for
-            ids.append(token)
-            logp, cache = _next(engine, model, prompt, ids, cache)
-    text = engine.tokenizer.decode([t.token_id for t in out], skip_special_tokens=True)
-    return Continuation(out, text, "length")
+    image: Any,
+    image_id: str | None,
+) -> GenerateItem | None:
+    """The engine's generation for `decoding` (None when nothing is generated): greedy at
+    temperature 0, else sampled; it ends at EOS, a stop string or `max_tokens`."""
+    if not decoding.max_tokens:
+        return None
+    greedy = decoding.temperature == 0
+    return GenerateItem(
+        adapter=adapter,
+        prompt="",
+        prompt_ids=prompt.ids,
+        prompt_inputs=prompt.inputs,
+        image_id=image_id,
+        image=image,
+        strategy="greedy" if greedy else "sample",
+        n=decoding.n,
+        temperature=1.0 if greedy else decoding.temperature,
+        top_p=decoding.top_p,
+        seed=decoding.seed,
+        stop="eos",
+        stop_strings=tuple(s for s in decoding.stop if s),
+        max_new_tokens=decoding.max_tokens,
+        top_k=top_k,
+    )
 
 
-def _next(
-    engine: Any, model: GenericFamily, prompt: PromptIds, ids: list[int], cache: Any
-) -> tuple[torch.Tensor, Any]:
-    """(V,) log-probs after `ids`, and the KV cache to extend next time. A text prompt's KV
-    is kept between tokens (the model's own forward with its own cache); a prompt with an image
-    re-runs the model's whole forward, whose positions only the model's code knows."""
-    if prompt.inputs:
-        return model.full_logprobs(ids, prompt.inputs, len(prompt.ids))[-1], None
-    hf, kw = engine.hf, cache_keyword(engine.hf)
-    if cache is None:  # this choice's first step: the prompt and its tokens so far
-        cache = hf(input_ids=torch.tensor([ids[:-1]], device=hf.device), use_cache=True)
-        cache = cache.past_key_values
-    out = hf(input_ids=torch.tensor([ids[-1:]], device=hf.device), use_cache=True, **{kw: cache})
-    return torch.log_softmax(out.logits[0, -1].float(), dim=-1), out.past_key_values
+def _prompt_scores(ids: list[int], scores: TextScores) -> list[TokenScore]:
+    rest = zip(ids[1:], scores.logprobs, scores.top, strict=True)
+    return [TokenScore(ids[0], None), *(TokenScore(t, lp, top) for t, lp, top in rest)]
 
 
-def _pick(engine: Any, logp: torch.Tensor, d: Decoding, gen: torch.Generator | None) -> int:
-    """The next token: argmax at temperature 0, else a draw from softmax(logp / T) within the
-    top-p nucleus; placeholder tokens (image, pad) are never generated, as in the engine."""
-    scores = logp.clone()
-    for tok in engine.never_generate:
-        scores[tok] = float("-inf")
-    if d.temperature == 0:
-        return int(scores.argmax())
-    probs = torch.softmax(scores.double().cpu() / d.temperature, dim=-1)
-    if d.top_p < 1.0:
-        sorted_p, order = probs.sort(descending=True)
-        cut = int((sorted_p.cumsum(0) < d.top_p).sum()) + 1
-        probs = torch.zeros_like(probs).scatter(0, order[:cut], sorted_p[:cut])
-    return int(torch.multinomial(probs, 1, generator=gen))
+def _continuation(engine: Any, g: Generated, stops: Sequence[str]) -> Continuation:
+    """A candidate as a completion choice: its text cut before the first stop string (OpenAI
+    returns none of it); EOS and stop strings finish with 'stop'."""
+    tops = g.top or [[] for _ in g.token_ids]
+    tokens = [
+        TokenScore(t, lp, top)
+        for t, lp, top in zip(g.token_ids, g.token_logprobs, tops, strict=True)
+    ]
+    text = engine.decode(g.token_ids)
+    if g.stop_reason == "length":
+        return Continuation(tokens, text, "length")
+    cut = [text.index(s) for s in stops if s and s in text]
+    return Continuation(tokens, text[: min(cut)] if cut else text, "stop")
