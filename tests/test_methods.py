@@ -184,6 +184,8 @@ def test_csr_official_rank_fusion_hand_computed() -> None:
     assert (theta.extra["rank_t"], theta.extra["rank_i"]) == (0.5, 1.0)
     assert result.stats["finished"] == 5
     assert pair.method == "csr-official" and pair.params["alpha"] == 0.9
+    # sample.py stops at the "." token alone (eos_token_id=period_id): the exact-token stop
+    assert {(c["stop"], c["stop_text"]) for c in fake.generate_calls} == {("token", ".")}
 
 
 def test_csr_official_filter_is_the_released_clean_tree() -> None:

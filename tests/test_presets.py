@@ -32,6 +32,8 @@ def test_official_preset_is_the_released_code() -> None:
     cfg = build_config("csr-official", "official")
     assert (cfg.alpha, cfg.keep_top, cfg.keep_bottom, cfg.min_pool) == (0.9, 1, 2, 5)
     assert (cfg.max_new_tokens, cfg.max_steps, cfg.degenerate_rule) == (70, None, "official")
+    assert (cfg.stop_mode, cfg.stop_text) == ("token", ".")  # eos_token_id=period_id
+    assert build_config("csr", "paper").stop_mode == "sentence"
     train = train_options("official")
     assert (train["lora_r"], train["lora_alpha"], train["lr"]) == (128, 256, 1e-7)
     assert (train["lr_scheduler_type"], train["warmup_steps"]) == ("cosine", 0.03)

@@ -16,6 +16,7 @@ import torch
 from selfreward_vlm.service.engine.decoding import GenerateItem, generate
 from selfreward_vlm.service.engine.loader import load_models
 from selfreward_vlm.service.engine.raw_text import TextScoreItem, score_text
+from selfreward_vlm.service.errors import InvalidRequestError
 from selfreward_vlm.service.settings import ServiceSettings
 from tests.families_fixtures import FAMILIES
 from tests.test_continuous_batching import (
@@ -125,6 +126,9 @@ def test_the_token_stop_mode_is_the_delimiter_token_alone() -> None:
     assert LanguageEngine.stop_token_ids(engine, "token", ".") == {0, 2}  # type: ignore[arg-type]
     assert LanguageEngine.stop_token_ids(engine, "sentence", ".") == {0, 2, 3, 4, 5}  # type: ignore[arg-type]
     assert LanguageEngine.stop_token_ids(engine, "eos", ".") == {0}  # type: ignore[arg-type]
+    with pytest.raises(InvalidRequestError) as err:
+        LanguageEngine.stop_token_ids(engine, "token", "zz")  # type: ignore[arg-type]
+    assert err.value.field == "stop_text"
 
 
 def test_one_token_candidates_from_a_scoring_forward_are_decodings_first_step(lm) -> None:

@@ -63,7 +63,13 @@ from selfreward_vlm.core.rewards import (
     path_reward,
     stop_relevance,
 )
-from selfreward_vlm.core.schemas import Candidate, LanguageScore, ResponseScore, SentenceScore
+from selfreward_vlm.core.schemas import (
+    Candidate,
+    LanguageScore,
+    ResponseScore,
+    SentenceScore,
+    StopMode,
+)
 from selfreward_vlm.core.selection import keep_extremes, normalize_sentence, pick_chosen_rejected
 
 METHOD = "csr"
@@ -90,6 +96,7 @@ class CSRConfig:
     penalize_duplicate_sentences: bool = False  # a sentence the path already said gets R_I 0
     drop_duplicate_sentences: bool = False
     stop_text: str = "."
+    stop_mode: StopMode = "sentence"  # a sentence ends at any token whose text holds stop_text
     clip_scale: float = 100.0
     clip_batch: int = 64  # texts per /v1/clip request
     preset: str | None = None  # the preset these settings came from (recorded in `params`)
@@ -97,7 +104,12 @@ class CSRConfig:
     def __post_init__(self) -> None:
         check_config(
             self,
-            {"language_score": LanguageScore, "path_score": PathScore, "stop_r_i": StopRelevance},
+            {
+                "language_score": LanguageScore,
+                "path_score": PathScore,
+                "stop_r_i": StopRelevance,
+                "stop_mode": StopMode,
+            },
             unit=("lam",),
         )
         if self.keep_top + self.keep_bottom < 1 or self.num_candidates < 1:
@@ -153,6 +165,8 @@ class BeamSettings(Protocol):
     def max_total_tokens(self) -> int: ...
     @property
     def stop_text(self) -> str: ...
+    @property
+    def stop_mode(self) -> StopMode: ...
 
 
 async def propose(
@@ -173,7 +187,7 @@ async def propose(
         resp = await client.generate(
             item.prompt, image=item.image_id, prefix=prefix, model=ctx.model,
             strategy="diverse_beam", n=cfg.num_candidates, num_beam_groups=cfg.num_beam_groups,
-            diversity_penalty=cfg.diversity_penalty, stop="sentence", stop_text=cfg.stop_text,
+            diversity_penalty=cfg.diversity_penalty, stop=cfg.stop_mode, stop_text=cfg.stop_text,
             max_new_tokens=budget,
         )  # fmt: skip
     except InvalidRequestError as exc:

@@ -24,11 +24,11 @@ Differences, forced by the service or chosen deliberately:
 - The sentence's language score is the candidate's `score` from `/v1/generate`: like HF's
   `sequences_scores`, the sum of *processed* log-probs (diversity penalty included) over the
   length (a service that does not send it: the mean raw log-prob).
-- The official code ends sentences at the "." token only (`eos_token_id=period_id` 29889) and
-  marks a node final when EOS occurs anywhere in it (HF keeps generating past EOS, and the
-  decoded text keeps what follows it); the service stops at EOS and at every token whose text
-  contains `stop_text`. Not reproducible from the client: it needs a service stop mode. An
-  EOS-only candidate (no new text) would be dropped by the 4-character rule and its path could
+- The official code ends sentences at the "." token only (`eos_token_id=period_id` 29889); so
+  does this mode (`stop_mode="token"`: the service's `stop="token"`, the token whose vocabulary
+  string is `stop_text`, not every token that contains it). The official code marks a node
+  final when EOS occurs anywhere in it (HF keeps generating past EOS, and the decoded text keeps
+  what follows it); the service stops at EOS, which ends the response here. An EOS-only candidate (no new text) would be dropped by the 4-character rule and its path could
   never finish, so here it closes its parent's response instead and gets no rank of its own.
 - CLIP rank uses the raw cosine (the official code ranks 100·cos unclipped), so absent objects
   clipped to R_I = 0 still rank by how absent they are. CLIP reads the sentence as generated;
@@ -66,7 +66,7 @@ from selfreward_vlm.client.methods.base import (
 )
 from selfreward_vlm.client.methods.csr import propose
 from selfreward_vlm.core.rewards import language_score
-from selfreward_vlm.core.schemas import Candidate, ResponseScore, SentenceScore
+from selfreward_vlm.core.schemas import Candidate, ResponseScore, SentenceScore, StopMode
 from selfreward_vlm.core.selection import (
     fused_rank,
     is_degenerate,
@@ -102,12 +102,17 @@ class CSROfficialConfig:
     degenerate_rule: DegenerateRule = "official"  # utils.py clean_tree; "strict" is ours
     count_root_in_mean: bool = True
     stop_text: str = "."
+    stop_mode: StopMode = "token"  # sample.py: eos_token_id=period_id, the "." token alone
     clip_scale: float = 100.0
     clip_batch: int = 64
     preset: str | None = None
 
     def __post_init__(self) -> None:
-        check_config(self, {"degenerate_rule": DegenerateRule}, unit=("alpha",))
+        check_config(
+            self,
+            {"degenerate_rule": DegenerateRule, "stop_mode": StopMode},
+            unit=("alpha",),
+        )
         if self.keep_top + self.keep_bottom < 1 or self.num_candidates < 1:
             raise ValueError("need num_candidates >= 1 and keep_top + keep_bottom >= 1")
 

@@ -184,7 +184,13 @@ class LanguageEngine:
                 ids |= {i for i, t in enumerate(texts) if stop_text in t}
             elif stop == "token":
                 pieces = self.tokenizer.convert_ids_to_tokens(list(range(len(self.tokenizer))))
-                ids |= {i for i, t in enumerate(pieces) if t == stop_text}
+                exact = {i for i, t in enumerate(pieces) if t == stop_text}
+                if not exact:
+                    raise InvalidRequestError(
+                        f"stop 'token': no token of this model's vocabulary is {stop_text!r}",
+                        field="stop_text",
+                    )
+                ids |= exact
             self._stop_sets[key] = frozenset(i for i in ids if i is not None)
         return self._stop_sets[key]
 
