@@ -28,8 +28,9 @@ Differences, forced by the service or chosen deliberately:
   does this mode (`stop_mode="token"`: the service's `stop="token"`, the token whose vocabulary
   string is `stop_text`, not every token that contains it). The official code marks a node
   final when EOS occurs anywhere in it (HF keeps generating past EOS, and the decoded text keeps
-  what follows it); the service stops at EOS, which ends the response here. An EOS-only candidate (no new text) would be dropped by the 4-character rule and its path could
-  never finish, so here it closes its parent's response instead and gets no rank of its own.
+  what follows it); the service stops at EOS, which ends the response here. An EOS-only
+  candidate (no new text) would be dropped by the 4-character rule and its path could never
+  finish, so here it closes its parent's response instead and gets no rank of its own.
 - CLIP rank uses the raw cosine (the official code ranks 100·cos unclipped), so absent objects
   clipped to R_I = 0 still rank by how absent they are. CLIP reads the sentence as generated;
   the released code gives it the `clean_text` version (emoji and other characters outside its
