@@ -10,13 +10,20 @@ a model: its `x-total-time-ms` is what HTTP + FastAPI + pydantic cost by themsel
 Prints, per client count: median queue time, median (total - inference), the bare endpoint's
 median total, and their ratio; the goal is queue < 0.2 ms and (total - inference) <= 1.5x bare.
 
+`--profile` runs the service in this process under cProfile instead (the event loop's thread:
+HTTP parsing, middleware, validation, the serving layer, serialization; not the model worker's
+thread, whose time is the inference) while one client process sends the requests, and prints
+where the loop's time per request goes, grouped by the package that spends it.
+
     .venv/bin/python bench/bench_request_overhead.py [--requests 300] [--clients 1,4]
+    .venv/bin/python bench/bench_request_overhead.py --profile [--requests 1000]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import sys
 import tempfile
@@ -106,11 +113,116 @@ def bare_service(tmp: Path) -> Any:
     return run()
 
 
+# Where the event loop's time goes: the first matching piece of a function's file path names
+# its group (site-packages first, so a library's own code is not counted as ours).
+GROUPS = [
+    ("uvicorn/h11: HTTP parsing and writing", ("/uvicorn/", "/h11/", "/httptools/")),
+    ("starlette: ASGI plumbing, middleware base", ("/starlette/",)),
+    ("fastapi: routing, dependencies, encoding", ("/fastapi/",)),
+    ("pydantic: validation and serialization", ("/pydantic/", "/pydantic_core/")),
+    ("anyio: thread hand-offs", ("/anyio/",)),
+    ("asyncio: event loop, futures", ("/asyncio/", "/selectors.py", "/socket.py")),
+    (
+        "service middleware",
+        tuple(f"/service/{m}.py" for m in ("auth", "deadlines", "drain", "metrics", "connections")),
+    ),
+    ("service app, errors", ("/service/app.py", "/service/errors.py")),
+    ("prometheus_client: metrics", ("/prometheus_client/",)),
+    ("service routes + serving layer", ("/service/routes/", "/service/serving/")),
+    ("batcher submit (event-loop side)", ("/service/engine/batcher.py",)),
+    ("json, logging, typing, other stdlib", ("/json/", "/logging/", "/typing.py", "/python3")),
+]
+
+CLIENT = """
+import asyncio, json, sys, time, httpx
+sys.path.insert(0, {bench!r})
+from bench_request_overhead import measure
+url = {url!r}
+for _ in range(600):
+    try:
+        if httpx.get(url + "/ready", timeout=1).status_code == 200:
+            break
+    except httpx.HTTPError:
+        pass
+    time.sleep(0.1)
+print(json.dumps(asyncio.run(measure(url, 1, {requests}))))
+"""
+
+
+def profile(model: Path, data: Path, requests: int) -> None:
+    """The service in this process under cProfile, one client process; prints the breakdown."""
+    import cProfile
+    import json
+    import pstats
+    import subprocess
+    import threading
+
+    import uvicorn
+
+    from selfreward_vlm.service.app import build_app
+    from selfreward_vlm.service.cli import uvicorn_options
+    from selfreward_vlm.service.settings import ServiceSettings
+
+    prof = cProfile.Profile()
+
+    class ProfiledServer(uvicorn.Server):
+        async def startup(self, sockets: Any = None) -> None:
+            await super().startup(sockets=sockets)  # the model loads here: not profiled
+            prof.enable()  # the event loop's thread, from now on
+
+    port = free_port()
+    settings = ServiceSettings(model=str(model), data_dir=data, torch_threads=1, port=port,
+                               host="127.0.0.1")  # fmt: skip
+    server = ProfiledServer(
+        uvicorn.Config(build_app(settings), **uvicorn_options(settings), log_level="warning")
+    )
+    code = CLIENT.format(bench=str(Path(__file__).parent), url=f"http://127.0.0.1:{port}",
+                         requests=requests)  # fmt: skip
+    client = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    result: dict[str, Any] = {}
+
+    def watch() -> None:
+        out, _ = client.communicate()
+        result.update(json.loads(out.strip().splitlines()[-1]))
+        server.should_exit = True
+
+    threading.Thread(target=watch, daemon=True).start()
+    server.run()
+    prof.disable()
+    stats = pstats.Stats(prof)
+    per_group: dict[str, float] = {}
+    total = 0.0
+    for (path, _, func), (_, _, tottime, _, _) in stats.stats.items():  # type: ignore[attr-defined]
+        if path == "~" and ("epoll" in func or "select" in func):
+            continue  # the loop waiting for the network: idle, not work
+        group = next((name for name, parts in GROUPS if any(p in path for p in parts)), None)
+        if group is None:
+            group = "C builtins (socket send/recv, locks, ...)" if path == "~" else "other"
+        per_group[group] = per_group.get(group, 0.0) + tottime
+        total += tottime
+    n = requests + 20  # the warm-up requests run through the same loop
+    print(f"service: total {result['total_ms']:.2f} ms, inference {result['infer_ms']:.2f} ms, "
+          f"queue {result['queue_ms']:.2f} ms, total - inference {result['around_ms']:.2f} ms "
+          f"(median of {requests}, under cProfile: slower than unprofiled)")  # fmt: skip
+    print(f"event-loop thread CPU per request, by what spends it (cProfile tottime / {n}):")
+    for name, seconds in sorted(per_group.items(), key=lambda kv: -kv[1]):
+        print(f"  {seconds / n * 1000:7.3f} ms  {seconds / total:5.1%}  {name}")
+    print(f"  {total / n * 1000:7.3f} ms  total")
+    if os.environ.get("PROFILE_TOP"):
+        stats.sort_stats("tottime").print_stats(int(os.environ["PROFILE_TOP"]))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--requests", type=int, default=300)
     ap.add_argument("--clients", default="1,4", type=lambda s: [int(x) for x in s.split(",")])
+    ap.add_argument("--profile", action="store_true", help="the breakdown, under cProfile")
     args = ap.parse_args()
+    if args.profile:
+        with tempfile.TemporaryDirectory() as tmp_dir:
+            tmp = Path(tmp_dir)
+            profile(build_tiny_causal_lm(tmp / "lm"), tmp / "data", args.requests)
+        return
     with tempfile.TemporaryDirectory() as tmp_dir:
         tmp = Path(tmp_dir)
         model = build_tiny_causal_lm(tmp / "lm")

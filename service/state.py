@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+import anyio
 from fastapi import Request
 
 from selfreward_vlm.service.errors import NotReadyError
@@ -90,11 +91,14 @@ def get_state(request: Request) -> AppState:
     return request.app.state.selfreward
 
 
-def get_ready_state(request: Request) -> AppState:
-    """FastAPI dependency for endpoints that need the models: 503 until they are warm."""
+async def get_ready_state(request: Request) -> AppState:
+    """FastAPI dependency for endpoints that need the models: 503 until they are warm.
+
+    A coroutine: a plain function dependency costs every request a hop to the thread pool
+    and back (measured: `bench/bench_request_overhead.py --profile`)."""
     state: AppState = request.app.state.selfreward
     if not state.ready:
         raise state.not_ready_error()
-    if state._shared is None:
-        _ = state.shared_adapters  # from the first request on, adapters follow the registry
+    if state._shared is None:  # from the first request on, adapters follow the registry,
+        await anyio.to_thread.run_sync(lambda: state.shared_adapters)  # which reads the store
     return state
