@@ -179,8 +179,9 @@ class ServiceSettings(BaseSettings):
     max_prefill_tokens_per_step: int = Field(
         4096,
         ge=1,
-        description="prefill tokens new generations may forward between two decode steps "
-        "(at least one generation joins per step), so joining never stalls the running rows",
+        description="prompt tokens joining generations may forward between two decode steps; "
+        "a longer prompt's text goes in chunks over several steps (an image prompt's own "
+        "forward in one), so joining never stalls the running rows for long",
     )
     cross_prefix_batching: Literal["auto", "on", "off"] = Field(
         "auto",

@@ -7,18 +7,21 @@ the engine's templated path for the same token ids."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
-from selfreward_vlm.service.engine.decoding import GenerateItem, generate
+from selfreward_vlm.service.engine import ragged
+from selfreward_vlm.service.engine.batcher import Batcher
+from selfreward_vlm.service.engine.decoding import GenerateItem, Generation, generate
 from selfreward_vlm.service.engine.loader import load_models
 from selfreward_vlm.service.engine.raw_text import TextScoreItem, score_text
 from selfreward_vlm.service.errors import InvalidRequestError
 from selfreward_vlm.service.settings import ServiceSettings
-from tests.families_fixtures import FAMILIES
+from tests.families_fixtures import FAMILIES, picture
 from tests.test_continuous_batching import (
     TOL,
     _serve,
@@ -157,3 +160,87 @@ def test_the_scheduler_steps_raw_and_templated_generations_together(tiny_models)
     results, batcher = _serve(models, ServiceSettings(model=str(tiny_models["vlm"])), items)
     assert_same(alone, [r for r, _ in results])
     assert max(batcher.step_rows) > max(len(a) for a in alone)  # requests shared steps
+
+
+# ------------------------------------------------------------------ chunked prefill
+
+
+def long_items(engine: Any) -> list[GenerateItem]:
+    """A text prompt and an image prompt, each with a long prefix to prefill."""
+    prefix = " There is a red square and a green circle on a white table, next to a cup." * 3
+    red = picture((32, 32))
+    return [
+        GenerateItem("base", "Describe the image in detail.", prefix=prefix, strategy="beam",
+                     n=3, max_new_tokens=6),
+        GenerateItem("base", "Describe the image.", prefix=prefix, image_id="red-chunk",
+                     image=red, strategy="sample", n=2, seed=4, max_new_tokens=6),
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_prompt_prefilled_in_chunks_gives_what_it_gives_whole(family: str, family_engine) -> None:
+    engine = family_engine(family).engine
+    try:
+        whole = [generate(engine, item) for item in long_items(engine)]
+        engine.prefix_cache.clear()
+        chunked = []
+        with torch.inference_mode(), engine.lock:
+            for item in long_items(engine):
+                gen = Generation(engine, item, batched=True, prefill_chunk=7)
+                chunks = 1
+                while gen.prefilling:
+                    assert gen.pending is None and gen.prefill(7) <= 7
+                    chunks += 1
+                assert chunks > 3  # the prefix went in several pieces
+                while gen.pending is not None:
+                    (logp,) = ragged.decode_step(engine, [gen])
+                    gen.advance(logp)
+                chunked.append(gen.result)
+        assert_same(whole, chunked)
+    finally:
+        clear_caches(engine)
+
+
+def test_the_scheduler_steps_running_generations_between_prefill_chunks(
+    tiny_models, monkeypatch
+) -> None:
+    """A long prompt joins in chunks of `max_prefill_tokens_per_step`; the generation already
+    running takes decode steps in between, and both get what they get alone."""
+    models = load_models(ServiceSettings(model=str(tiny_models["vlm"])))
+    engine = models.engine
+    running = GenerateItem("base", "Say more.", strategy="greedy", n=1, max_new_tokens=40,
+                           stop="eos")  # fmt: skip
+    items = [running, long_items(engine)[0]]
+    alone = [generate(engine, item) for item in items]
+    engine.prefix_cache.clear()
+    steps_at_chunk: list[int] = []
+    batcher_ref: list[Any] = []
+    real = Generation.prefill
+
+    def spy(self: Generation, limit: int | None) -> int:
+        if self.item is items[1]:
+            steps_at_chunk.append(len(batcher_ref[0].step_rows))
+        return real(self, limit)
+
+    monkeypatch.setattr(Generation, "prefill", spy)
+    settings = ServiceSettings(model=str(tiny_models["vlm"]), max_prefill_tokens_per_step=8)
+
+    async def run() -> list[Any]:
+        batcher = Batcher(models, settings)
+        batcher_ref.append(batcher)
+        await batcher.start()
+        try:
+            first = asyncio.ensure_future(batcher.submit(items[0]))
+            while not batcher.step_rows:  # the first generation is decoding
+                await asyncio.sleep(0.001)
+            second = asyncio.ensure_future(batcher.submit(items[1]))
+            return [await first, await second]
+        finally:
+            await batcher.stop()
+
+    results = asyncio.run(run())
+    assert_same(alone, [r for r, _ in results])
+    assert len(steps_at_chunk) > 5  # the long prompt went in chunks of 8 tokens
+    # with the running generation's decode steps between them (one per chunk)
+    assert len(set(steps_at_chunk)) == len(steps_at_chunk), steps_at_chunk
+    assert len(results[0][0][0].token_ids) > len(steps_at_chunk)

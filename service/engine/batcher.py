@@ -27,7 +27,7 @@ import sys
 import threading
 import time
 from collections import defaultdict, deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -130,6 +130,7 @@ class Batcher:
         self._stopping = threading.Event()  # the worker ends once all work is done
         self._waiting: deque[Work] = deque()  # generations taken from the queue, not yet live
         self._live: list[tuple[Work, Generation]] = []
+        self._prefilling: list[tuple[Work, Generation]] = []  # prompts forwarded in chunks
         self._kv_budget: int | None = None  # bytes; None: no byte limit
         self.batch_sizes: list[int] = []  # recent scoring batch sizes, for /metrics and tests
         self.step_rows: list[int] = []  # recent decode steps' row counts
@@ -192,7 +193,7 @@ class Batcher:
 
     def _run(self) -> None:
         while True:
-            busy = bool(self._live or self._waiting)
+            busy = bool(self._live or self._waiting or self._prefilling)
             try:
                 batch = self._take(block=not busy)
             except _Stop:
@@ -206,10 +207,10 @@ class Batcher:
             except Exception as exc:  # a bug outside the per-item guards: without this the
                 # thread died and every later request waited out its deadline while /ready said 200
                 log.error("a scheduler iteration failed; its requests get the error", exc_info=exc)
-                for work in [*batch, *(w for w, _ in self._live)]:
+                for work in [*batch, *(w for w, _ in (*self._live, *self._prefilling))]:
                     if not work.future.done():
                         work.future.set_exception(exc)
-                self._live = []
+                self._live, self._prefilling = [], []
 
     def _take(self, block: bool) -> list[Work]:
         """Scoring work that has queued (generations go to `_waiting`). Blocks for the first
@@ -345,43 +346,92 @@ class Batcher:
         return None
 
     def _admit(self) -> None:
-        """Start waiting generations (their prefill) while the row, KV and per-step prefill
-        budgets allow; at least one joins when none is live, so any request can run."""
-        engine = self.models.engine
+        """Prefill within `max_prefill_tokens_per_step` per iteration: first the generations
+        already prefilling, then waiting ones, while the row and KV budgets allow; at least
+        one joins when none is live, so any request can run. In continuous mode a long prompt
+        is forwarded in chunks over several iterations (`Prefill`), so the running
+        generations take a step between two chunks; isolated mode prefills whole."""
+        budget = self.settings.max_prefill_tokens_per_step
         prefilled = 0
-        rows = sum(item_rows(gen.item) for _, gen in self._live)
-        kv = sum(gen.kv_bytes for _, gen in self._live)
-        while self._waiting and prefilled < self.settings.max_prefill_tokens_per_step:
+        rows = sum(item_rows(gen.item) for _, gen in (*self._live, *self._prefilling))
+        prefilling, self._prefilling = self._prefilling, []
+        for work, gen in prefilling:
+            if self._dropped(work, "the deadline passed while the prompt was prefilled"):
+                continue
+            if prefilled >= budget:
+                self._prefilling.append((work, gen))
+                continue
+            prefilled += self._prefill(work, gen, budget - prefilled)
+        while self._waiting and prefilled < budget:
             work = self._waiting[0]
             item = work.item
             assert isinstance(item, GenerateItem)
-            if self._live and rows + item_rows(item) > self.settings.max_live_rows:
+            busy = self._live or self._prefilling
+            if busy and rows + item_rows(item) > self.settings.max_live_rows:
                 break
             self._waiting.popleft()
-            if work.abandoned:
-                self._note_drop("cancelled")
-                continue
-            if self._late(work, "the deadline passed while the request was queued"):
+            if self._dropped(work, "the deadline passed while the request was queued"):
                 continue
             work.started = time.perf_counter()
             work.queue_s = work.started - work.enqueued
+            chunk = budget - prefilled if self._continuous else None
             before = item.usage.tokens_forwarded
             try:
-                with torch.inference_mode(), engine.lock, engine.adapters.active(item.adapter):
-                    gen = Generation(engine, item, batched=self._continuous)
+                with self._model_for(item):
+                    gen = Generation(engine=self.models.engine, item=item,
+                                     batched=self._continuous, prefill_chunk=chunk)  # fmt: skip
             except Exception as exc:
                 self._finish(work, None, exc)
                 continue
             prefilled += item.usage.tokens_forwarded - before
-            if self._live and self._kv_budget is not None and kv + gen.kv_bytes > self._kv_budget:
-                self._waiting.appendleft(work)  # prefilled, its prefix state cached: cheap later
-                break
             rows += item_rows(item)
-            kv += gen.kv_bytes
-            if gen.result is not None:  # finished on its first token
-                self._finish(work, gen.result, None)
-            else:
-                self._live.append((work, gen))
+            if gen.prefilling:
+                self._prefilling.append((work, gen))
+            elif not self._join(work, gen):
+                break
+
+    @contextlib.contextmanager
+    def _model_for(self, item: GenerateItem) -> Iterator[None]:
+        """The engine's lock and `item`'s adapter, in inference mode."""
+        engine = self.models.engine
+        with torch.inference_mode(), engine.lock, engine.adapters.active(item.adapter):
+            yield
+
+    def _prefill(self, work: Work, gen: Generation, limit: int) -> int:
+        """The next chunk of `gen`'s prompt; it joins once its prompt is all in."""
+        try:
+            with self._model_for(gen.item):
+                done = gen.prefill(limit)
+        except Exception as exc:
+            self._finish(work, None, exc)
+            return 0
+        if gen.prefilling:
+            self._prefilling.append((work, gen))
+        else:
+            self._join(work, gen)
+        return done
+
+    def _join(self, work: Work, gen: Generation) -> bool:
+        """A prefilled generation goes live, or is answered when its first token ended it;
+        False (and it waits again, its prefix state cached: cheap later) past the KV budget."""
+        kv = sum(g.kv_bytes for _, g in self._live)
+        if self._live and self._kv_budget is not None and kv + gen.kv_bytes > self._kv_budget:
+            self._waiting.appendleft(work)
+            return False
+        if gen.result is not None:  # finished on its first token
+            self._finish(work, gen.result, None)
+        else:
+            self._live.append((work, gen))
+        return True
+
+    def _dropped(self, work: Work, message: str) -> bool:
+        """Drop `work` if its caller went away or its deadline passed (True)."""
+        if work.abandoned:
+            self._note_drop("cancelled")
+            if not work.future.done():
+                self._finish(work, None, _Abandoned("the request was abandoned"))
+            return True
+        return self._late(work, message)
 
     def _step(self) -> None:
         """Advance every live generation one token; answer the finished ones at once."""

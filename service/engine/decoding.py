@@ -21,7 +21,7 @@ from selfreward_vlm.service.engine.cache import PrefixState
 from selfreward_vlm.service.engine.families import Prompt
 from selfreward_vlm.service.engine.generic_path import GenericRows
 from selfreward_vlm.service.engine.kvbuffer import BufferLayer
-from selfreward_vlm.service.engine.lm import LanguageEngine
+from selfreward_vlm.service.engine.lm import LanguageEngine, Prefill
 from selfreward_vlm.service.errors import InvalidRequestError
 
 NEG_INF = float("-inf")
@@ -188,13 +188,22 @@ class Generation:
     alone, or the scheduler together with other requests' generations (`ragged.decode_step`).
 
     Construction does the request's prefill (prompt + prefix state, under the caller's lock and
-    adapter); afterwards `pending` is the step waiting to run (None once `result` is set)."""
+    adapter), all of it, or with `prefill_chunk` its first chunk only: then `prefilling` is
+    true until `prefill` has run the rest. Afterwards `pending` is the step waiting to run
+    (None once `result` is set)."""
 
-    def __init__(self, engine: LanguageEngine, item: GenerateItem, batched: bool = False):
+    def __init__(
+        self,
+        engine: LanguageEngine,
+        item: GenerateItem,
+        batched: bool = False,
+        prefill_chunk: int | None = None,
+    ):
         """`batched`: its rows will be stepped together with others' (`ragged.decode_step`),
         so they hold the prefix KV once (`SharedPrefixRows`); else each row holds a copy and
-        steps alone (`_Rows.step`), the path whose numbers never depend on other requests."""
-        self.engine, self.item = engine, item
+        steps alone (`_Rows.step`), the path whose numbers never depend on other requests.
+        `prefill_chunk`: forward at most this many prompt tokens now (`Prefill.run`)."""
+        self.engine, self.item, self._batched = engine, item, batched
         if item.strategy in ("beam", "diverse_beam") and (item.stop_strings or item.top_k):
             raise InvalidRequestError("stop strings and top_k need sampling or greedy", "strategy")
         if item.prompt_ids is not None:  # rendered and tokenized by the caller
@@ -212,48 +221,81 @@ class Generation:
                 f"{engine.settings.max_text_tokens} tokens",
                 field="max_new_tokens",
             )
+        self._stops = engine.stop_token_ids(item.stop, item.stop_text)
+        self.pending: Step | None = None
+        self.result: list[Generated] | None = None
         self.rows: _Rows | GenericRows
+        self._prefill: Prefill | None = None
         if engine.path == "generic":
             inputs = engine.pixel_inputs(prompt, item.image) if prompt.has_image else {}
-            self.rows = GenericRows(engine, ids, inputs, len(prompt.ids), item.usage)
-        else:
-            state = engine.prefix_state(
-                item.adapter, item.image_id, item.image, prompt, ids, len(prompt.ids), item.usage
-            )
-            rows_class = SharedPrefixRows if batched else _Rows
-            self.rows = rows_class(engine, state, item.max_new_tokens, item.usage)
-            self.rows.cacheable = item.image is None or item.image_id is not None
-        stops = engine.stop_token_ids(item.stop, item.stop_text)
-        first = self.rows.first()
+            self._start(GenericRows(engine, ids, inputs, len(prompt.ids), item.usage))
+            return
+        self._prefill = Prefill(
+            engine, item.adapter, item.image_id, item.image, prompt, ids, len(prompt.ids),
+            item.usage,
+        )  # fmt: skip
+        self.prefill(prefill_chunk)
+        while prefill_chunk is None and self.prefilling:
+            self.prefill(None)
+
+    @property
+    def prefilling(self) -> bool:
+        """Whether part of its prompt is still to be forwarded (`prefill`)."""
+        return self._prefill is not None and self._prefill.state is None
+
+    @property
+    def prefill_remaining(self) -> int:
+        """Prompt tokens still to forward."""
+        return self._prefill.remaining if self._prefill is not None else 0
+
+    def prefill(self, limit: int | None) -> int:
+        """Forward the next chunk of the prompt (at most `limit` tokens of text; an image
+        prompt's own forward goes whole); once it is all in, the search starts. Returns the
+        tokens forwarded. Under the caller's lock and the item's adapter."""
+        job = self._prefill
+        assert job is not None
+        done = job.run(limit) if job.state is None else 0
+        if job.state is not None:
+            rows_class = SharedPrefixRows if self._batched else _Rows
+            rows = rows_class(self.engine, job.state, self.item.max_new_tokens, self.item.usage)
+            rows.cacheable = self.item.image is None or self.item.image_id is not None
+            self._start(rows)
+        return done
+
+    def _start(self, rows: _Rows | GenericRows) -> None:
+        """Start the search on `rows`, whose prefix state is complete."""
+        engine, item = self.engine, self.item
+        self.rows = rows
+        first = rows.first()
         if item.strategy in ("beam", "diverse_beam"):
             groups = (item.num_beam_groups or item.n) if item.strategy == "diverse_beam" else 1
             penalty = item.diversity_penalty if item.strategy == "diverse_beam" else 0.0
-            search = group_beam_search(engine, self.rows, item, groups, penalty, stops, first)
+            search = group_beam_search(engine, rows, item, groups, penalty, self._stops, first)
         else:
             greedy = item.strategy == "greedy"
-            search = sample(engine, self.rows, item, stops, first, greedy=greedy)
+            search = sample(engine, rows, item, self._stops, first, greedy=greedy)
         self._search: Search = search
-        self.pending: Step | None = None
-        self.result: list[Generated] | None = None
         self._resume(None)
 
     @property
     def fast(self) -> bool:
         """Whether its rows can join a batched step (fast path; the generic path cannot)."""
-        return isinstance(self.rows, _Rows)
+        return self._prefill is not None
 
     @property
     def batched(self) -> bool:
         """Whether its rows can only be stepped by `ragged.decode_step`."""
-        return isinstance(self.rows, SharedPrefixRows)
+        return self._batched and self.fast
 
     @property
     def kv_bytes(self) -> int:
-        """KV bytes its rows hold at their longest (0 on the generic path, which keeps none)."""
-        if not isinstance(self.rows, _Rows):
+        """KV bytes its rows hold at their longest (0 on the generic path, which keeps none,
+        and while prefilling: counted when it joins)."""
+        rows = getattr(self, "rows", None)
+        if not isinstance(rows, _Rows):
             return 0
-        rows = 1 if self.item.strategy == "greedy" else self.item.n
-        return self.rows.kv_bytes(rows, self.item.max_new_tokens)
+        n = 1 if self.item.strategy == "greedy" else self.item.n
+        return rows.kv_bytes(n, self.item.max_new_tokens)
 
     @property
     def live_rows(self) -> int:

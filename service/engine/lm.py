@@ -269,35 +269,12 @@ class LanguageEngine:
         min_reuse: int,
         usage: Usage,
     ) -> PrefixState:
-        """The KV state after `ids`, reusing the longest cached prefix of at least `min_reuse`."""
-        ns = self.namespace(adapter, image_id)
-        # An image without an id cannot be told apart from another one: never cache its state.
-        cacheable = not self.naive and (image is None or image_id is not None)
-        hit = self.prefix_cache.longest_prefix(ns, ids, min_reuse) if cacheable else None
-        if hit is not None and hit.length == len(ids):
-            usage.tokens_cached += hit.length
-            return hit
-        if hit is not None:  # text appended to a cached state: the decoder stack alone
-            start, delta = hit.length, hit.rope_delta
-            usage.tokens_cached += start
-            embeds = self.embed(torch.tensor([ids[start:]], device=self.device))
-            positions = torch.arange(start, len(ids), device=self.device)[None] + delta
-            hidden, kv = self.run_decoder(embeds, hit.kv, None, positions)
-        elif prompt.has_image:  # the model's own multimodal forward, cached image features
-            start, cache = 0, DynamicCache()
-            feats = self.image_embeds(image_id, image, prompt, usage)
-            hidden, delta = self.family.prefix_forward(ids, prompt.inputs, feats, cache)
-            kv = _kv_of(cache)
-        else:
-            start, delta = 0, 0
-            embeds = self.embed(torch.tensor([ids], device=self.device))
-            positions = torch.arange(len(ids), device=self.device)[None]
-            hidden, kv = self.run_decoder(embeds, None, None, positions)
-        usage.tokens_forwarded += len(ids) - start
-        state = PrefixState(ns, tuple(ids), kv, self.logprobs(hidden[0, -1]), delta)
-        if cacheable:
-            self.prefix_cache.put(state)
-        return state
+        """The KV state after `ids`, reusing the longest cached prefix of at least `min_reuse`
+        (one forward for what the cache lacks)."""
+        job = Prefill(self, adapter, image_id, image, prompt, ids, min_reuse, usage)
+        while job.state is None:
+            job.run()
+        return job.state
 
     def item_state(self, item: ScoreItem) -> tuple[PrefixState, list[list[int]]]:
         """Prefix state of an item and the token ids of its continuations (limits checked)."""
@@ -362,6 +339,79 @@ class LanguageEngine:
             )
             results.append(score_rows(self, [(state, cont, item.usage)])[0])
         return results
+
+
+class Prefill:
+    """The KV state after `ids` (image + prompt + prefix), computed in one forward or, for the
+    scheduler, in chunks between decode steps, so that a long prompt joining does not hold the
+    running generations for its whole prefill.
+
+    The longest cached prefix of at least `min_reuse` tokens is reused. An image prompt's own
+    multimodal forward (its image block's attention and positions are the model's code) is one
+    piece, the first; text after it, or after a cached state, goes through the decoder stack in
+    chunks of at most `run(limit)` tokens each. `state` is set once all of `ids` is in."""
+
+    def __init__(
+        self,
+        engine: LanguageEngine,
+        adapter: str,
+        image_id: str | None,
+        image: Any,
+        prompt: Prompt,
+        ids: list[int],
+        min_reuse: int,
+        usage: Usage,
+    ):
+        self.engine, self.image_id, self.image = engine, image_id, image
+        self.prompt, self.ids, self.usage = prompt, ids, usage
+        self.namespace = engine.namespace(adapter, image_id)
+        # An image without an id cannot be told apart from another one: never cache its state.
+        self.cacheable = not engine.naive and (image is None or image_id is not None)
+        self.state: PrefixState | None = None
+        self.kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        self.length, self.rope_delta = 0, 0
+        hit = (
+            engine.prefix_cache.longest_prefix(self.namespace, ids, min_reuse)
+            if self.cacheable
+            else None
+        )
+        if hit is not None:
+            usage.tokens_cached += hit.length
+            if hit.length == len(ids):
+                self.state = hit
+            self.kv, self.length, self.rope_delta = hit.kv, hit.length, hit.rope_delta
+
+    @property
+    def remaining(self) -> int:
+        """Tokens still to forward."""
+        return len(self.ids) - self.length if self.state is None else 0
+
+    def run(self, limit: int | None = None) -> int:
+        """Forward the next piece (all that is left when `limit` is None); returns its tokens."""
+        engine, ids, start = self.engine, self.ids, self.length
+        if self.kv is None and self.prompt.has_image:
+            # the whole prompt (and its prefix, when the limit allows) with cached features
+            whole = limit is None or len(ids) <= limit
+            end = len(ids) if whole else len(self.prompt.ids)
+            cache = DynamicCache()
+            feats = engine.image_embeds(self.image_id, self.image, self.prompt, self.usage)
+            hidden, self.rope_delta = engine.family.prefix_forward(
+                ids[:end], self.prompt.inputs, feats, cache
+            )
+            kv = _kv_of(cache)
+        else:
+            end = len(ids) if limit is None else min(len(ids), start + max(limit, 1))
+            embeds = engine.embed(torch.tensor([ids[start:end]], device=engine.device))
+            positions = torch.arange(start, end, device=engine.device)[None] + self.rope_delta
+            hidden, kv = engine.run_decoder(embeds, self.kv, None, positions)
+        self.usage.tokens_forwarded += end - start
+        self.kv, self.length = kv, end
+        if end == len(ids):
+            logp = engine.logprobs(hidden[0, -1])
+            self.state = PrefixState(self.namespace, tuple(ids), kv, logp, self.rope_delta)
+            if self.cacheable:
+                engine.prefix_cache.put(self.state)
+        return end - start
 
 
 def _kv_of(cache: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
