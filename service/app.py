@@ -6,7 +6,7 @@ Starlette's HTTP errors (404, 405) and any unexpected exception leave as
 
 Reliability (see README "Reliability"): every request runs under a deadline and is cancelled
 when its client hangs up (`service.deadlines`); SIGTERM drains before stopping
-(`service.drain`); 429/503 carry `Retry-After`.
+(`service.http.drain`); 429/503 carry `Retry-After`.
 """
 
 from __future__ import annotations
@@ -25,14 +25,14 @@ from fastapi.security import HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Scope
 
-from selfreward_vlm.service.auth import BearerAuthMiddleware, BodyLimitMiddleware
 from selfreward_vlm.service.deadlines import DeadlineMiddleware
-from selfreward_vlm.service.drain import Drain, DrainMiddleware, ShuttingDownError
 from selfreward_vlm.service.errors import (
     ServiceError,
     UnauthorizedError,
 )
-from selfreward_vlm.service.metrics import Metrics, RequestTimingMiddleware
+from selfreward_vlm.service.http.auth import BearerAuthMiddleware, BodyLimitMiddleware
+from selfreward_vlm.service.http.drain import Drain, DrainMiddleware, ShuttingDownError
+from selfreward_vlm.service.http.metrics import Metrics, RequestTimingMiddleware
 from selfreward_vlm.service.settings import ServiceSettings
 from selfreward_vlm.service.state import AppState, open_state
 

@@ -201,15 +201,15 @@ def serve_command(
         uvicorn.Config(app, **uvicorn_options(settings), log_level=log_level.lower())
     )
     drain = getattr(getattr(app, "state", None), "drain", None)
-    if drain is not None:  # it shrinks their accept queue before they close (service.drain)
+    if drain is not None:  # it shrinks their accept queue before they close (service.http.drain)
         drain.listeners = lambda: [s for srv in server.servers for s in srv.sockets]
     server.run()
 
 
 def uvicorn_options(settings: ServiceSettings) -> dict[str, Any]:
-    """uvicorn's settings from ours: the slow-client limits (`service.connections`) and the
-    graceful stop after the drain (`service.drain`)."""
-    from selfreward_vlm.service.connections import guarded_protocol
+    """uvicorn's settings from ours: the slow-client limits (`service.http.connections`) and the
+    graceful stop after the drain (`service.http.drain`)."""
+    from selfreward_vlm.service.http.connections import guarded_protocol
 
     return {
         "host": settings.host,

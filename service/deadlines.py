@@ -24,8 +24,8 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from selfreward_vlm.service.auth import route_path
 from selfreward_vlm.service.errors import InvalidRequestError, ServiceError
+from selfreward_vlm.service.http.auth import route_path
 
 TIMEOUT_HEADER = "x-request-timeout-ms"
 # The deadline of the request being served, as a `time.perf_counter()` value (None: none).

@@ -11,13 +11,13 @@ import anyio
 from fastapi import Request
 
 from selfreward_vlm.service.errors import NotReadyError
-from selfreward_vlm.service.metrics import Metrics
+from selfreward_vlm.service.http.metrics import Metrics
 
 if TYPE_CHECKING:
+    from selfreward_vlm.service.adapters.shared import SharedAdapters
     from selfreward_vlm.service.engine import Models
     from selfreward_vlm.service.engine.batcher import Batcher
-    from selfreward_vlm.service.images import ImageStore
-    from selfreward_vlm.service.replicas import SharedAdapters
+    from selfreward_vlm.service.images.store import ImageStore
     from selfreward_vlm.service.settings import ServiceSettings
     from selfreward_vlm.service.store import Store
 
@@ -44,11 +44,11 @@ class AppState:
 
     @property
     def shared_adapters(self) -> SharedAdapters | None:
-        """The shared adapter registry's sync (service.replicas), attached to the engine as
+        """The shared adapter registry's sync (service.adapters.shared), attached to the engine as
         soon as the models are ready; None before, or for models without adapters (fakes)."""
         adapters = getattr(getattr(self.models, "engine", None), "adapters", None)
         if self._shared is None and adapters is not None:
-            from selfreward_vlm.service.replicas import SharedAdapters
+            from selfreward_vlm.service.adapters.shared import SharedAdapters
 
             root = self.settings.adapter_store or self.settings.data_dir / "adapter-store"
             self._shared = SharedAdapters(self.store, Path(root), adapters)
@@ -65,8 +65,8 @@ class AppState:
 def open_state(settings: ServiceSettings, metrics: Metrics | None = None) -> AppState:
     """Open the store (`settings.store`: SQLite under `settings.data_dir` unless it is a
     PostgreSQL URL; migrated on open); no models yet."""
-    from selfreward_vlm.service.image_urls import UrlPolicy
-    from selfreward_vlm.service.images import ImageStore
+    from selfreward_vlm.service.images.store import ImageStore
+    from selfreward_vlm.service.images.urls import UrlPolicy
     from selfreward_vlm.service.store import open_store
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from selfreward_vlm.service.auth import access_level
+from selfreward_vlm.service.http.auth import access_level
 from tests.reliability import KEYS, Server, concrete, keyed_server, operations
 
 __all__ = ["keyed_server"]  # the session fixture, imported so pytest finds it here

@@ -227,7 +227,7 @@ def test_image_refs_resolve_or_name_the_field(tmp_path: Path) -> None:
 
     from selfreward_vlm.core.schemas import ImageRef
     from selfreward_vlm.service.errors import ServiceError
-    from selfreward_vlm.service.images import ImageStore
+    from selfreward_vlm.service.images.store import ImageStore
     from selfreward_vlm.service.store import PairStore
 
     def ref(**fields: str) -> ImageRef:

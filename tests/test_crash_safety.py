@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from selfreward_vlm.client import ScoringClient
-from selfreward_vlm.service.replicas import FILES, adapter_digest
+from selfreward_vlm.service.adapters.shared import FILES, adapter_digest
 from selfreward_vlm.service.store import open_store
 from tests.conftest import start_server, stop_server
 from tests.test_replicas import lora, sum_logprob

@@ -329,7 +329,7 @@ def test_a_root_path_prefix_does_not_make_admin_actions_reads(method: str, path:
     behind a proxy mounted at /prefix, `/prefix/v1/adapters` counted as a read."""
     import asyncio
 
-    from selfreward_vlm.service.auth import BearerAuthMiddleware, ForbiddenError
+    from selfreward_vlm.service.http.auth import BearerAuthMiddleware, ForbiddenError
 
     async def app(scope: dict, receive: object, send: object) -> None:
         raise AssertionError("reached the app with the read key")

@@ -32,7 +32,7 @@ from fastapi.testclient import TestClient
 from selfreward_vlm.client import AsyncScoringClient, ScoringClient
 from selfreward_vlm.client.errors import NotFoundError
 from selfreward_vlm.core.schemas import PreferencePair
-from selfreward_vlm.service.replicas import REGISTRY_CACHE_S, adapter_digest
+from selfreward_vlm.service.adapters.shared import REGISTRY_CACHE_S, adapter_digest
 from selfreward_vlm.service.store import open_store
 from tests.conftest import ROOT, stop_server, wait_ready
 from tests.test_pairs_cli import cli, env, read_pairs, wait_for_done

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from selfreward_vlm.service.adapters.shared import gc_adapter_files
 from selfreward_vlm.service.errors import NotFoundError
-from selfreward_vlm.service.replicas import gc_adapter_files
 from selfreward_vlm.service.store import ImageRow, Store, open_store
 from selfreward_vlm.service.store.__main__ import main as store_main
 from selfreward_vlm.service.store.records import MissingImagesError

@@ -145,7 +145,7 @@ def test_health_stays_open_while_draining_behind_a_root_path() -> None:
     while draining would get the pod killed before its requests finish."""
     import asyncio
 
-    from selfreward_vlm.service.drain import Drain, DrainMiddleware
+    from selfreward_vlm.service.http.drain import Drain, DrainMiddleware
 
     reached: list[str] = []
 

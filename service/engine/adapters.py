@@ -34,7 +34,7 @@ class AdapterRegistry:
         self._touches_vision: set[str] = set()
         self._active = BASE
         self._counter = 0
-        # Set when replicas share an adapter registry (service.replicas): called by `check`
+        # Set when replicas share an adapter registry (service.adapters.shared): called by `check`
         # to bring a name up to the registry's version before it is used.
         self.sync: Callable[[str], None] | None = None
 

@@ -70,7 +70,7 @@ def _document_error_shape(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
-# What the request guards (service.auth, .deadlines, .drain, the batcher) may answer on any
+# What the request guards (service.http.auth, .deadlines, .drain, the batcher) may answer on any
 # route behind the token, whatever its handler does: documented so clients and fuzzers know.
 _GUARD_ANSWERS = {
     "403": "This key may not do this (read-only or non-admin key)",

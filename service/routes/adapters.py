@@ -33,7 +33,7 @@ from fastapi import APIRouter, Depends, File, Form, Request, Response, UploadFil
 from fastapi import Path as PathParam
 
 from selfreward_vlm.core.schemas import AdapterInfo, AdapterList, ErrorResponse
-from selfreward_vlm.service.adapter_files import (
+from selfreward_vlm.service.adapters.files import (
     CONFIG_FILE,
     WEIGHTS_FILE,
     InvalidAdapterError,

@@ -21,7 +21,7 @@ from selfreward_vlm.core.schemas import (
     PairsUpsertResponse,
 )
 from selfreward_vlm.service.errors import PayloadTooLargeError
-from selfreward_vlm.service.images import ImageNotFoundError
+from selfreward_vlm.service.images.store import ImageNotFoundError
 from selfreward_vlm.service.state import AppState, get_state
 from selfreward_vlm.service.store import DATASET_NAME_RE
 from selfreward_vlm.service.store.records import CURSOR_RE, MissingImagesError

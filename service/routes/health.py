@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field
 
 from selfreward_vlm.core.schemas import ErrorResponse, InfoResponse, ModelInfo
 from selfreward_vlm.service.errors import ServiceError
-from selfreward_vlm.service.metrics import PROMETHEUS_CONTENT_TYPE
+from selfreward_vlm.service.http.metrics import PROMETHEUS_CONTENT_TYPE
 from selfreward_vlm.service.serving.completions import PROMPT_FORMATS
 from selfreward_vlm.service.serving.models import served_names
 from selfreward_vlm.service.state import AppState, get_ready_state, get_state

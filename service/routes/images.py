@@ -15,7 +15,7 @@ from starlette.formparsers import MultiPartException
 
 from selfreward_vlm.core.schemas import ErrorResponse, ImageUploadResponse
 from selfreward_vlm.service.errors import InvalidRequestError, ServiceError
-from selfreward_vlm.service.images import IMAGE_ID_RE, media_type
+from selfreward_vlm.service.images.store import IMAGE_ID_RE, media_type
 from selfreward_vlm.service.state import AppState, get_state
 
 router = APIRouter(prefix="/v1", tags=["images"])

@@ -6,7 +6,7 @@ engine's generation), `GET /v1/models`, and `POST /v1/score` (CLIP relevance,
 Errors on these routes leave in OpenAI's shape `{"error": {"message", "type", "param",
 "code"}}` (the route class below catches them at this edge); the native routes keep theirs, and
 so do the guards that answer before any route runs (401 bearer auth, 413 body size: ASGI
-middleware, `service.auth`).
+middleware, `service.http.auth`).
 """
 
 from __future__ import annotations

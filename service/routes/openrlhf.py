@@ -25,12 +25,12 @@ from fastapi import APIRouter, Depends
 
 from selfreward_vlm.core.integrations import SCORE_CENTER, SCORE_SCALE, split_sentences, unit_score
 from selfreward_vlm.core.schemas import ImageRef
-from selfreward_vlm.service.chat_text import response_after, split_templated, template_parts
 from selfreward_vlm.service.errors import InvalidRequestError, QueueFullError, ServiceError
 from selfreward_vlm.service.protocols.openrlhf import (
     OpenRLHFRewardRequest,
     OpenRLHFRewardResponse,
 )
+from selfreward_vlm.service.serving.chat_text import response_after, split_templated, template_parts
 from selfreward_vlm.service.serving.common import check_items
 from selfreward_vlm.service.serving.reward import all_or_none, response_reward
 from selfreward_vlm.service.state import AppState, get_ready_state

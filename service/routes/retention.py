@@ -39,7 +39,7 @@ def adapter_store_root(state: AppState) -> Path:
 async def collect_garbage(body: GcRequest, state: AppState = Depends(get_state)) -> GcResponse:
     """Delete (or, with `dry_run`, count) what nothing references; see the module doc for
     what is kept and why. Pair writes wait while the image sweep runs (one transaction)."""
-    from selfreward_vlm.service.replicas import gc_adapter_files
+    from selfreward_vlm.service.adapters.shared import gc_adapter_files
 
     min_age = state.settings.gc_min_age_s if body.min_age_s is None else body.min_age_s
     images = await anyio.to_thread.run_sync(state.store.gc, min_age, body.dry_run)

@@ -21,7 +21,6 @@ from typing import Any
 import anyio
 
 from selfreward_vlm.core.schemas import GenerateRequest, ImageRef
-from selfreward_vlm.service.chat_text import template_parts
 from selfreward_vlm.service.engine.decoding import Generated
 from selfreward_vlm.service.errors import InvalidRequestError
 from selfreward_vlm.service.protocols.openai_chat import (
@@ -38,6 +37,7 @@ from selfreward_vlm.service.protocols.openai_chat import (
     TokenLogprob,
     TopLogprob,
 )
+from selfreward_vlm.service.serving.chat_text import template_parts
 from selfreward_vlm.service.serving.common import Served, resolve_image
 from selfreward_vlm.service.serving.generate import generate_raw
 from selfreward_vlm.service.serving.models import adapter_of

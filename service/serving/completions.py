@@ -8,7 +8,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from selfreward_vlm.service.chat_text import collapse_placeholders, split_templated
 from selfreward_vlm.service.errors import InvalidRequestError
 from selfreward_vlm.service.protocols.openai import (
     CompletionChoice,
@@ -18,6 +17,7 @@ from selfreward_vlm.service.protocols.openai import (
     CompletionUsage,
     PromptTokenLogprob,
 )
+from selfreward_vlm.service.serving.chat_text import collapse_placeholders, split_templated
 from selfreward_vlm.service.serving.common import Served, check_items, resolve_image, total_usage
 from selfreward_vlm.service.serving.models import adapter_of
 from selfreward_vlm.service.serving.text import Decoding, TextResult, TokenScore, encode, run
@@ -174,7 +174,7 @@ async def _complete(
 def _templated(engine: Any, text: str, with_image: bool) -> tuple[str, str] | None:
     """(user turn, answer) when `text` fits the model's chat template (a model without one
     has no templated form)."""
-    from selfreward_vlm.service.chat_text import template_parts
+    from selfreward_vlm.service.serving.chat_text import template_parts
 
     if template_parts(engine, with_image) == ("", ""):
         return None

@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from selfreward_vlm.core.schemas import Usage
-from selfreward_vlm.service.chat_text import collapse_placeholders
 from selfreward_vlm.service.engine.batcher import Work
 from selfreward_vlm.service.engine.decoding import Generated, GenerateItem
 from selfreward_vlm.service.engine.raw_text import TextScoreItem, TextScores
 from selfreward_vlm.service.errors import InvalidRequestError
+from selfreward_vlm.service.serving.chat_text import collapse_placeholders
 from selfreward_vlm.service.serving.common import record, total_usage
 from selfreward_vlm.service.state import AppState
 

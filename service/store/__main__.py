@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _gc(url: str, adapter_store: Path | None, min_age_s: float, dry_run: bool) -> int:
-    from selfreward_vlm.service.replicas import gc_adapter_files
+    from selfreward_vlm.service.adapters.shared import gc_adapter_files
 
     store = open_store(url)
     try:

@@ -4,7 +4,7 @@ Keys are never logged nor reported (`/info` shows limits, not settings; the sett
 hides them).
 
 Both are plain ASGI middleware so they can refuse a request before its body is read. They raise
-`ServiceError`s; the timing middleware (`service.metrics.RequestTimingMiddleware`, outermost)
+`ServiceError`s; the timing middleware (`service.http.metrics.RequestTimingMiddleware`, outermost)
 turns those into the service's one JSON error shape.
 """
 

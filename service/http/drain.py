@@ -40,8 +40,8 @@ from typing import Any
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from selfreward_vlm.service.auth import route_path
 from selfreward_vlm.service.errors import NotReadyError
+from selfreward_vlm.service.http.auth import route_path
 
 logger = logging.getLogger(__name__)
 _ALWAYS_OPEN = frozenset({"/health", "/metrics"})

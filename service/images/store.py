@@ -22,7 +22,7 @@ from PIL import Image, UnidentifiedImageError
 
 from selfreward_vlm.core.schemas import ImageRef
 from selfreward_vlm.service.errors import InvalidRequestError, NotFoundError, PayloadTooLargeError
-from selfreward_vlm.service.image_urls import UrlPolicy, load_image_url
+from selfreward_vlm.service.images.urls import UrlPolicy, load_image_url
 from selfreward_vlm.service.store import ImageRow, Store
 
 IMAGE_ID_RE = re.compile(r"^[0-9a-f]{64}$")

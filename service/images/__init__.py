@@ -1,0 +1,1 @@
+"""Images: the content-addressed image store (`store`) and fetching image URLs (`urls`)."""
