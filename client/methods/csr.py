@@ -55,6 +55,7 @@ from selfreward_vlm.client.methods.base import (
     mean,
     tally,
 )
+from selfreward_vlm.core import defaults
 from selfreward_vlm.core.rewards import (
     PathScore,
     StopRelevance,
@@ -73,7 +74,7 @@ METHOD = "csr"
 class CSRConfig:
     """CSR paper mode; defaults are the paper's (appendix A.1) unless noted."""
 
-    lam: float = 0.9  # weight of R_I in R = λ·R_I + (1−λ)·R_T
+    lam: float = defaults.LAMBDA  # weight of R_I in R = λ·R_I + (1−λ)·R_T
     language_score: LanguageScore = "prob"  # R_T: eq. 2 product of token probabilities
     path_score: PathScore = "sum"  # R(y) = Σ R(s); "mean" is what the official code averages
     num_candidates: int = 5
@@ -90,7 +91,7 @@ class CSRConfig:
     penalize_duplicate_sentences: bool = False  # a sentence the path already said gets R_I 0
     drop_duplicate_sentences: bool = False
     stop_text: str = "."
-    clip_scale: float = 100.0
+    clip_scale: float = defaults.CLIP_SCALE
     clip_batch: int = 64  # texts per /v1/clip request
     preset: str | None = None  # the preset these settings came from (recorded in `params`)
 
