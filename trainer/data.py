@@ -83,7 +83,7 @@ def iter_pairs(source: str, page_size: int = 256, client: Any = None) -> Iterato
 # --------------------------------------------------------------------------- images
 
 
-class ImageStore:
+class ImageLoader:
     """Images by id (sha256 of the file bytes), decoded once and cached.
 
     `client`: fetch from the service. `images`: a directory (files named `<id>` or `<id>.ext`,
@@ -193,7 +193,7 @@ def filter_pairs(
 # --------------------------------------------------------------------------- TRL rows
 
 
-def to_trl_row(pair: PreferencePair, images: ImageStore) -> dict[str, Any]:
+def to_trl_row(pair: PreferencePair, images: ImageLoader) -> dict[str, Any]:
     """TRL's conversational vision preference format (plus the pair id, for auditing)."""
     content: list[dict[str, Any]] = [{"type": "image"} for _ in pair.images]
     content.append({"type": "text", "text": pair.prompt})

@@ -46,7 +46,7 @@ def export_pairs(
     """Write the pairs of `source` (JSONL path or `URL/v1/datasets/NAME`) to `out_dir` with
     `Dataset.save_to_disk`; returns what was written."""
     from selfreward_vlm.trainer.data import (
-        ImageStore,
+        ImageLoader,
         build_dataset,
         filter_pairs,
         iter_pairs,
@@ -58,7 +58,7 @@ def export_pairs(
 
         client = ScoringClient(split_dataset_url(source)[0], api_key=api_key)
     pairs, report = filter_pairs(iter_pairs(source, client=client), set(), None)
-    store = ImageStore(client=client, images=images)
+    store = ImageLoader(client=client, images=images)
     dataset = build_dataset([to_trl_row(p, store) for p in pairs])
     dataset.save_to_disk(str(out_dir))
     return ExportSummary(
