@@ -38,7 +38,7 @@ class ConfigError(ValueError):
 
 @dataclass
 class DPOTrainConfig:
-    """One LoRA DPO training run (see DESIGN.md "Iterative DPO")."""
+    """One LoRA DPO training run (the module docstring says where each default comes from)."""
 
     model: str = field(metadata={"help": "hub id or local directory of the base (V)LM"})
     pairs: str = field(

@@ -6,7 +6,7 @@ skipped). Images come from the service by id, or for JSONL from a directory / id
 
 Pairs whose chosen or rejected text holds a special token (`<image>`, `<s>`, ...) are dropped
 and counted: fed back through the processor, a generated `<image>` adds an image placeholder
-with no image and crashed a second round (WORLD-NOTES).
+with no image, and the next round's training fails on it.
 """
 
 from __future__ import annotations

@@ -205,7 +205,7 @@ def train_vlm(
 ) -> None:
     """SFT on freshly drawn biased captions (a new draw per visit keeps the prior at ``p``);
     with `disfluency` > 0 each sentence is disfluent with that probability (its own random
-    stream, so a world without disfluency trains exactly as before).
+    stream, so the caption draws are the same whatever `disfluency` is).
 
     The tower is frozen, so its features are computed once up front instead of every step.
     """

@@ -6,7 +6,8 @@ R = λ·R_I + (1−λ)·R_T and pools the children of all live paths; the `keep_
 `keep_bottom` worst unfinished children stay live. Chosen/rejected are the finished responses
 with the highest/lowest path reward (sum of sentence rewards, or mean).
 
-Decisions (see WORLD-NOTES.md; the tunable ones are config fields, recorded in `params`):
+Decisions (README "The levers, measured"; the tunable ones are config fields, recorded in
+`params`):
 - R_T comes from the candidate's own raw `token_logprobs` (no second forward: the speed design);
   for a sentence candidate they include the "." token, for an EOS candidate the EOS token.
 - R_I: one `/v1/clip` request per step for the distinct texts of all live paths' candidates

@@ -108,9 +108,9 @@ PRESETS: dict[str, Preset] = {
             "self-judge": {"max_new_tokens": 40},
         },
         {
-            # lr 1e-4: iteration 1 no longer takes the whole gain at once (2e-4 did, and
-            # later iterations then moved within the evaluation's noise); with it the R_I
-            # offset 12 (not 15) keeps recall further from the goal's bound (README, levers)
+            # lr 1e-4: iteration 1 does not take the whole gain at once (at 2e-4 it does, and
+            # later iterations move within the evaluation's noise); with it the R_I offset 12
+            # (not 15) keeps recall further from the goal's bound (README, levers)
             "lr": 1e-4, "loss_type": ["sigmoid", "sft"], "lora_r": 16, "lora_alpha": 32,
             "batch_size": 8, "epochs": 3.0, "max_length": 256, "save_steps": 1000,
             "sft_weight_growth": 2.0,  # iterate: SFT term weight 1, 2, 4 at t = 1, 2, 3
