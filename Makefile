@@ -29,6 +29,7 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	MYPY=$(CURDIR)/$(VENV)/bin/mypy scripts/typecheck.sh
+	LINT_IMPORTS=$(CURDIR)/$(VENV)/bin/lint-imports scripts/lint_imports.sh
 
 demo: install
 	$(VENV)/bin/selfreward demo

@@ -1,6 +1,6 @@
 """Maps the repository's top-level folders into one import namespace, `selfreward_vlm`.
 
-The repository keeps the card's layout (`service/`, `client/`, `trainer/`, ...), but a wheel
+The repository keeps one folder per part (`service/`, `client/`, `trainer/`, ...), but a wheel
 must not install `service` or `client` as top-level modules: any other distribution with the
 same generic name would shadow them. So each folder becomes a subpackage of `selfreward_vlm`
 (`client/` -> `selfreward_vlm.client`), through setuptools' `package_dir`, which editable

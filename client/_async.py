@@ -23,6 +23,7 @@ from selfreward_vlm.client.errors import (
     NotReadyError,
     SelfRewardError,
 )
+from selfreward_vlm.core import defaults
 from selfreward_vlm.core.schemas import (
     AdapterInfo,
     AdapterList,
@@ -155,7 +156,7 @@ class AsyncScoringClient(b.BaseClient):
         return await self._post("/v1/logprobs", req, LogprobsResponse)
 
     async def clip(
-        self, image: b.ImageLike, texts: Sequence[str], *, scale: float = 100.0
+        self, image: b.ImageLike, texts: Sequence[str], *, scale: float = defaults.CLIP_SCALE
     ) -> ClipResponse:
         """CLIP cosine and relevance R_I = max(scale·cos, 0) of each text against the image."""
         req = ClipRequest(image=b.require_image(image), texts=list(texts), scale=scale)
@@ -169,9 +170,9 @@ class AsyncScoringClient(b.BaseClient):
         image: b.ImageLike,
         prefix: str = "",
         model: str = "base",
-        lam: float = 0.9,
+        lam: float = defaults.LAMBDA,
         language_score: LanguageScore = "prob",
-        scale: float = 100.0,
+        scale: float = defaults.CLIP_SCALE,
     ) -> RewardResponse:
         """Calibrated reward R = λ·R_I + (1−λ)·R_T of candidate next sentences (CSR eq. 4)."""
         req = RewardRequest.model_validate(
@@ -190,7 +191,7 @@ class AsyncScoringClient(b.BaseClient):
         *,
         policy: str,
         reference: str = "base",
-        beta: float = 0.1,
+        beta: float = defaults.IMPLICIT_BETA,
         image: b.ImageLike = None,
     ) -> ImplicitRewardResponse:
         """DPO implicit reward β·(log π_policy − log π_ref) of whole responses, sum and avg."""

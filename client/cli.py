@@ -1,7 +1,8 @@
 """`selfreward pairs`: the typer command over `client.pairs.run_pairs`.
 
-The top-level `selfreward` app registers `pairs_command`; `python -m client.cli pairs ...` runs
-it standalone (what the tests do).
+The top-level `selfreward` app mounts `pairs_group(export=...)`: this search as the group's
+default command, beside the trainer's `pairs export`. `python -m selfreward_vlm.client.cli pairs
+...` runs the search standalone (what the tests do).
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperGroup
 
 from selfreward_vlm.client.errors import APIConnectionError, APIStatusError
-from selfreward_vlm.client.export import pairs_group
 from selfreward_vlm.client.journal import OutputMismatchError, PairsJournal
 from selfreward_vlm.client.methods import METHODS, build_config, check_run
 from selfreward_vlm.client.methods.presets import method_for_preset
@@ -201,8 +202,26 @@ def _root() -> None:
     """selfreward client commands."""
 
 
-# `pairs` is a group: the search (default, so `pairs --service ...` still works) and `export`.
-pairs_app = pairs_group(pairs_command)
+class _DefaultSearchGroup(TyperGroup):
+    """`pairs SUBCOMMAND ...` runs the subcommand; anything else is `pairs search ...`."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:  # ctx: typer's click Context
+        if not args or (args[0] not in self.commands and args[0] not in ("--help", "-h")):
+            args = ["search", *args]
+        return super().parse_args(ctx, args)
+
+
+def pairs_group(**subcommands: Any) -> typer.Typer:
+    """The `pairs` command group: `search` (the default command, so `pairs --service ...` runs
+    it) and `subcommands` by name (the `selfreward` CLI adds the trainer's `export`)."""
+    group = typer.Typer(cls=_DefaultSearchGroup, help="Search preference pairs; export them.")
+    group.command("search")(pairs_command)
+    for name, command in subcommands.items():
+        group.command(name)(command)
+    return group
+
+
+pairs_app = pairs_group()
 app.add_typer(pairs_app, name="pairs")
 
 prompts_app = typer.Typer(help="prompt files: convert CSR's or LLaVA's into prompts JSONL",

@@ -138,6 +138,10 @@ class NotReadyError(InternalServerError):
     """503: the models are not loaded/warm yet."""
 
 
+# A wrong URL, key or adapter name: every later request would fail alike, so a run (pairs,
+# eval) stops on these instead of recording the item as failed.
+FATAL: tuple[type[SelfRewardError], ...] = (APIConnectionError, AuthenticationError, NotFoundError)
+
 _BY_STATUS: dict[int, type[APIStatusError]] = {
     400: BadRequestError,
     401: AuthenticationError,

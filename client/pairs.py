@@ -31,12 +31,10 @@ from rich.console import Console
 
 from selfreward_vlm.client._async import AsyncScoringClient
 from selfreward_vlm.client.errors import (
-    APIConnectionError,
+    FATAL,
     APIStatusError,
     APITimeoutError,
-    AuthenticationError,
     InvalidRequestError,
-    NotFoundError,
     PayloadTooLargeError,
     SelfRewardError,
 )
@@ -47,7 +45,6 @@ from selfreward_vlm.client.progress import PairsProgress, summarize
 from selfreward_vlm.core.schemas import PreferencePair
 
 IMAGE_ERRORS = {"invalid_image", "image_too_large", "payload_too_large"}
-FATAL = (APIConnectionError, AuthenticationError, NotFoundError)  # config errors: stop the run
 # 4xx answers that say "this input cannot be served", whoever asks and however often.
 DETERMINISTIC = frozenset({400, 409, 413, 422})
 

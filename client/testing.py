@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from selfreward_vlm.core import defaults
 from selfreward_vlm.core.schemas import (
     Candidate,
     ClipResponse,
@@ -71,7 +72,9 @@ class FakeScorer:
             cands = [cand(t, lp, f) for t, lp, f in self.tree[prefix]]
         return GenerateResponse(model=model, candidates=cands, usage=_NO_USAGE)
 
-    async def clip(self, image: Any, texts: Sequence[str], *, scale: float = 100.0) -> ClipResponse:
+    async def clip(
+        self, image: Any, texts: Sequence[str], *, scale: float = defaults.CLIP_SCALE
+    ) -> ClipResponse:
         self.clip_calls.append(list(texts))
         if not all(t == t.strip() and t for t in texts):
             raise ValueError(f"CLIP must get stripped, non-empty texts: {texts!r}")
@@ -97,7 +100,7 @@ class FakeScorer:
 
     async def implicit_reward(
         self, prompt: str, responses: Sequence[str], *, policy: str, reference: str = "base",
-        beta: float = 0.1, image: Any = None,
+        beta: float = defaults.IMPLICIT_BETA, image: Any = None,
     ) -> ImplicitRewardResponse:  # fmt: skip
         res = [
             ImplicitReward(text=r, reward_sum=self.implicit[r][0], reward_avg=self.implicit[r][1],

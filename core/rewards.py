@@ -11,6 +11,7 @@ import math
 from collections.abc import Sequence
 from typing import Literal
 
+from selfreward_vlm.core import defaults
 from selfreward_vlm.core.schemas import LanguageScore
 
 
@@ -31,12 +32,12 @@ def language_score(token_logprobs: Sequence[float], kind: LanguageScore = "prob"
     raise ValueError(f"unknown language_score {kind!r}")
 
 
-def clip_relevance(cosine: float, scale: float = 100.0) -> float:
+def clip_relevance(cosine: float, scale: float = defaults.CLIP_SCALE) -> float:
     """R_I = max(scale·cos, 0) (CSR eq. 3)."""
     return max(scale * cosine, 0.0)
 
 
-def calibrated_reward(r_i: float, r_t: float, lam: float = 0.9) -> float:
+def calibrated_reward(r_i: float, r_t: float, lam: float = defaults.LAMBDA) -> float:
     """R = λ·R_I + (1−λ)·R_T (CSR eq. 4)."""
     if not 0.0 <= lam <= 1.0:
         raise ValueError(f"lambda must lie in [0, 1], got {lam}")
@@ -44,7 +45,9 @@ def calibrated_reward(r_i: float, r_t: float, lam: float = 0.9) -> float:
 
 
 def implicit_reward(
-    policy_logprobs: Sequence[float], reference_logprobs: Sequence[float], beta: float = 0.1
+    policy_logprobs: Sequence[float],
+    reference_logprobs: Sequence[float],
+    beta: float = defaults.IMPLICIT_BETA,
 ) -> tuple[float, float]:
     """(reward_sum, reward_avg) = β·Σ(log π − log π_ref) and its token average (SBSPO eq. 2-3)."""
     if len(policy_logprobs) != len(reference_logprobs):

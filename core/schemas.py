@@ -11,6 +11,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
+from selfreward_vlm.core import defaults
+
 LanguageScore = Literal["prob", "mean_logprob", "sum_logprob"]
 Strategy = Literal["diverse_beam", "beam", "sample", "greedy"]
 StopMode = Literal["sentence", "token", "eos"]
@@ -188,7 +190,7 @@ class LogprobsResponse(_Response):
 class ClipRequest(_Request):
     image: ImageRef
     texts: list[str] = _items("texts scored against the image")
-    scale: Float = Field(100.0, gt=0, description="R_I = max(scale * cos, 0)")
+    scale: Float = Field(defaults.CLIP_SCALE, gt=0, description="R_I = max(scale * cos, 0)")
 
 
 class ClipScore(_Response):
@@ -214,9 +216,11 @@ class RewardRequest(_Request):
     prompt: str
     prefix: str = ""
     candidates: list[str] = _items("candidate next sentences")
-    lambda_: Float = Field(0.9, alias="lambda", ge=0.0, le=1.0, description="weight of R_I")
+    lambda_: Float = Field(
+        defaults.LAMBDA, alias="lambda", ge=0.0, le=1.0, description="weight of R_I"
+    )
     language_score: LanguageScore = "prob"
-    scale: Float = Field(100.0, gt=0)
+    scale: Float = Field(defaults.CLIP_SCALE, gt=0)
 
 
 class RewardScore(_Response):
@@ -247,7 +251,7 @@ class ImplicitRewardRequest(_Request):
 
     policy: str = Field(..., description="adapter name of the policy ('base' allowed)")
     reference: str = Field("base", description="adapter name of the reference")
-    beta: Float = Field(0.1, gt=0.0)
+    beta: Float = Field(defaults.IMPLICIT_BETA, gt=0.0)
     image: ImageRef | None = None
     prompt: str
     responses: list[str] = _items("responses to score")

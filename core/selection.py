@@ -19,6 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, get_args
 
+from selfreward_vlm.core import defaults
+
 
 def normalize_sentence(text: str) -> str:
     """A sentence as CLIP and duplicate checks see it: no leading/trailing space, single
@@ -88,7 +90,7 @@ def sibling_ranks(scores: Sequence[float]) -> list[float]:
     return ranks
 
 
-def fused_rank(rank_t: float, rank_i: float, alpha: float = 0.9) -> float:
+def fused_rank(rank_t: float, rank_i: float, alpha: float = defaults.FUSED_RANK_ALPHA) -> float:
     """(1−α)·rank_T + α·rank_I: the official code's per-sentence score (lower is better)."""
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must lie in [0, 1], got {alpha}")

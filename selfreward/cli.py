@@ -21,12 +21,13 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-# (command, module, function, extra that provides it, one-line help)
+# (command, module, function, extra that provides it, one-line help); a function of this module
+# (`__name__`) builds its command group when mounted.
 COMMANDS: list[tuple[str, str, str, str, str]] = [
     ("serve", "selfreward_vlm.service.cli", "serve_command", "service", "Run the scoring service."),
     (
         "pairs",
-        "selfreward_vlm.client.cli",
+        __name__,
         "pairs_app",
         "",
         "Search preference pairs through a service; export them (pairs export).",
@@ -75,10 +76,26 @@ def _stub(name: str, extra: str, error: Exception) -> Callable[..., Any]:
     return command
 
 
+def pairs_app() -> typer.Typer:
+    """`selfreward pairs`: the client's search (the group's default command) and `pairs export`,
+    which writes a `datasets` folder with the trainer's code. This CLI joins them, as the client
+    does not import the trainer."""
+    from selfreward_vlm.client.cli import pairs_group
+
+    try:
+        from selfreward_vlm.trainer.export import export_command
+    except ImportError as exc:
+        export_command = _stub("pairs export", "train", exc)
+    return pairs_group(export=export_command)
+
+
 def _mount() -> None:
     for name, module, func, extra, help_text in COMMANDS:
         try:
-            command = getattr(importlib.import_module(module), func)
+            if module == __name__:
+                command = globals()[func]()
+            else:
+                command = getattr(importlib.import_module(module), func)
         except ImportError as exc:
             command = _stub(name, extra or "service", exc)
         if isinstance(command, typer.Typer):  # a command group (`pairs`, `pairs export`)

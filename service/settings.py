@@ -9,6 +9,8 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from selfreward_vlm.core import defaults
+
 
 class ServiceSettings(BaseSettings):
     """Everything the service reads at start-up."""
@@ -221,7 +223,7 @@ class ServiceSettings(BaseSettings):
     )
     openrlhf_policy: str = Field("base", description="implicit mode: policy adapter")
     openrlhf_reference: str = Field("base", description="implicit mode: reference adapter")
-    openrlhf_beta: float = Field(0.1, gt=0, description="implicit mode: beta")
+    openrlhf_beta: float = Field(defaults.IMPLICIT_BETA, gt=0, description="implicit mode: beta")
     openrlhf_queue_wait_s: float = Field(
         4.0, ge=0, description="how long /get_reward waits for a full queue before 503"
     )

@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from selfreward_vlm.cli import app
 from selfreward_vlm.client import ScoringClient
-from selfreward_vlm.client.cli import app
 from selfreward_vlm.core.schemas import PreferencePair, ResponseScore
 
 COLORS = [(200, 30, 30), (20, 200, 40)]

@@ -208,12 +208,12 @@ def test_collator_tokenizes_like_the_service(tiny_models: dict[str, Path], tmp_p
     from trl.trainer.dpo_trainer import DataCollatorForVisionPreference
 
     from selfreward_vlm.trainer.collator import ServiceAlignedCollator
-    from selfreward_vlm.trainer.data import ImageStore, read_pairs_jsonl, to_trl_row
+    from selfreward_vlm.trainer.data import ImageLoader, read_pairs_jsonl, to_trl_row
 
     processor = bos_processor(tiny_models)
     tok = processor.tokenizer
     pairs_file = make_pairs(tmp_path, n=2)
-    store = ImageStore(images=tmp_path / "images")
+    store = ImageLoader(images=tmp_path / "images")
     rows = [to_trl_row(p, store) for p in read_pairs_jsonl(pairs_file)]
     batch = ServiceAlignedCollator(processor)(rows)
     image = Image.open(tmp_path / "images" / "img0.png").convert("RGB")

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from selfreward_vlm.tiny.common import VISION_SIZES
+from selfreward_vlm.tiny.common import CLIP_MEAN, CLIP_STD, VISION_SIZES
 
 
 def build_tiny_clip(
@@ -38,8 +38,8 @@ def build_tiny_clip(
     torch.manual_seed(seed)
     model = open_clip.CLIP(**model_cfg)
     preprocess_cfg = {
-        "mean": [0.48145466, 0.4578275, 0.40821073],
-        "std": [0.26862954, 0.26130258, 0.27577711],
+        "mean": list(CLIP_MEAN),
+        "std": list(CLIP_STD),
     }
     (out / "open_clip_config.json").write_text(
         json.dumps({"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg}, indent=2)

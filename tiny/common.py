@@ -37,6 +37,12 @@ VISION_SIZES: dict[str, Any] = {
 }
 
 
+# OpenAI CLIP's image normalisation (open_clip's and transformers' CLIP processors use the same);
+# the miniature world's CLIP (`world.clip_model`) reads these too.
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
 def build_bpe_tokenizer(
     specials: Sequence[str],
     chat_template: str,

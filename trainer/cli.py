@@ -1,6 +1,6 @@
 """`selfreward train` and `selfreward iterate` as typer command functions.
 
-The lead's CLI registers them (`app.command("train")(train_command)`); `python -m trainer`
+The `selfreward` CLI (`selfreward_vlm.cli`) registers them; `python -m selfreward_vlm.trainer`
 runs them standalone. torch/transformers/trl are imported inside the commands only.
 """
 

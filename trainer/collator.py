@@ -28,7 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from selfreward_vlm.service.engine.families.base import special_tokens_kwargs
+from selfreward_vlm.core.tokenization import special_tokens_kwargs
 from selfreward_vlm.trainer.data import message_text
 
 IMAGE_KEYS_SKIP = ("input_ids", "attention_mask")

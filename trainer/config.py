@@ -15,6 +15,9 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
+from selfreward_vlm.core import urls
+from selfreward_vlm.core.urls import is_http
+
 # LLaVA-style VLMs: the language model's projections only; the vision tower and the projector
 # stay frozen (the papers train the LM). Text-only LMs have no `language_model` in their names.
 VLM_LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
@@ -35,7 +38,7 @@ class ConfigError(ValueError):
 
 @dataclass
 class DPOTrainConfig:
-    """One LoRA DPO training run (see DESIGN.md "Iterative DPO")."""
+    """One LoRA DPO training run (the module docstring says where each default comes from)."""
 
     model: str = field(metadata={"help": "hub id or local directory of the base (V)LM"})
     pairs: str = field(
@@ -129,20 +132,12 @@ class DPOTrainConfig:
         return asdict(self)
 
 
-def is_http(source: str) -> bool:
-    return source.startswith(("http://", "https://"))
-
-
 def split_dataset_url(url: str) -> tuple[str, str]:
-    """`http://h:p[/prefix]/v1/datasets/NAME[/pairs]` -> (`http://h:p[/prefix]`, `NAME`)."""
-    marker = "/v1/datasets/"
-    if marker not in url:
-        raise ConfigError(f"pairs: expected .../v1/datasets/NAME, got {url!r}")
-    base, rest = url.split(marker, 1)
-    name = rest.strip("/").removesuffix("/pairs")
-    if not name or "/" in name:
-        raise ConfigError(f"pairs: no dataset name in {url!r}")
-    return base.rstrip("/"), name
+    """`core.urls.split_dataset_url`, its error a `ConfigError` (a bad `pairs` setting)."""
+    try:
+        return urls.split_dataset_url(url)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:

@@ -6,7 +6,7 @@ skipped). Images come from the service by id, or for JSONL from a directory / id
 
 Pairs whose chosen or rejected text holds a special token (`<image>`, `<s>`, ...) are dropped
 and counted: fed back through the processor, a generated `<image>` adds an image placeholder
-with no image and crashed a second round (WORLD-NOTES).
+with no image, and the next round's training fails on it.
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ def iter_pairs(source: str, page_size: int = 256, client: Any = None) -> Iterato
 # --------------------------------------------------------------------------- images
 
 
-class ImageStore:
+class ImageLoader:
     """Images by id (sha256 of the file bytes), decoded once and cached.
 
     `client`: fetch from the service. `images`: a directory (files named `<id>` or `<id>.ext`,
@@ -193,7 +193,7 @@ def filter_pairs(
 # --------------------------------------------------------------------------- TRL rows
 
 
-def to_trl_row(pair: PreferencePair, images: ImageStore) -> dict[str, Any]:
+def to_trl_row(pair: PreferencePair, images: ImageLoader) -> dict[str, Any]:
     """TRL's conversational vision preference format (plus the pair id, for auditing)."""
     content: list[dict[str, Any]] = [{"type": "image"} for _ in pair.images]
     content.append({"type": "text", "text": pair.prompt})

@@ -102,7 +102,7 @@ def load_rows(
 ) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """Pairs -> filtered -> TRL rows (+ the service's reference log-probs when asked)."""
     from selfreward_vlm.trainer.data import (
-        ImageStore,
+        ImageLoader,
         filter_pairs,
         iter_pairs,
         special_token_texts,
@@ -117,7 +117,7 @@ def load_rows(
         special_token_texts(processing_class),
         eos_text,
     )
-    images = ImageStore(pair_client, config.images)
+    images = ImageLoader(pair_client, config.images)
     rows = [to_trl_row(pair, images) for pair in pairs]
     if pair_client is not None:
         pair_client.close()

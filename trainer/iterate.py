@@ -1,6 +1,6 @@
 """Iterative DPO: pairs with adapter t−1, train adapter t against it, upload, repeat.
 
-Per iteration t = 1..T (DESIGN.md "Iterative DPO"):
+Per iteration t = 1..T:
 1. pairs   -- `client.pairs.run_pairs` with policy `{run}-iter{t-1}` (`base` for t = 1) writes
               `work/iter{t}/pairs.jsonl` and publishes dataset `{run}-iter{t}` on the service
               (reference for implicit rewards, SBSPO: `{run}-iter{t-2}`, base for t <= 2);

@@ -1,9 +1,9 @@
 """The world's tiny CLIP: open_clip's own ``CLIP`` class, trained on the world's images.
 
-Loss (after the feasibility probe, /work/shared/WORLD-NOTES.md: plain in-batch contrast learned
-mostly colour): every image is contrasted with all 16 object sentences, each present object
-against every absent one, and each sentence with the batch's images; sigmoid terms push absent
-objects below cosine 0 (so ``R_I = max(100·cos, 0)`` is 0 for them) and present ones above 0.25.
+Loss (a feasibility probe found that plain in-batch contrast learned mostly colour): every image is
+contrasted with all 16 object sentences, each present object against every absent one, and each
+sentence with the batch's images; sigmoid terms push absent objects below cosine 0 (so ``R_I =
+max(100·cos, 0)`` is 0 for them) and present ones above 0.25.
 ``logit_scale`` gets no weight decay.
 
 Colour-only saddle (measured here): early on the text tower maps all four shapes of a colour to
@@ -12,6 +12,11 @@ shape, and some seeds stayed colour-only (pairwise accuracy 0.80) for 800+ steps
 penalising positive cosines between different sentences keeps them apart and removed the
 plateau (0.98 pairwise after 800 steps on seeds 0 and 1). The 49k-row token embedding (of which
 the sentences use ~20 rows; 3.2 of 3.6 M parameters) is frozen: a quarter of the step time.
+
+Why not `tiny.clip.build_tiny_clip`: that builder writes a random model to disk for tests; this
+one is trained, and its sizes (`CLIP_MODEL_CFG`: 64-px images, width 96, 3 layers) are the
+world's. Both are one `open_clip.CLIP(**cfg)` call on their own sizes; what they share, the CLIP
+normalisation, comes from `tiny.common`.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from selfreward_vlm.tiny.common import CLIP_MEAN, CLIP_STD
 from selfreward_vlm.world.spec import ALL_OBJECTS, COLOURS, WorldObject
 
 CONTEXT_LENGTH = 16
@@ -37,8 +43,6 @@ CLIP_MODEL_CFG: dict[str, object] = {
     "text_cfg": {"context_length": CONTEXT_LENGTH, "vocab_size": 49408, "width": 64, "heads": 4,
                  "layers": 2},
 }  # fmt: skip
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP's; the HF processor uses the same
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 PREPROCESS_CFG: dict[str, object] = {
     "size": 64,
     "mode": "RGB",

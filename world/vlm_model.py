@@ -4,6 +4,13 @@ The vision tower is the trained CLIP's ViT converted to a HF ``CLIPVisionModel``
 LLaVA reads layer -2 (the probe found an unfrozen tower or layer -1 fragile). Supervised
 fine-tuning on the biased captions teaches the language prior that makes it hallucinate
 companions; the loss covers the assistant tokens only.
+
+Why not `tiny.llava.build_tiny_vlm`: both assemble a `LlavaConfig` from a `CLIPVisionConfig` and
+a `LlamaConfig`, but with different values in nearly every field (this tower mirrors the trained
+CLIP, open_clip's GELU, `image_seq_length`; tiny's is random, sharpened and written to disk with
+its own tokenizer), so a shared builder would take every field as an argument: no shorter than
+the calls themselves. The weights drawn here (seeded, in this order) are the demo's starting
+point and feed its reproducibility fingerprint.
 """
 
 from __future__ import annotations
@@ -198,7 +205,7 @@ def train_vlm(
 ) -> None:
     """SFT on freshly drawn biased captions (a new draw per visit keeps the prior at ``p``);
     with `disfluency` > 0 each sentence is disfluent with that probability (its own random
-    stream, so a world without disfluency trains exactly as before).
+    stream, so the caption draws are the same whatever `disfluency` is).
 
     The tower is frozen, so its features are computed once up front instead of every step.
     """

@@ -14,7 +14,7 @@ from typing import Any
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import CLIPImageProcessor, LlavaProcessor, PreTrainedTokenizerFast
 
-from selfreward_vlm.world.clip_model import CLIP_MEAN, CLIP_STD
+from selfreward_vlm.tiny.common import CLIP_MEAN, CLIP_STD
 from selfreward_vlm.world.scenes import IMAGE_SIZE
 from selfreward_vlm.world.spec import world_words
 

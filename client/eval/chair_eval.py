@@ -20,13 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from selfreward_vlm.client.eval import coco
-from selfreward_vlm.client.eval.runner import (
-    EvalItem,
-    EvalJournal,
-    RunStats,
-    run_items,
-    write_summary,
-)
+from selfreward_vlm.client.eval.runner import EvalItem, RunStats, run_items, write_summary
+from selfreward_vlm.client.journal import EvalJournal
 from selfreward_vlm.core import chair as metric
 
 CHAIR_PROMPT = "Please describe this image in detail."

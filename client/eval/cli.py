@@ -16,7 +16,7 @@ from selfreward_vlm.client.eval.chair_eval import CHAIR_PROMPT, run_chair
 from selfreward_vlm.client.eval.compare import compare_rows, compare_table
 from selfreward_vlm.client.eval.object_halbench import run_object_halbench
 from selfreward_vlm.client.eval.pope import POPE_SUFFIX, run_pope
-from selfreward_vlm.client.eval.runner import SettingsMismatchError
+from selfreward_vlm.client.journal import OutputMismatchError
 
 Opt = typer.Option
 _err = Console(stderr=True)
@@ -54,7 +54,7 @@ def _guarded(out: Path, call: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         _err.print(f"[yellow]interrupted[/yellow]: answers so far are saved in {out}. "
                    "Rerun the same command to resume; answered items are not redone.")  # fmt: skip
         raise typer.Exit(130) from None
-    except (SettingsMismatchError, ValueError, FileNotFoundError) as exc:
+    except (OutputMismatchError, ValueError, FileNotFoundError) as exc:
         _err.print(f"[red]error[/red] {exc}")
         raise typer.Exit(2) from None
     except (APIConnectionError, APIStatusError) as exc:

@@ -39,7 +39,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from selfreward_vlm.client.eval.runner import EvalItem, EvalJournal, run_items, write_summary
+from selfreward_vlm.client.eval.runner import EvalItem, run_items, write_summary
+from selfreward_vlm.client.journal import EvalJournal
 
 POPE_SUFFIX = "\nAnswer the question using a single word or phrase."
 SPLITS = ("random", "popular", "adversarial")

@@ -5,8 +5,9 @@ Each item (an image and a prompt) gets one greedy `/v1/generate` call (stop at E
 the benchmark scores on it — is appended to a JSONL journal and fsynced before the next one.
 A line is the commit point, so after Ctrl-C or kill -9 a rerun keeps the complete lines (a torn
 last line is dropped, a repeated id kept once) and does only the missing items: every item ends
-up in the journal exactly once. `run.json` beside it pins the settings: resuming with other
-settings is an error, not a silent mix. Images are uploaded once each (by path, then by sha256).
+up in the journal exactly once (`client.journal.EvalJournal`). `run.json` beside it pins the
+settings: resuming with other settings is an error, not a silent mix. Images are uploaded once
+each (by path, then by sha256).
 
 Records: `status` "ok" (answered) or "skipped" (the image is missing or refused, or the
 service refused the item's input: final, never retried). A refused run setting (the adapter,
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -38,22 +38,14 @@ from rich.progress import (
 
 from selfreward_vlm.client._async import AsyncScoringClient
 from selfreward_vlm.client.errors import (
-    APIConnectionError,
+    FATAL,
     APIStatusError,
     APITimeoutError,
-    AuthenticationError,
     InvalidRequestError,
-    NotFoundError,
     PayloadTooLargeError,
 )
-from selfreward_vlm.client.journal import (
-    _atomic_write,
-    _count_lines,
-    _ends_with_newline,
-    _json_lines,
-)
+from selfreward_vlm.client.journal import EvalJournal, atomic_write
 
-FATAL = (APIConnectionError, AuthenticationError, NotFoundError)  # wrong URL/key/adapter: stop
 RUN_FIELDS = {"model", "max_new_tokens"}  # a 422 on these is the run's settings, not an item's
 Scorer = Callable[["EvalItem", str], dict[str, Any]]
 
@@ -79,58 +71,6 @@ class RunStats:
     skipped: int = 0
     failed: dict[str, str] = field(default_factory=dict)
     elapsed_s: float = 0.0
-
-
-class SettingsMismatchError(ValueError):
-    """The output folder holds a run made with other settings."""
-
-
-class EvalJournal:
-    """`OUT/<name>.jsonl` (one record per item) and `OUT/run.json` (the settings)."""
-
-    def __init__(self, out: str | Path, name: str, settings: dict[str, Any]) -> None:
-        self.dir = Path(out)
-        self.path = self.dir / f"{name}.jsonl"
-        self.settings = settings
-        self.records: dict[str, dict[str, Any]] = {}
-        self._f: Any = None
-
-    def recover(self) -> dict[str, dict[str, Any]]:
-        """Check the settings, keep each item's first complete record, drop torn lines."""
-        self.dir.mkdir(parents=True, exist_ok=True)
-        run_file = self.dir / "run.json"
-        if run_file.exists():
-            old = json.loads(run_file.read_text())
-            if old != self.settings:
-                raise SettingsMismatchError(
-                    f"{self.dir} holds a run with settings {old}; this run is {self.settings}: "
-                    "use another --out folder (or delete that one)"
-                )
-        else:
-            _atomic_write(run_file, [json.dumps(self.settings, indent=1)])
-        self.records = {}
-        for rec in _json_lines(self.path):
-            if isinstance(rec.get("id"), str):
-                self.records.setdefault(rec["id"], rec)
-        lines = [json.dumps(r, ensure_ascii=False) for r in self.records.values()]
-        stale = _count_lines(self.path) != len(lines) or not _ends_with_newline(self.path)
-        if not self.path.exists() or stale:
-            _atomic_write(self.path, lines)
-        return self.records
-
-    def append(self, record: dict[str, Any]) -> None:
-        """Durably add one item's record (the commit point)."""
-        if self._f is None:
-            self._f = self.path.open("a", encoding="utf-8")
-        self._f.write(json.dumps(record, ensure_ascii=False) + "\n")
-        self._f.flush()
-        os.fsync(self._f.fileno())
-        self.records[record["id"]] = record
-
-    def close(self) -> None:
-        if self._f is not None:
-            self._f.close()
-            self._f = None
 
 
 @dataclass
@@ -268,5 +208,5 @@ def run_items(
 def write_summary(out: str | Path, summary: dict[str, Any]) -> Path:
     """Write `OUT/summary.json` atomically; returns its path."""
     path = Path(out) / "summary.json"
-    _atomic_write(path, [json.dumps(summary, indent=1, ensure_ascii=False)])
+    atomic_write(path, [json.dumps(summary, indent=1, ensure_ascii=False)])
     return path

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from selfreward_vlm.client._async import AsyncScoringClient
+from selfreward_vlm.core import defaults
 from selfreward_vlm.core.integrations import (
     MAX_SENTENCES,
     Aggregation,
@@ -34,6 +35,8 @@ from selfreward_vlm.core.schemas import ImageRef
 
 RewardKind = Literal["calibrated", "clip", "implicit"]
 T = TypeVar("T")
+# The trl and verl shims' default HTTP timeout, in seconds, for one scoring call.
+TIMEOUT_S = 120.0
 
 
 def run_sync(work: Coroutine[Any, Any, T]) -> T:
@@ -54,11 +57,11 @@ class RewardSpec:
     reward: RewardKind = "calibrated"
     aggregation: Aggregation = "mean"
     model: str = "base"  # calibrated: the adapter whose log-probs give R_T
-    lam: float = 0.9
+    lam: float = defaults.LAMBDA
     language_score: Literal["prob", "mean_logprob", "sum_logprob"] = "prob"
     policy: str = "base"  # implicit: policy vs reference adapters
     reference: str = "base"
-    beta: float = 0.1
+    beta: float = defaults.IMPLICIT_BETA
 
 
 def text_of(message: Any) -> str:

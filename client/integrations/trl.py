@@ -26,6 +26,7 @@ from typing import Any
 
 from selfreward_vlm.client._async import AsyncScoringClient
 from selfreward_vlm.client.integrations import (
+    TIMEOUT_S,
     ImageUploader,
     RewardKind,
     RewardSpec,
@@ -34,6 +35,7 @@ from selfreward_vlm.client.integrations import (
     score_response,
     text_of,
 )
+from selfreward_vlm.core import defaults
 from selfreward_vlm.core.integrations import Aggregation
 
 logger = logging.getLogger("selfreward.trl")
@@ -51,10 +53,10 @@ class SelfRewardReward:
         model: str = "base",
         policy: str = "base",
         reference: str = "base",
-        beta: float = 0.1,
-        lam: float = 0.9,
+        beta: float = defaults.IMPLICIT_BETA,
+        lam: float = defaults.LAMBDA,
         api_key: str | None = None,
-        timeout: float = 120.0,
+        timeout: float = TIMEOUT_S,
         concurrency: int = 16,
         name: str | None = None,
     ) -> None:

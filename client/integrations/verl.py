@@ -27,12 +27,14 @@ from typing import Any
 
 from selfreward_vlm.client._async import AsyncScoringClient
 from selfreward_vlm.client.integrations import (
+    TIMEOUT_S,
     ImageUploader,
     RewardKind,
     RewardSpec,
     run_sync,
     score_response,
 )
+from selfreward_vlm.core import defaults
 from selfreward_vlm.core.integrations import Aggregation
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -65,10 +67,10 @@ def compute_score_batch(
     model: str = "base",
     policy: str = "base",
     reference: str = "base",
-    beta: float = 0.1,
-    lam: float = 0.9,
+    beta: float = defaults.IMPLICIT_BETA,
+    lam: float = defaults.LAMBDA,
     api_key: str | None = None,
-    timeout: float = 120.0,
+    timeout: float = TIMEOUT_S,
     on_error: float | None = None,
     **_: Any,
 ) -> list[float]:

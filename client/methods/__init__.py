@@ -66,8 +66,9 @@ def check_run(method: str, model: str, reference: str) -> None:
         check_policy(model, reference)
 
 
-# Deprecated option names per method -> the field they now set. SBSPO's union fraction was
-# `lam`, the name CSR uses for its R_I weight; `--lambda` meant two things.
+# Deprecated option names per method -> the field they set. `lam` is CSR's R_I weight; SBSPO
+# reads it as its union fraction only for compatibility (with a warning), as `--lambda` would
+# otherwise mean two things.
 DEPRECATED_OPTIONS: dict[str, dict[str, str]] = {"sbspo": {"lam": "union_fraction"}}
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, get_args
 
 from selfreward_vlm.client._base import ImageLike
+from selfreward_vlm.core import defaults
 from selfreward_vlm.core.schemas import (
     ClipResponse,
     GenerateResponse,
@@ -30,7 +31,7 @@ class AsyncScorer(Protocol):
     ) -> GenerateResponse: ...  # fmt: skip
 
     async def clip(
-        self, image: ImageLike, texts: Sequence[str], *, scale: float = 100.0
+        self, image: ImageLike, texts: Sequence[str], *, scale: float = defaults.CLIP_SCALE
     ) -> ClipResponse: ...
 
     async def logprobs(
@@ -40,7 +41,7 @@ class AsyncScorer(Protocol):
 
     async def implicit_reward(
         self, prompt: str, responses: Sequence[str], *, policy: str, reference: str = "base",
-        beta: float = 0.1, image: ImageLike = None,
+        beta: float = defaults.IMPLICIT_BETA, image: ImageLike = None,
     ) -> ImplicitRewardResponse: ...  # fmt: skip
 
 

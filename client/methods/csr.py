@@ -6,7 +6,8 @@ R = λ·R_I + (1−λ)·R_T and pools the children of all live paths; the `keep_
 `keep_bottom` worst unfinished children stay live. Chosen/rejected are the finished responses
 with the highest/lowest path reward (sum of sentence rewards, or mean).
 
-Decisions (see WORLD-NOTES.md; the tunable ones are config fields, recorded in `params`):
+Decisions (README "The levers, measured"; the tunable ones are config fields, recorded in
+`params`):
 - R_T comes from the candidate's own raw `token_logprobs` (no second forward: the speed design);
   for a sentence candidate they include the "." token, for an EOS candidate the EOS token.
 - R_I: one `/v1/clip` request per step for the distinct texts of all live paths' candidates
@@ -55,6 +56,7 @@ from selfreward_vlm.client.methods.base import (
     mean,
     tally,
 )
+from selfreward_vlm.core import defaults
 from selfreward_vlm.core.rewards import (
     PathScore,
     StopRelevance,
@@ -79,7 +81,7 @@ METHOD = "csr"
 class CSRConfig:
     """CSR paper mode; defaults are the paper's (appendix A.1) unless noted."""
 
-    lam: float = 0.9  # weight of R_I in R = λ·R_I + (1−λ)·R_T
+    lam: float = defaults.LAMBDA  # weight of R_I in R = λ·R_I + (1−λ)·R_T
     language_score: LanguageScore = "prob"  # R_T: eq. 2 product of token probabilities
     path_score: PathScore = "sum"  # R(y) = Σ R(s); "mean" is what the official code averages
     num_candidates: int = 5
@@ -97,7 +99,7 @@ class CSRConfig:
     drop_duplicate_sentences: bool = False
     stop_text: str = "."
     stop_mode: StopMode = "sentence"  # a sentence ends at any token whose text holds stop_text
-    clip_scale: float = 100.0
+    clip_scale: float = defaults.CLIP_SCALE
     clip_batch: int = 64  # texts per /v1/clip request
     preset: str | None = None  # the preset these settings came from (recorded in `params`)
 

@@ -66,6 +66,7 @@ from selfreward_vlm.client.methods.base import (
     mean,
 )
 from selfreward_vlm.client.methods.csr import propose
+from selfreward_vlm.core import defaults
 from selfreward_vlm.core.rewards import language_score
 from selfreward_vlm.core.schemas import Candidate, ResponseScore, SentenceScore, StopMode
 from selfreward_vlm.core.selection import (
@@ -88,7 +89,7 @@ DegenerateRule = Literal["official", "strict"]
 class CSROfficialConfig:
     """The official code's settings (`sample.py`, `score.py`, `construct.py`, `step*.sh`)."""
 
-    alpha: float = 0.9  # weight of the CLIP rank (step3.sh CLIP_ALPHA)
+    alpha: float = defaults.FUSED_RANK_ALPHA  # weight of the CLIP rank (step3.sh CLIP_ALPHA)
     num_candidates: int = 5  # num_token_beams = num_return_sequences
     num_beam_groups: int = 5
     diversity_penalty: float = 3.0
@@ -104,7 +105,7 @@ class CSROfficialConfig:
     count_root_in_mean: bool = True
     stop_text: str = "."
     stop_mode: StopMode = "token"  # sample.py: eos_token_id=period_id, the "." token alone
-    clip_scale: float = 100.0
+    clip_scale: float = defaults.CLIP_SCALE
     clip_batch: int = 64
     preset: str | None = None
 

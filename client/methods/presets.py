@@ -28,6 +28,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from selfreward_vlm.core import defaults
+
 PRESET_NAMES = ("paper", "official", "tuned")
 
 # The official CSR code's training (scripts/run_train.sh); the papers state none of it.
@@ -42,15 +44,15 @@ OFFICIAL_TRAIN: dict[str, Any] = {
 # per sentence (argparse default and step1.sh), no depth cap (`while active_nodes`), the
 # filter of `clean_tree` (13 commas, emoji stripped by `clean_text` before the checks).
 OFFICIAL_CSR: dict[str, Any] = {
-    "alpha": 0.9, "num_candidates": 5, "num_beam_groups": 5, "diversity_penalty": 3.0,
-    "max_new_tokens": 70, "max_total_tokens": 1024, "keep_top": 1, "keep_bottom": 2,
-    "min_pool": 5, "max_steps": None, "min_sentence_chars": 4, "drop_degenerate": True,
-    "degenerate_rule": "official",
+    "alpha": defaults.FUSED_RANK_ALPHA, "num_candidates": 5, "num_beam_groups": 5,
+    "diversity_penalty": 3.0, "max_new_tokens": 70, "max_total_tokens": 1024, "keep_top": 1,
+    "keep_bottom": 2, "min_pool": 5, "max_steps": None, "min_sentence_chars": 4,
+    "drop_degenerate": True, "degenerate_rule": "official",
 }  # fmt: skip
 
 # CSR paper, appendix A.1 and Algorithm 1 (max_steps None: search until EOS or 1024 tokens).
 PAPER_CSR: dict[str, Any] = {
-    "lam": 0.9, "language_score": "prob", "path_score": "sum", "num_candidates": 5,
+    "lam": defaults.LAMBDA, "language_score": "prob", "path_score": "sum", "num_candidates": 5,
     "num_beam_groups": 5, "diversity_penalty": 3.0, "max_new_tokens": 74,
     "max_total_tokens": 1024, "keep_top": 1, "keep_bottom": 2, "max_steps": None,
     "drop_duplicate_sentences": False,
@@ -59,7 +61,8 @@ PAPER_CSR: dict[str, Any] = {
 # SBSPO §2.4 and eq. 5 as written: a response in both the chosen and the rejected union stays
 # in both (only a pair of identical texts is skipped).
 PAPER_SBSPO: dict[str, Any] = {
-    "num_samples": 10, "union_fraction": 0.3, "beta": 0.1, "selection": "union", "overlap": "keep",
+    "num_samples": 10, "union_fraction": 0.3, "beta": defaults.IMPLICIT_BETA,
+    "selection": "union", "overlap": "keep",
 }  # fmt: skip
 
 
@@ -92,7 +95,7 @@ PRESETS: dict[str, Preset] = {
         "tuned", "measured best on the miniature world (README, The demo)", "csr",
         {
             "csr": {
-                "lam": 0.9, "language_score": "mean_logprob", "path_score": "sum",
+                "lam": defaults.LAMBDA, "language_score": "mean_logprob", "path_score": "sum",
                 "r_i_offset": 12.0, "num_candidates": 5, "keep_top": 1, "keep_bottom": 2,
                 "max_new_tokens": 12, "max_steps": 5, "stop_r_i": "zero",
                 "drop_duplicate_sentences": True,
@@ -105,9 +108,9 @@ PRESETS: dict[str, Preset] = {
             "self-judge": {"max_new_tokens": 40},
         },
         {
-            # lr 1e-4: iteration 1 no longer takes the whole gain at once (2e-4 did, and
-            # later iterations then moved within the evaluation's noise); with it the R_I
-            # offset 12 (not 15) keeps recall further from the goal's bound (README, levers)
+            # lr 1e-4: iteration 1 does not take the whole gain at once (at 2e-4 it does, and
+            # later iterations move within the evaluation's noise); with it the R_I offset 12
+            # (not 15) keeps recall further from the goal's bound (README, levers)
             "lr": 1e-4, "loss_type": ["sigmoid", "sft"], "lora_r": 16, "lora_alpha": 32,
             "batch_size": 8, "epochs": 3.0, "max_length": 256, "save_steps": 1000,
             "sft_weight_growth": 2.0,  # iterate: SFT term weight 1, 2, 4 at t = 1, 2, 3

@@ -42,6 +42,7 @@ from selfreward_vlm.client.methods.base import (
     make_pair,
     tally,
 )
+from selfreward_vlm.core import defaults
 from selfreward_vlm.core.schemas import ImplicitReward, ResponseScore
 from selfreward_vlm.core.selection import (
     OverlapRule,
@@ -81,7 +82,7 @@ class SBSPOConfig:
     temperature: float = 0.7
     top_p: float = 1.0
     max_new_tokens: int = 512
-    beta: float = 0.1
+    beta: float = defaults.IMPLICIT_BETA
     union_fraction: float = 0.3  # the paper's λ: top/bottom ⌈λm⌉ of each ranking
     selection: SelectionRule = "union"  # eq. 5; "sum" / "avg": one ranking (Table 2)
     overlap: OverlapRule = "keep"  # eq. 5 keeps a response in both sets; "drop" is ours

@@ -164,7 +164,7 @@ class LanguageEngine:
 
     def check_no_image_tokens(self, ids: Sequence[int], field: str) -> None:
         """Placeholder tokens belong to the prompt only: in assistant text they would desync the
-        image features from their slots (WORLD-NOTES: a generated `<image>` crashed a round)."""
+        image features from their slots (a generated `<image>` fed back as text has no image)."""
         if self.image_token_id is not None and self.image_token_id in ids:
             raise InvalidRequestError(
                 "the image placeholder token may appear only in the prompt's image slot",

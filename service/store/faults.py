@@ -8,8 +8,8 @@ Every store call runs inside `StoreHealth.guard()`: a database exception leaves 
   `Retry-After`. The transaction was rolled back, so nothing was written.
 - A full disk (SQLite `SQLITE_FULL`, PostgreSQL `disk_full`, `ENOSPC`/`EDQUOT` from a file the
   store writes): 507 `insufficient_storage`, naming the store.
-- Anything else (a bug, a constraint this code never expects to break) propagates as before
-  and stays a 500.
+- Anything else (a bug, a constraint this code never expects to break) propagates
+  unchanged and stays a 500.
 
 `StoreHealth` also remembers the last outcome, for `/health`, and counts errors by kind (the
 `selfreward_store_errors_total{kind}` metric, wired by the app).

@@ -25,6 +25,9 @@ from typing import Any, ClassVar
 
 import torch
 
+# The BOS rule, shared with the trainer's collator, lives in core; `lm.py` imports it from here.
+from selfreward_vlm.core.tokenization import special_tokens_kwargs as special_tokens_kwargs
+
 PER_TOKEN_KEYS = ("mm_token_type_ids", "token_type_ids")
 DROP_KEYS = ("input_ids", "attention_mask")
 
@@ -124,15 +127,6 @@ class Family:
             else v
             for k, v in inputs.items()
         }
-
-
-def special_tokens_kwargs(tokenizer: Any, text: str) -> dict[str, Any]:
-    """Tokenizer kwargs for a rendered prompt, by transformers' own rule
-    (`ProcessorMixin.apply_chat_template(tokenize=True)`): a prompt that already starts with
-    BOS (Gemma 3, Idefics3 templates) gets no second one. The service and the trainer's
-    collator both tokenize prompts through this, so their token ids agree."""
-    bos = tokenizer.bos_token
-    return {"add_special_tokens": False} if bos and text.startswith(bos) else {}
 
 
 def cache_keyword(module: Any) -> str:

@@ -10,8 +10,8 @@ The pairs come from a JSONL file (`pairs --out`) or a service dataset URL; image
 service by id, or from a local folder. Rows are built by `trainer.data` (the same code the
 project's own DPO training feeds on), so this needs the `train` extra (`datasets`).
 
-Also here: the `pairs` command group, whose default command is the search, so that
-`selfreward pairs --service ...` keeps working beside `selfreward pairs export ...`.
+The `selfreward` CLI mounts `export_command` in the client's `pairs` group
+(`client.cli.pairs_group`): the client itself never imports the trainer.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from typer.core import TyperGroup
+
+from selfreward_vlm.core.urls import is_http, split_dataset_url
 
 Opt = typer.Option
 
@@ -44,9 +45,8 @@ def export_pairs(
 ) -> ExportSummary:
     """Write the pairs of `source` (JSONL path or `URL/v1/datasets/NAME`) to `out_dir` with
     `Dataset.save_to_disk`; returns what was written."""
-    from selfreward_vlm.trainer.config import is_http, split_dataset_url
     from selfreward_vlm.trainer.data import (
-        ImageStore,
+        ImageLoader,
         build_dataset,
         filter_pairs,
         iter_pairs,
@@ -58,7 +58,7 @@ def export_pairs(
 
         client = ScoringClient(split_dataset_url(source)[0], api_key=api_key)
     pairs, report = filter_pairs(iter_pairs(source, client=client), set(), None)
-    store = ImageStore(client=client, images=images)
+    store = ImageLoader(client=client, images=images)
     dataset = build_dataset([to_trl_row(p, store) for p in pairs])
     dataset.save_to_disk(str(out_dir))
     return ExportSummary(
@@ -90,20 +90,3 @@ def export_command(
         f"wrote {summary.rows} pairs to {summary.out} (dropped {summary.dropped_empty} with an "
         f"empty response); load with datasets.load_from_disk"
     )
-
-
-class _DefaultSearchGroup(TyperGroup):
-    """`pairs SUBCOMMAND ...` runs the subcommand; anything else is `pairs search ...`."""
-
-    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:  # ctx: typer's click Context
-        if not args or (args[0] not in self.commands and args[0] not in ("--help", "-h")):
-            args = ["search", *args]
-        return super().parse_args(ctx, args)
-
-
-def pairs_group(search: Any) -> typer.Typer:
-    """The `pairs` command group: `search` (the default: the pair search itself) and `export`."""
-    group = typer.Typer(cls=_DefaultSearchGroup, help="Search preference pairs; export them.")
-    group.command("search")(search)
-    group.command("export")(export_command)
-    return group
