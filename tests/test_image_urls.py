@@ -151,7 +151,7 @@ def test_non_global_and_wrapped_internal_addresses_are_refused(
 def test_global_addresses_are_fetched(address: str, monkeypatch: pytest.MonkeyPatch) -> None:
     import socket
 
-    from selfreward_vlm.service.images.store import urls as image_urls
+    from selfreward_vlm.service.images import urls as image_urls
 
     def resolve(host: str, port: int, **kw: object) -> list[tuple]:
         return [(socket.AF_INET6, socket.SOCK_STREAM, 6, "", (address, port))]
