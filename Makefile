@@ -49,12 +49,12 @@ openapi: install
 # (a 40 s PostgreSQL outage), figures in build/reliability-figures.jsonl.
 .PHONY: fuzz reliability
 FUZZ_EXAMPLES ?= 200
-RELIABILITY_TESTS = tests/test_fuzz.py tests/test_load.py tests/test_shutdown.py \
-	tests/test_deadlines.py tests/test_hostile_input.py tests/test_auth_walk.py \
-	tests/test_client_retry.py tests/test_one_bad_item.py tests/test_surroundings.py
+RELIABILITY_TESTS = tests/reliability/test_fuzz.py tests/reliability/test_load.py tests/reliability/test_shutdown.py \
+	tests/reliability/test_deadlines.py tests/reliability/test_hostile_input.py tests/api/test_auth_walk.py \
+	tests/client/test_client_retry.py tests/client/test_one_bad_item.py tests/reliability/test_surroundings.py
 
 fuzz: install
-	SELFREWARD_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(VENV)/bin/python -m pytest -q tests/test_fuzz.py
+	SELFREWARD_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(VENV)/bin/python -m pytest -q tests/reliability/test_fuzz.py
 
 reliability: install
 	mkdir -p build && rm -f build/reliability-figures.jsonl
@@ -81,5 +81,5 @@ harness: install
 	mkdir -p build && rm -f build/harness-figures.jsonl
 	SELFREWARD_HARNESS_VENV=$(HARNESS_VENV) \
 	SELFREWARD_HARNESS_REPORT=$(CURDIR)/build/harness-figures.jsonl \
-	$(VENV)/bin/python -m pytest -q tests/test_harnesses.py
+	$(VENV)/bin/python -m pytest -q tests/integrations/test_harnesses.py
 	cat build/harness-figures.jsonl

@@ -4,7 +4,7 @@ Run after changing any route or wire schema:
 
     .venv/bin/python scripts/gen_openapi.py
 
-`tests/test_openapi.py` fails while the committed file is stale.
+`tests/api/test_openapi.py` fails while the committed file is stale.
 """
 
 from __future__ import annotations

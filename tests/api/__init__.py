@@ -1,0 +1,1 @@
+"""The HTTP API on the native routes: validation, errors, schema, store, UI."""

@@ -1,0 +1,1 @@
+"""The Python client, the methods (CSR, SBSPO), pairs and eval CLIs."""

@@ -1,0 +1,1 @@
+"""Pure logic of core/: metrics (CHAIR), pair selection, the import layering."""

@@ -1,0 +1,1 @@
+"""End to end: the client against a live service, the demo world, README blocks, packaging."""

@@ -1,0 +1,1 @@
+"""Compatibility protocols (OpenAI/vLLM, OpenRLHF) and the TRL/verl/harness integrations."""

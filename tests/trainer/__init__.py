@@ -1,0 +1,1 @@
+"""DPO training, export, merge, iterate."""
