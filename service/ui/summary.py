@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from selfreward_vlm.core.schemas import PreferencePair, ResponseScore
-from selfreward_vlm.service.ui.protocol import (
+from selfreward_vlm.service.protocols.viewer import (
     DatasetSummary,
     GroupStats,
     Histogram,
