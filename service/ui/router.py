@@ -23,9 +23,9 @@ from fastapi.responses import RedirectResponse
 
 from selfreward_vlm.core.schemas import ErrorResponse
 from selfreward_vlm.service.errors import NotFoundError
+from selfreward_vlm.service.protocols.viewer import DatasetSummary
 from selfreward_vlm.service.state import AppState, get_state
 from selfreward_vlm.service.store import DATASET_NAME_RE
-from selfreward_vlm.service.protocols.viewer import DatasetSummary
 from selfreward_vlm.service.ui.summary import SummaryCache
 
 # One cache per store (an app has one; tests build several), gone with its store.
