@@ -83,7 +83,7 @@ class OpenAIRoute(APIRoute):
             except RequestValidationError as exc:
                 errors = list(exc.errors())
                 first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
-                loc = [str(p) for p in first["loc"] if p != "body"]
+                loc = _field_path(exc.body, [p for p in first["loc"] if p != "body"])
                 return openai_error(400, f"{'.'.join(loc)}: {first['msg']}", ".".join(loc) or None,
                                     "invalid_request")  # fmt: skip
             except ServiceError as exc:
@@ -93,6 +93,21 @@ class OpenAIRoute(APIRoute):
                 return openai_error(exc.status_code, exc.message, exc.field, exc.type, headers)
 
         return route
+
+
+def _field_path(body: Any, loc: list[Any]) -> list[str]:
+    """The request field a validation error names: its `loc` without pydantic's union tags
+    (`stop.constrained-str`, `text_2.ScoreMultiModal...`), found by walking the body."""
+    path, value = [], body
+    for k, part in enumerate(loc):
+        if isinstance(value, dict) and (part in value or k == len(loc) - 1):
+            value = value.get(part)
+        elif isinstance(value, list) and isinstance(part, int) and part < len(value):
+            value = value[part]
+        else:
+            continue  # a union member's tag, not a field
+        path.append(str(part))
+    return path
 
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
