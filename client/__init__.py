@@ -14,6 +14,7 @@ from selfreward_vlm.client.errors import (
     AuthenticationError,
     BadRequestError,
     ConflictError,
+    InsufficientStorageError,
     InternalServerError,
     InvalidRequestError,
     NotFoundError,
@@ -21,6 +22,7 @@ from selfreward_vlm.client.errors import (
     PayloadTooLargeError,
     QueueFullError,
     SelfRewardError,
+    StoreUnavailableError,
 )
 
 __all__ = [
@@ -31,6 +33,7 @@ __all__ = [
     "AuthenticationError",
     "BadRequestError",
     "ConflictError",
+    "InsufficientStorageError",
     "InternalServerError",
     "InvalidRequestError",
     "NotFoundError",
@@ -39,4 +42,5 @@ __all__ = [
     "QueueFullError",
     "ScoringClient",
     "SelfRewardError",
+    "StoreUnavailableError",
 ]

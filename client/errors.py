@@ -13,7 +13,9 @@ SelfRewardError
     ├── InvalidRequestError   422 invalid_request, invalid_image, ... (`.field` names the field)
     ├── QueueFullError        429 queue_full (`.retry_after`, retried)
     └── InternalServerError   5xx
-        └── NotReadyError     503 not_ready (retried)
+        ├── NotReadyError     503 not_ready (retried)
+        │   └── StoreUnavailableError  503 store_unavailable (retried)
+        └── InsufficientStorageError   507 insufficient_storage (`.field`: what is full)
 ```
 """
 
@@ -28,6 +30,7 @@ __all__ = [
     "AuthenticationError",
     "BadRequestError",
     "ConflictError",
+    "InsufficientStorageError",
     "InternalServerError",
     "InvalidRequestError",
     "NotFoundError",
@@ -35,6 +38,7 @@ __all__ = [
     "PayloadTooLargeError",
     "QueueFullError",
     "SelfRewardError",
+    "StoreUnavailableError",
     "error_from_response",
 ]
 
@@ -135,7 +139,18 @@ class InternalServerError(APIStatusError):
 
 
 class NotReadyError(InternalServerError):
-    """503: the models are not loaded/warm yet."""
+    """503: the models are not loaded/warm yet, or the service is shutting down."""
+
+
+class StoreUnavailableError(NotReadyError):
+    """503 `store_unavailable`: the pair store cannot be reached right now (its transaction
+    was rolled back, nothing was written); retried, `Retry-After` honoured."""
+
+
+class InsufficientStorageError(InternalServerError):
+    """507 `insufficient_storage`: a disk of the service is full; `.field` names which
+    (`store`, `adapters`, `adapter_store`). Nothing was written; the same request
+    succeeds once the operator frees space (no restart). Not retried."""
 
 
 # A wrong URL, key or adapter name: every later request would fail alike, so a run (pairs,
@@ -151,7 +166,11 @@ _BY_STATUS: dict[int, type[APIStatusError]] = {
     422: InvalidRequestError,
     429: QueueFullError,
     503: NotReadyError,
+    507: InsufficientStorageError,
 }
+# Where one status carries several error types, the type picks the class (a subclass of the
+# status's class, so `except NotReadyError` still catches a store outage).
+_BY_TYPE: dict[str, type[APIStatusError]] = {"store_unavailable": StoreUnavailableError}
 
 
 def _retry_after(response: httpx.Response) -> float | None:
@@ -181,7 +200,7 @@ def error_from_response(response: httpx.Response) -> APIStatusError:
     """Map an error response to the matching exception (one place, like the service's)."""
     status = response.status_code
     type_, message, field = _error_fields(response)
-    cls = _BY_STATUS.get(status)
+    cls = _BY_TYPE.get(type_) or _BY_STATUS.get(status)
     if cls is None:
         cls = InternalServerError if status >= 500 else APIStatusError
     return cls(

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from selfreward_vlm.core.schemas import ImageRef
+from selfreward_vlm.core.schemas import DEFAULT_MAX_ITEMS, DEFAULT_MAX_NEW_TOKENS, ImageRef
+from selfreward_vlm.service.protocols import IMAGE_URL_PATTERN, OnlyFalse
 
 
 class _Wire(BaseModel):
@@ -39,6 +40,20 @@ class OpenAIErrorResponse(_Wire):
 
 
 PromptFormat = Literal["auto", "text", "chat"]
+_MAX_ITEMS: dict[str, Any] = {"maxItems": DEFAULT_MAX_ITEMS}  # settings.max_items
+TokenIds = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
+Prompts = Annotated[list[str], Field(min_length=1, json_schema_extra=_MAX_ITEMS)]
+TokenIdPrompts = Annotated[list[TokenIds], Field(min_length=1, json_schema_extra=_MAX_ITEMS)]
+
+
+def _completion_schema(schema: dict[str, Any]) -> None:
+    """What `serving.completions` checks across fields: with `max_tokens` 0 or null nothing
+    is generated, so `echo` must be true and `n` 1."""
+    schema["anyOf"] = [
+        {"not": {"required": ["max_tokens"]}},
+        {"properties": {"max_tokens": {"type": "integer", "minimum": 1}}},
+        {"required": ["echo"], "properties": {"echo": {"const": True}, "n": {"const": 1}}},
+    ]
 
 
 class CompletionRequest(_Wire):
@@ -56,27 +71,48 @@ class CompletionRequest(_Wire):
 
     `image` (also an extension, in the OpenAI client's `extra_body`) is the prompt's image: the
     text holds the model's image placeholder where it goes.
+
+    `max_tokens` 0 or null scores without generating: then `echo` must be true and `n` 1.
+    Token ids are at least 0 and below the model's vocabulary size (`GET /info`).
     """
+
+    model_config = ConfigDict(json_schema_extra=_completion_schema)
 
     model: str = Field(
         description="the served model's name (--model or --served-model-name), 'base', or an "
         "adapter name"
     )
-    prompt: str | list[str] | list[int] | list[list[int]]
+    prompt: str | Prompts | TokenIds | TokenIdPrompts = Field(
+        description="a text, a list of texts, one token-id list, or a list of token-id lists "
+        f"(at most max_items prompts, {DEFAULT_MAX_ITEMS} by default)"
+    )
     echo: bool = False
-    max_tokens: int | None = Field(16, ge=0, description="tokens to generate after the prompt")
+    max_tokens: (
+        Annotated[int, Field(ge=0, json_schema_extra={"maximum": DEFAULT_MAX_NEW_TOKENS})] | None
+    ) = Field(
+        16,
+        description="tokens to generate after the prompt (at most the max_new_tokens setting, "
+        f"{DEFAULT_MAX_NEW_TOKENS} by default); 0 or null: score only",
+    )
     temperature: float | None = Field(1.0, ge=0, description="0 = greedy")
     top_p: float | None = Field(1.0, gt=0, le=1)
     seed: int | None = Field(None, description="choice i samples with seed + i")
     stop: str | list[str] | None = Field(None, description="generation ends before these")
     logprobs: int | None = Field(None, ge=0, le=20)
     prompt_logprobs: int | None = Field(None, ge=0, le=20, description="vLLM extension")
-    n: int = Field(1, ge=1, description="choices per prompt (1 when max_tokens is 0)")
+    n: int = Field(
+        1,
+        ge=1,
+        description="choices per prompt (1 when max_tokens is 0; at most max_items)",
+        json_schema_extra={"maximum": DEFAULT_MAX_ITEMS},
+    )
     add_special_tokens: bool = Field(
         True, description="vLLM extension: a text prompt's tokens include the tokenizer's "
         "special tokens (BOS), as vLLM tokenizes it; token-id prompts are taken as they are",
     )  # fmt: skip
-    stream: bool = False
+    stream: Annotated[Literal[False], OnlyFalse] = Field(
+        False, description="not supported here (/v1/chat/completions streams)"
+    )
     prompt_format: PromptFormat = Field(
         "auto", description="selfreward extension: how the prompt is read (see above)"
     )
@@ -124,26 +160,62 @@ class CompletionResponse(_Wire):
 
 
 class ImageUrl(_Wire):
-    url: str = Field(description="data: URI, http(s) URL (if allowed), or an image id")
+    url: str = Field(
+        description="an image id (sha256 from POST /v1/images), a data:image/...;base64, URI, "
+        "or an http(s) URL where the operator allows them (--allow-image-urls)",
+        json_schema_extra={"pattern": IMAGE_URL_PATTERN},
+    )
 
 
-class ScoreContentPart(_Wire):
-    type: Literal["image_url", "text"]
-    image_url: ImageUrl | None = None
-    text: str | None = None
+class TextPart(_Wire):
+    type: Literal["text"]
+    text: str
+
+
+class ImagePart(_Wire):
+    type: Literal["image_url"]
+    image_url: ImageUrl
+
+
+ContentPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
 
 
 class ScoreMultiModal(_Wire):
-    content: list[ScoreContentPart] = Field(..., min_length=1)
+    content: list[ContentPart] = Field(
+        ..., min_length=1, json_schema_extra=_MAX_ITEMS, description="all images or all texts"
+    )
 
 
-ScoreSide = str | list[str] | ScoreMultiModal
+ScoreSide = str | Prompts | ScoreMultiModal
+
+
+def _side(kind: str) -> dict[str, Any]:
+    """A score side of texts (a string, a list of strings, or `text` parts) or of images
+    (`image_url` parts)."""
+    parts = {"type": "object", "properties": {"content": {
+        "items": {"properties": {"type": {"const": kind}}}}}}  # fmt: skip
+    return {"anyOf": [{"type": ["string", "array"]}, parts]} if kind == "text" else parts
+
+
+def _score_schema(schema: dict[str, Any]) -> None:
+    """What `routes.openai_compat.score` checks across the two sides: one holds texts and the
+    other images. (That `text_1` has one item or as many as `text_2` is in the description
+    only: JSON Schema cannot compare lengths, and listing them is more than Schemathesis's
+    generator takes.)"""
+    schema["anyOf"] = [
+        {"properties": {"text_1": _side("text"), "text_2": _side("image_url")}},
+        {"properties": {"text_1": _side("image_url"), "text_2": _side("text")}},
+    ]
 
 
 class ScoreRequest(_Wire):
     """vLLM's score request: `text_1` against each `text_2` (1:N) or pairwise (N:N). One side
-    holds images (`image_url` content parts), the other texts; the score is CLIP relevance
-    R_I = max(100·cos, 0)."""
+    holds images (`image_url` content parts), the other texts (a string, a list of them, or
+    `text` content parts); the score is CLIP relevance R_I = max(100·cos, 0). `text_1` has
+    one item (scored against each of `text_2`) or as many as `text_2`; at most max_items
+    pairs."""
+
+    model_config = ConfigDict(json_schema_extra=_score_schema)
 
     model: str | None = None
     text_1: ScoreSide

@@ -83,10 +83,29 @@ _BODY_ANSWERS = {
     "400": "Malformed JSON body",
     "413": "Body (or image, or adapter) over the limit",
     "422": "Invalid request (names the field)",
+    "507": "A disk of the service is full (`field` names it); nothing was written",
 }
+_RETRY_AFTER = {
+    "Retry-After": {
+        "description": "seconds to wait before retrying (429; 503 when the service will be back)",
+        "schema": {"type": "integer", "minimum": 1},
+    }
+}
+# The foreign protocols' routes answer their own errors in OpenAI's shape (400 for what the
+# native routes answer 422); the guards in front of them (401, 403, the body size, the drain)
+# still answer in the service's.
+_FOREIGN_TAGS = {"openai"}
+_OPENAI_ERROR_REF = {"$ref": "#/components/schemas/OpenAIErrorResponse"}
 
 
 def _document_guards(op: dict[str, Any], responses: dict[str, Any], error: dict) -> None:
     answers = {**_GUARD_ANSWERS, **(_BODY_ANSWERS if "requestBody" in op else {})}
+    foreign = bool(_FOREIGN_TAGS & set(op.get("tags", ())))
+    if foreign:
+        answers.pop("422", None)
+        either = {"anyOf": [_OPENAI_ERROR_REF, _ERROR_REF]}
+        error = {"content": {"application/json": {"schema": either}}}
     for code, description in answers.items():
         responses.setdefault(code, {"description": description, **error})
+    for code in ("429", "503"):
+        responses[code].setdefault("headers", _RETRY_AFTER)

@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.routing import APIRoute
 
 from selfreward_vlm.core.schemas import ClipRequest, ImageRef
-from selfreward_vlm.service.errors import InvalidRequestError, QueueFullError, ServiceError
+from selfreward_vlm.service.errors import InvalidRequestError, ServiceError
 from selfreward_vlm.service.protocols.openai import (
     CompletionRequest,
     CompletionResponse,
@@ -34,6 +34,7 @@ from selfreward_vlm.service.protocols.openai import (
     ScoreRequest,
     ScoreResponse,
     ScoreSide,
+    TextPart,
 )
 from selfreward_vlm.service.protocols.openai_chat import (
     ChatCompletionRequest,
@@ -82,16 +83,31 @@ class OpenAIRoute(APIRoute):
             except RequestValidationError as exc:
                 errors = list(exc.errors())
                 first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
-                loc = [str(p) for p in first["loc"] if p != "body"]
+                loc = _field_path(exc.body, [p for p in first["loc"] if p != "body"])
                 return openai_error(400, f"{'.'.join(loc)}: {first['msg']}", ".".join(loc) or None,
                                     "invalid_request")  # fmt: skip
             except ServiceError as exc:
                 headers = None
-                if isinstance(exc, QueueFullError):
+                if exc.retry_after is not None:  # 429 queue_full, 503 not_ready, store_unavailable
                     headers = {"Retry-After": str(max(1, round(exc.retry_after)))}
                 return openai_error(exc.status_code, exc.message, exc.field, exc.type, headers)
 
         return route
+
+
+def _field_path(body: Any, loc: list[Any]) -> list[str]:
+    """The request field a validation error names: its `loc` without pydantic's union tags
+    (`stop.constrained-str`, `text_2.ScoreMultiModal...`), found by walking the body."""
+    path, value = [], body
+    for k, part in enumerate(loc):
+        if isinstance(value, dict) and (part in value or k == len(loc) - 1):
+            value = value.get(part)
+        elif isinstance(value, list) and isinstance(part, int) and part < len(value):
+            value = value[part]
+        else:
+            continue  # a union member's tag, not a field
+        path.append(str(part))
+    return path
 
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -196,18 +212,21 @@ async def score(req: ScoreRequest, state: AppState = Depends(get_ready_state)) -
 
 
 def _items(side: ScoreSide, field: str) -> list[str | ImageRef]:
-    """A score side as texts and images (an image_url part: data:/http(s) URL or image id)."""
+    """A score side as texts or images (an image_url part: data:/http(s) URL or image id)."""
     if isinstance(side, str):
         return [side]
     if isinstance(side, list):
         return list(side)
-    out: list[str | ImageRef] = []
     assert isinstance(side, ScoreMultiModal)
-    for k, part in enumerate(side.content):
-        if part.type == "text":
-            out.append(part.text or "")
-        elif part.image_url is None:
-            raise InvalidRequestError("image_url part without image_url", f"{field}.content.{k}")
+    if len({part.type for part in side.content}) > 1:
+        raise InvalidRequestError(
+            "a side holds images or texts, not both (CLIP scores an image against a text)",
+            f"{field}.content",
+        )
+    out: list[str | ImageRef] = []
+    for part in side.content:
+        if isinstance(part, TextPart):
+            out.append(part.text)
         else:
             url = part.image_url.url.strip()
             out.append(ImageRef(id=url) if _IMAGE_ID.match(url) else ImageRef(url=url))

@@ -81,8 +81,6 @@ async def completions(state: AppState, req: CompletionRequest) -> Served[Complet
 
 
 def _validate(state: AppState, req: CompletionRequest) -> None:
-    if req.stream:
-        raise InvalidRequestError("stream is not supported on /v1/completions", "stream")
     if not req.max_tokens and not req.echo:
         raise InvalidRequestError("echo must be true (max_tokens=0 returns only the echo)", "echo")
     if not req.max_tokens and req.n != 1:  # scoring is deterministic: n copies say nothing more

@@ -17,12 +17,14 @@ from selfreward_vlm.client import (
     APIConnectionError,
     APITimeoutError,
     AsyncScoringClient,
+    InsufficientStorageError,
     InternalServerError,
     InvalidRequestError,
     NotFoundError,
     NotReadyError,
     QueueFullError,
     ScoringClient,
+    StoreUnavailableError,
 )
 from selfreward_vlm.core.schemas import PreferencePair, ResponseScore
 
@@ -119,6 +121,27 @@ def test_500_and_foreign_bodies_map_to_typed_errors() -> None:
     with pytest.raises(NotFoundError) as info:
         make(Recorder(err(404, "not_found"))).get_image("nope")
     assert info.value.status_code == 404
+
+
+def test_507_is_insufficient_storage_not_retried() -> None:
+    rec = Recorder(err(507, "insufficient_storage", field="store"))
+    with pytest.raises(InsufficientStorageError) as info:
+        make(rec).clip("abc", ["a"])
+    assert len(rec.requests) == 1  # a full disk is the operator's to fix: not retried
+    e = info.value
+    assert isinstance(e, InternalServerError) and not isinstance(e, NotReadyError)
+    assert (e.status, e.type, e.field) == (507, "insufficient_storage", "store")
+
+
+def test_503_store_unavailable_is_typed_and_retried() -> None:
+    sleeps: list[float] = []
+    rec = Recorder(err(503, "store_unavailable", **{"Retry-After": "1"}))
+    client = make(rec, max_retries=1)
+    client._sleep = sleeps.append
+    with pytest.raises(StoreUnavailableError) as info:
+        client.clip("abc", ["a"])
+    assert isinstance(info.value, NotReadyError)  # `except NotReadyError` still catches it
+    assert len(rec.requests) == 2 and sleeps == [1.0]
 
 
 def test_several_base_urls_round_robin_and_fail_over() -> None:

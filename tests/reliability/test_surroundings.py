@@ -4,8 +4,9 @@
   timeout: never a 500; 503 `store_unavailable` with Retry-After, fast; scoring by image id
   and /ready keep answering; /health says the store is down; every acknowledged pair is kept;
   the first write after the server is back succeeds within 2 s;
-- a full disk (a small tmpfs for the data dir): 507 `insufficient_storage` naming what is full,
-  reads keep working, writes work again once space is freed, the integrity check passes;
+- a full disk (a small tmpfs for the data dir): 507 `insufficient_storage` naming what is full
+  (the Python client raises `InsufficientStorageError`), reads keep working, writes work
+  again once space is freed, the integrity check passes;
 - SIGTERM under 32 clients sending without pause: every request gets an HTTP answer (the
   grace period keeps the listener open after the drain);
 - slow clients: trickled headers and bodies are answered 408 and closed within seconds, and
@@ -31,6 +32,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from selfreward_vlm.client import InsufficientStorageError, ScoringClient
+from selfreward_vlm.core.schemas import PreferencePair
 from tests.api.test_adapters_api import lora_dir
 from tests.reliability import Server, png_bytes, report, start
 
@@ -235,6 +238,14 @@ def test_full_disk_is_a_507_and_heals(
         for what, r in full.items():
             assert r.status_code == 507, (what, r.status_code, r.text)
             assert error_type(r) == "insufficient_storage"
+        # the Python client raises its typed error for the server's 507, at once (no retry)
+        with ScoringClient(server.url, max_retries=3) as client:
+            pairs = [PreferencePair(**p) for p in pairs_body("client", 50, pad=2000)["pairs"]]
+            with pytest.raises(InsufficientStorageError) as raised:
+                client.upsert_pairs("d", pairs)
+            assert (raised.value.status, raised.value.field) == (507, "store")
+            with pytest.raises(InsufficientStorageError):
+                client.upload_image(img)
         assert full["pairs"].json()["error"]["field"] == "store"
         assert full["adapter"].json()["error"]["field"] in ("adapters", "adapter_store")
         assert http.get("/v1/datasets/d/pairs").json()["pairs"][0]["id"] == "before-0"
