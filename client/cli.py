@@ -19,8 +19,8 @@ from typer.core import TyperGroup
 from selfreward_vlm.client.errors import APIConnectionError, APIStatusError
 from selfreward_vlm.client.journal import OutputMismatchError, PairsJournal
 from selfreward_vlm.client.methods import METHODS, build_config, check_run
-from selfreward_vlm.client.methods.presets import method_for_preset
 from selfreward_vlm.client.pairs import PairsSummary, load_prompts, run_pairs
+from selfreward_vlm.core.presets import method_for_preset
 
 Opt = typer.Option
 _METHOD_HELP = "csr | csr-official | sbspo | self-judge"
