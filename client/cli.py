@@ -7,6 +7,7 @@ default command, beside the trainer's `pairs export`. `python -m selfreward_vlm.
 
 from __future__ import annotations
 
+import inspect
 import math
 from pathlib import Path
 from typing import Annotated, Any
@@ -19,15 +20,50 @@ from typer.core import TyperGroup
 from selfreward_vlm.client.errors import APIConnectionError, APIStatusError
 from selfreward_vlm.client.journal import OutputMismatchError, PairsJournal
 from selfreward_vlm.client.methods import METHODS, build_config, check_run
-from selfreward_vlm.client.methods.presets import method_for_preset
 from selfreward_vlm.client.pairs import PairsSummary, load_prompts, run_pairs
+from selfreward_vlm.core.params import grouped, keyword
+from selfreward_vlm.core.presets import method_for_preset
 
 Opt = typer.Option
 _METHOD_HELP = "csr | csr-official | sbspo | self-judge"
 _console = Console(stderr=True)
 
 
+def _option(name: str, kind: Any, help: str, *decls: str) -> inspect.Parameter:
+    return keyword(name, Annotated[kind | None, Opt(*decls, help=help)])
+
+
+# The methods' options, one line each: a field of their config dataclasses (`build_config`),
+# None when not given (the preset's value, else the config's default).
+METHOD_OPTIONS = [
+    _option("lam", float, "csr: R_I weight (0.9); sbspo: deprecated, use --union-fraction",
+            "--lambda"),
+    _option("union_fraction", float,
+            "sbspo: top/bottom ⌈λm⌉ of each ranking, the paper's λ (0.3)"),
+    _option("selection", str, "sbspo: union (eq. 5) | sum | avg (one ranking, its Table 2)"),
+    _option("overlap", str, "sbspo: keep (eq. 5: in both sets) | drop (ours: leaves both)"),
+    _option("alpha", float, "csr-official: CLIP-rank weight (0.9)"),
+    _option("num_candidates", int, "csr: sentences proposed per path"),
+    _option("keep_top", int, "csr: best paths kept per step"),
+    _option("keep_bottom", int, "csr: worst paths kept per step"),
+    _option("language_score", str, "csr R_T: prob | mean_logprob | sum_logprob"),
+    _option("path_score", str, "csr: sum | mean of sentence rewards"),
+    _option("stop_r_i", str, "csr: R_I of the end-of-response: zero | path"),
+    _option("drop_duplicate_sentences", bool, "csr: repeated sentences",
+            "--drop-duplicates/--keep-duplicates"),
+    _option("max_steps", int, "csr: most sentences per response"),
+    _option("max_new_tokens", int, "tokens per sentence/response"),
+    _option("num_samples", int, "sbspo: m samples per prompt"),
+    _option("beta", float, "sbspo: implicit-reward beta"),
+    _option("temperature", float, "sbspo/self-judge sampling"),
+    _option("seed", int, "sbspo/self-judge: first seed"),
+    _option("judge", str, "self-judge: logprobs | generate"),
+]  # fmt: skip
+
+
+@grouped("options", METHOD_OPTIONS)
 def pairs_command(
+    *,
     service: Annotated[str, Opt(help="service base URL; comma-separate several replicas")],
     method: Annotated[str, Opt(help=_METHOD_HELP)],
     prompts: Annotated[Path, Opt(help="JSONL of {id, image, prompt}")],
@@ -42,40 +78,7 @@ def pairs_command(
     reference: Annotated[str, Opt(help="reference adapter (sbspo's implicit reward)")] = "base",
     iteration: Annotated[int, Opt(help="iteration recorded in each pair")] = 0,
     api_key: Annotated[str | None, Opt(envvar="SELFREWARD_API_KEY", help="bearer token")] = None,
-    lam: Annotated[
-        float | None,
-        Opt("--lambda", help="csr: R_I weight (0.9); sbspo: deprecated, use --union-fraction"),
-    ] = None,
-    union_fraction: Annotated[
-        float | None, Opt(help="sbspo: top/bottom ⌈λm⌉ of each ranking, the paper's λ (0.3)")
-    ] = None,
-    selection: Annotated[
-        str | None, Opt(help="sbspo: union (eq. 5) | sum | avg (one ranking, its Table 2)")
-    ] = None,
-    overlap: Annotated[
-        str | None, Opt(help="sbspo: keep (eq. 5: in both sets) | drop (ours: leaves both)")
-    ] = None,
-    alpha: Annotated[float | None, Opt(help="csr-official: CLIP-rank weight (0.9)")] = None,
-    num_candidates: Annotated[int | None, Opt(help="csr: sentences proposed per path")] = None,
-    keep_top: Annotated[int | None, Opt(help="csr: best paths kept per step")] = None,
-    keep_bottom: Annotated[int | None, Opt(help="csr: worst paths kept per step")] = None,
-    language_score: Annotated[
-        str | None, Opt(help="csr R_T: prob | mean_logprob | sum_logprob")
-    ] = None,
-    path_score: Annotated[str | None, Opt(help="csr: sum | mean of sentence rewards")] = None,
-    stop_r_i: Annotated[
-        str | None, Opt(help="csr: R_I of the end-of-response: zero | path")
-    ] = None,
-    drop_duplicate_sentences: Annotated[
-        bool | None, Opt("--drop-duplicates/--keep-duplicates", help="csr: repeated sentences")
-    ] = None,
-    max_steps: Annotated[int | None, Opt(help="csr: most sentences per response")] = None,
-    max_new_tokens: Annotated[int | None, Opt(help="tokens per sentence/response")] = None,
-    num_samples: Annotated[int | None, Opt(help="sbspo: m samples per prompt")] = None,
-    beta: Annotated[float | None, Opt(help="sbspo: implicit-reward beta")] = None,
-    temperature: Annotated[float | None, Opt(help="sbspo/self-judge sampling")] = None,
-    seed: Annotated[int | None, Opt(help="sbspo/self-judge: first seed")] = None,
-    judge: Annotated[str | None, Opt(help="self-judge: logprobs | generate")] = None,
+    options: dict[str, Any],
     quiet: Annotated[bool, Opt(help="no progress bar")] = False,
     preset: Annotated[
         str | None, Opt(help="paper | official | tuned: the method's settings (flags win)")
@@ -85,22 +88,15 @@ def pairs_command(
     if method not in METHODS:
         raise typer.BadParameter(f"choose from {sorted(METHODS)}", param_hint="--method")
     method = _preset_method(method, preset)
+    lam = options["lam"]
     if method == "sbspo" and lam is not None:
-        if union_fraction is not None:
+        if options["union_fraction"] is not None:
             raise typer.BadParameter("give --union-fraction only", param_hint="--lambda")
         _console.print(
             "[yellow]warning[/yellow]: --lambda for sbspo is deprecated (it is CSR's R_I "
             "weight); use --union-fraction", highlight=False,
         )  # fmt: skip
-        lam, union_fraction = None, lam
-    options: dict[str, Any] = {
-        "union_fraction": union_fraction, "selection": selection, "overlap": overlap,
-        "lam": lam, "alpha": alpha, "num_candidates": num_candidates, "keep_top": keep_top,
-        "keep_bottom": keep_bottom, "language_score": language_score, "path_score": path_score,
-        "stop_r_i": stop_r_i, "drop_duplicate_sentences": drop_duplicate_sentences,
-        "max_steps": max_steps, "max_new_tokens": max_new_tokens, "num_samples": num_samples,
-        "beta": beta, "temperature": temperature, "seed": seed, "judge": judge,
-    }  # fmt: skip
+        options = {**options, "lam": None, "union_fraction": lam}
     try:
         config = build_config(method, preset, **options)
     except (ValueError, TypeError) as exc:

@@ -1,5 +1,7 @@
 """`selfreward serve` / `python -m selfreward_vlm.service`: settings from flags, then the env.
 
+The dedicated flags are a table, `SERVE_FLAGS`: one line per flag, naming the settings field it
+sets and its help (the option's type is the field's); `--set FIELD=VALUE` reaches every field.
 Only the flags actually given are passed to `ServiceSettings`, so every flag left out falls back
 to its environment variable, then to the field's default. Logging is configured here, in the
 entry point, and nowhere at import time.
@@ -7,13 +9,17 @@ entry point, and nowhere at import time.
 
 from __future__ import annotations
 
+import inspect
 import logging
-from pathlib import Path
-from typing import Annotated, Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import typer
 from pydantic import ValidationError
 
+from selfreward_vlm.core.params import grouped, keyword
 from selfreward_vlm.service.settings import ServiceSettings
 
 logger = logging.getLogger("service")
@@ -67,71 +73,84 @@ def build_settings(
     return settings.model_copy(update=update)
 
 
+@dataclass(frozen=True)
+class SettingFlag:
+    """A `serve` flag that sets one `ServiceSettings` field. Left out, it is None, and the field
+    comes from its `SELFREWARD_*` env var, then its default. The option's type is the field's
+    (a Literal's values are str; None stripped) unless `type` says otherwise."""
+
+    field: str
+    help: str
+    name: str = ""  # the flag's name when it is not the field's: "adapter" is --adapter
+    type: Any = None
+    parse: Callable[[Any], Any] | None = None  # the flag's value -> the field's value
+
+
+# The dedicated flags, in --help's order: one line each (any field also works as --set FIELD=V).
+SERVE_FLAGS: tuple[SettingFlag, ...] = (
+    SettingFlag("model", "policy model: Hugging Face id or local directory"),
+    SettingFlag("clip", "CLIP: NAME:PRETRAINED (open_clip) or a local directory"),
+    SettingFlag("adapters", "LoRA adapter loaded at start-up, NAME=DIR (repeatable)", "adapter",
+                list[str], _parse_adapters),
+    SettingFlag("served_model_name",
+                "a name OpenAI clients may use for the base model (repeatable)"),
+    SettingFlag("host", "bind address [127.0.0.1]"),
+    SettingFlag("port", "port [8000]"),
+    SettingFlag("device", "auto | cpu | cuda"),
+    SettingFlag("dtype", "auto | float32 | bfloat16 | float16"),
+    SettingFlag("api_key", "bearer token required on every route but health/ready/info/metrics "
+                "(better: the env var)"),
+    SettingFlag("data_dir", "SQLite store and uploaded adapters"),
+    SettingFlag("store", "SQLite file or postgresql://… URL [DATA_DIR/selfreward.db]"),
+    SettingFlag("adapter_store",
+                "uploaded adapter files, shared by replicas [DATA_DIR/adapter-store]"),
+    SettingFlag("naive_mode", "benchmark baseline: no caches, no batching", "naive"),
+    SettingFlag("warmup", "warm up before /ready"),
+    SettingFlag("torch_threads", "torch CPU threads (0: one per core) [0]"),
+    SettingFlag("model_path",
+                "auto (the family's fast path if any) | generic (model's own forward)"),
+    SettingFlag("allow_image_urls",
+                "fetch http(s) image URLs (ImageRef.url); data: URIs always work"),
+    SettingFlag("image_url_allow_hosts",
+                "host[:port] image URLs may name (repeatable); needed for internal ones",
+                "image_url_allow_host"),
+    SettingFlag("openrlhf_reward", "/get_reward: calibrated | clip | implicit [calibrated]"),
+    SettingFlag("openrlhf_aggregation", "/get_reward: sentences' rewards -> mean | sum [mean]"),
+)  # fmt: skip
+
+
+def _option_type(flag: SettingFlag) -> Any:
+    """The flag's option type: `flag.type`, else its field's type without None, a Literal's
+    values' type for a Literal."""
+    if flag.type is not None:
+        return flag.type
+    annotation = ServiceSettings.model_fields[flag.field].annotation
+    if get_origin(annotation) in (Union, UnionType):
+        (annotation,) = [a for a in get_args(annotation) if a is not type(None)]
+    if get_origin(annotation) is Literal:
+        return type(get_args(annotation)[0])
+    return annotation
+
+
+def _flag_param(flag: SettingFlag) -> inspect.Parameter:
+    option_type = _option_type(flag)
+    return keyword(
+        flag.name or flag.field, Annotated[option_type | None, typer.Option(help=flag.help)]
+    )
+
+
+def _settings_flags(given: dict[str, Any]) -> dict[str, Any]:
+    """The flags' values by settings field, parsed (None: not given)."""
+    out: dict[str, Any] = {}
+    for flag in SERVE_FLAGS:
+        value = given[flag.name or flag.field]
+        out[flag.field] = flag.parse(value) if flag.parse and value is not None else value
+    return out
+
+
+@grouped("flags", [_flag_param(f) for f in SERVE_FLAGS])
 def serve_command(
-    model: Annotated[
-        str | None, typer.Option(help="policy model: Hugging Face id or local directory")
-    ] = None,
-    clip: Annotated[
-        str | None, typer.Option(help="CLIP: NAME:PRETRAINED (open_clip) or a local directory")
-    ] = None,
-    adapter: Annotated[
-        list[str] | None,
-        typer.Option(help="LoRA adapter loaded at start-up, NAME=DIR (repeatable)"),
-    ] = None,
-    served_model_name: Annotated[
-        list[str] | None,
-        typer.Option(help="a name OpenAI clients may use for the base model (repeatable)"),
-    ] = None,
-    host: Annotated[str | None, typer.Option(help="bind address [127.0.0.1]")] = None,
-    port: Annotated[int | None, typer.Option(help="port [8000]")] = None,
-    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda")] = None,
-    dtype: Annotated[str | None, typer.Option(help="auto | float32 | bfloat16 | float16")] = None,
-    api_key: Annotated[
-        str | None,
-        typer.Option(
-            help="bearer token required on every route but health/ready/info/metrics "
-            "(better: the env var)"
-        ),
-    ] = None,
-    data_dir: Annotated[
-        Path | None, typer.Option(help="SQLite store and uploaded adapters")
-    ] = None,
-    store: Annotated[
-        str | None,
-        typer.Option(help="SQLite file or postgresql://… URL [DATA_DIR/selfreward.db]"),
-    ] = None,
-    adapter_store: Annotated[
-        Path | None,
-        typer.Option(help="uploaded adapter files, shared by replicas [DATA_DIR/adapter-store]"),
-    ] = None,
-    naive: Annotated[
-        bool | None,
-        typer.Option("--naive/--no-naive", help="benchmark baseline: no caches, no batching"),
-    ] = None,
-    warmup: Annotated[
-        bool | None, typer.Option("--warmup/--no-warmup", help="warm up before /ready")
-    ] = None,
-    torch_threads: Annotated[
-        int | None, typer.Option(help="torch CPU threads (0: one per core) [0]")
-    ] = None,
-    model_path: Annotated[
-        str | None,
-        typer.Option(help="auto (the family's fast path if any) | generic (model's own forward)"),
-    ] = None,
-    allow_image_urls: Annotated[
-        bool | None,
-        typer.Option(help="fetch http(s) image URLs (ImageRef.url); data: URIs always work"),
-    ] = None,
-    image_url_allow_host: Annotated[
-        list[str] | None,
-        typer.Option(help="host[:port] image URLs may name (repeatable); needed for internal ones"),
-    ] = None,
-    openrlhf_reward: Annotated[
-        str | None, typer.Option(help="/get_reward: calibrated | clip | implicit [calibrated]")
-    ] = None,
-    openrlhf_aggregation: Annotated[
-        str | None, typer.Option(help="/get_reward: sentences' rewards -> mean | sum [mean]")
-    ] = None,
+    flags: dict[str, Any],
     tiny: Annotated[
         bool, typer.Option(help="build and serve tiny random models (no download; for demos)")
     ] = False,
@@ -155,28 +174,7 @@ def serve_command(
     from selfreward_vlm.service.app import build_app
 
     _configure_logging(log_level)
-    flags: dict[str, Any] = {
-        "model": model,
-        "clip": clip,
-        "adapters": _parse_adapters(adapter) if adapter else None,
-        "served_model_name": served_model_name,
-        "host": host,
-        "port": port,
-        "device": device,
-        "dtype": dtype,
-        "api_key": api_key,
-        "data_dir": data_dir,
-        "store": store,
-        "adapter_store": adapter_store,
-        "naive_mode": naive,
-        "torch_threads": torch_threads,
-        "model_path": model_path,
-        "warmup": warmup,
-        "allow_image_urls": allow_image_urls,
-        "image_url_allow_hosts": image_url_allow_host,
-        "openrlhf_reward": openrlhf_reward,
-        "openrlhf_aggregation": openrlhf_aggregation,
-    }
+    flags = _settings_flags(flags)
     for name, value in _parse_set(set_ or []).items():
         if flags.get(name) is None:  # a dedicated flag wins over --set
             flags[name] = value

@@ -1,5 +1,6 @@
 """Service settings: one pydantic-settings class; every field is a `SELFREWARD_*` env var, and
-a `selfreward serve` flag (a dedicated one for the common fields, `--set FIELD=VALUE` for all)."""
+a `selfreward serve` flag (a dedicated one for the common fields, a line each in
+`service.cli.SERVE_FLAGS`; `--set FIELD=VALUE` for all)."""
 
 from __future__ import annotations
 

@@ -271,7 +271,7 @@ def check_iterate(
     method, preset or option, and SBSPO without a starting policy (t = 1 scores iteration 0
     against the base: with no `init_adapter` both are the base and every reward is 0)."""
     from selfreward_vlm.client.methods import build_config, check_run
-    from selfreward_vlm.client.methods.presets import method_for_preset
+    from selfreward_vlm.core.presets import method_for_preset
 
     method = method_for_preset(method, preset)
     options = {k: v for k, v in method_options.items() if k not in ("reference", "preset")}
@@ -305,7 +305,7 @@ def iterate(
     ...), plus `reference` (the implicit-reward reference adapter name).
     `run`: prefix of dataset and adapter names (default: the work dir's name).
     `init_adapter`: a LoRA dir to start from (iteration 0; SBSPO needs one).
-    `preset`: paper | official | tuned (client.methods.presets); explicit options win; under
+    `preset`: paper | official | tuned (core.presets); explicit options win; under
     a preset, `method="csr"` runs the preset's CSR (`csr-official` under `official`).
     `launcher`: run each train stage under it, e.g. `accelerate launch --num_processes 8`.
     Prints the table after each iteration; writes work/iterations.json.
@@ -313,7 +313,7 @@ def iterate(
     from rich.console import Console
 
     from selfreward_vlm.client import ScoringClient
-    from selfreward_vlm.client.methods.presets import method_for_preset, train_options
+    from selfreward_vlm.core.presets import method_for_preset, train_options
 
     if method_for_preset(method, preset) != method:
         print(f"--preset {preset}: --method {method} runs {method_for_preset(method, preset)}",

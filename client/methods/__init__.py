@@ -21,7 +21,6 @@ from selfreward_vlm.client.methods.base import (
 )
 from selfreward_vlm.client.methods.csr import CSRConfig, csr
 from selfreward_vlm.client.methods.csr_official import CSROfficialConfig, csr_official
-from selfreward_vlm.client.methods.presets import PRESET_NAMES, PRESETS, method_options
 from selfreward_vlm.client.methods.sbspo import (
     SamePolicyError,
     SBSPOConfig,
@@ -29,6 +28,7 @@ from selfreward_vlm.client.methods.sbspo import (
     sbspo,
 )
 from selfreward_vlm.client.methods.self_judge import JUDGE_PROMPT, SelfJudgeConfig, self_judge
+from selfreward_vlm.core.presets import PRESET_NAMES, PRESETS, method_options
 
 MethodFn = Callable[[AsyncScorer, PromptItem, RunContext, Any], Awaitable[MethodResult]]
 
@@ -91,7 +91,7 @@ def resolve_deprecated(method: str, options: dict[str, Any]) -> dict[str, Any]:
 
 
 def build_config(method: str, preset: str | None = None, **overrides: Any) -> Any:
-    """The method's config: its defaults, then the preset's values (`presets.py`; taken as
+    """The method's config: its defaults, then the preset's values (`core.presets`; taken as
     they are, None included), then `overrides`, where None means 'keep'. An option the method
     does not have is a ValueError naming it (a typo must not be a silent default); a
     deprecated name (`DEPRECATED_OPTIONS`) sets its new field with a FutureWarning."""

@@ -311,3 +311,59 @@ def test_set_flag_reaches_any_setting(monkeypatch, tmp_path: Path) -> None:
     assert res.exit_code == 2 and "max_qeue" in res.output
     res = CliRunner().invoke(cli, [*base, "--set", "max_queue=lots"])
     assert res.exit_code == 2 and "max_queue" in res.output
+
+
+def test_every_serve_flag_reaches_its_field(monkeypatch, tmp_path: Path) -> None:
+    """Each dedicated flag (`service.cli.SERVE_FLAGS`, a line each) sets its settings field."""
+    import typer
+    import uvicorn
+    from typer.testing import CliRunner
+
+    from selfreward_vlm.service import app as app_module
+    from selfreward_vlm.service.cli import SERVE_FLAGS, serve_command
+
+    seen: list[ServiceSettings] = []
+    monkeypatch.setattr(app_module, "build_app", lambda settings: seen.append(settings))
+    monkeypatch.setattr(uvicorn.Server, "run", lambda *a, **k: None)
+    cli = typer.Typer()
+    cli.command()(serve_command)
+    expected = {
+        "model": "m", "clip": "c", "adapters": {"a": "/x"}, "served_model_name": ["s1", "s2"],
+        "host": "0.0.0.0", "port": 9002, "device": "cpu", "dtype": "float32", "api_key": "k",
+        "data_dir": tmp_path, "store": str(tmp_path / "s.db"), "adapter_store": tmp_path / "as",
+        "naive_mode": True, "warmup": False, "torch_threads": 3, "model_path": "generic",
+        "allow_image_urls": True, "image_url_allow_hosts": ["h"], "openrlhf_reward": "implicit",
+        "openrlhf_aggregation": "sum",
+    }  # fmt: skip
+    assert {flag.field for flag in SERVE_FLAGS} == set(expected)
+    res = CliRunner().invoke(cli, [
+        "--model", "m", "--clip", "c", "--adapter", "a=/x", "--served-model-name", "s1",
+        "--served-model-name", "s2", "--host", "0.0.0.0", "--port", "9002", "--device", "cpu",
+        "--dtype", "float32", "--api-key", "k", "--data-dir", str(tmp_path),
+        "--store", str(tmp_path / "s.db"), "--adapter-store", str(tmp_path / "as"), "--naive",
+        "--no-warmup", "--torch-threads", "3", "--model-path", "generic", "--allow-image-urls",
+        "--image-url-allow-host", "h", "--openrlhf-reward", "implicit",
+        "--openrlhf-aggregation", "sum",
+    ])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    (settings,) = seen
+    assert {name: getattr(settings, name) for name in expected} == expected
+    res = CliRunner().invoke(cli, ["--model", "m", "--adapter", "no-equals-sign"])
+    assert res.exit_code == 2 and "NAME=DIR" in res.output
+
+
+def test_grouped_params_take_one_parameters_place() -> None:
+    """`core.params.grouped`: the table's parameters stand where the group was, every one is
+    passed in the dict (defaults too), and a name given twice is refused."""
+    import inspect
+
+    from selfreward_vlm.core.params import grouped, keyword
+
+    @grouped("opts", [keyword("a", int), keyword("b", str, "x")])
+    def f(first: int, opts: dict, last: bool = False) -> tuple:
+        return first, opts, last
+
+    assert list(inspect.signature(f).parameters) == ["first", "a", "b", "last"]
+    assert f(first=1, a=2) == (1, {"a": 2, "b": "x"}, False)
+    with pytest.raises(ValueError, match="twice"):
+        grouped("opts", [keyword("last", int)])(f.__wrapped__)

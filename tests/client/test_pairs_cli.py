@@ -314,3 +314,15 @@ def test_kill_and_resume_on_the_real_service(tmp_path: Path, live_server: str) -
     assert len({p["prompt_id"] for p in pairs}) == len(pairs)  # csr: at most one pair a prompt
     done = Path(f"{out}.done").read_text().splitlines()
     assert sorted(json.loads(d)["prompt_id"] for d in done) == sorted(x["id"] for x in lines)
+
+
+def test_method_options_are_config_fields() -> None:
+    """Each line of `client.cli.METHOD_OPTIONS` (a `pairs` flag) names a field of a method's
+    config dataclass, which `build_config` receives by that name."""
+    import dataclasses
+
+    from selfreward_vlm.client.cli import METHOD_OPTIONS
+    from selfreward_vlm.client.methods import METHODS
+
+    fields = {f.name for spec in METHODS.values() for f in dataclasses.fields(spec.config_cls)}
+    assert {p.name for p in METHOD_OPTIONS} <= fields

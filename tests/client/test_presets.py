@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from selfreward_vlm.client.methods import PRESETS, RunContext, build_config, csr
-from selfreward_vlm.client.methods.presets import method_options, train_options
 from selfreward_vlm.client.testing import FakeScorer
+from selfreward_vlm.core.presets import method_options, train_options
 from tests.client.test_methods import CSR_COS, CSR_TREE, ITEM
 
 
@@ -43,7 +43,7 @@ def test_official_preset_is_the_released_code() -> None:
 def test_csr_under_the_official_preset_is_csr_official() -> None:
     """The paper search has no official form: the library refuses `csr` + `official` with a
     message, and the CLIs map `--method csr` to `csr-official`."""
-    from selfreward_vlm.client.methods.presets import method_for_preset
+    from selfreward_vlm.core.presets import method_for_preset
 
     with pytest.raises(ValueError, match="csr-official"):
         build_config("csr", "official")
@@ -66,6 +66,15 @@ def test_explicit_options_win_and_unknown_names_fail() -> None:
     with pytest.raises(ValueError, match="unknown preset"):
         train_options("best")
     assert method_options(None, "csr") == {} and train_options(None) == {}
+
+
+def test_presets_old_path_reexports_core() -> None:
+    """`client.methods.presets` (the old path) names the same objects as `core.presets`."""
+    from selfreward_vlm.client.methods import presets as old
+    from selfreward_vlm.core import presets
+
+    assert old.PRESETS is presets.PRESETS and old.train_options is presets.train_options
+    assert old.method_options is presets.method_options
 
 
 @pytest.mark.parametrize("name", ["paper", "official", "tuned"])

@@ -320,7 +320,7 @@ def test_demo_lanes_and_their_runs(tmp_path: Path) -> None:
     """`--quick` keeps its rows and settings (its fingerprint is CI's check); `--full` adds CSR
     under the paper and official presets (their own search and training settings, 3
     iterations) and SBSPO's Table 2 selections, on disfluent worlds."""
-    from selfreward_vlm.client.methods.presets import train_options
+    from selfreward_vlm.core.presets import train_options
     from selfreward_vlm.demo import QUICK_ROWS, DemoConfig, _runs
 
     p, a = tmp_path / "p.jsonl", tmp_path / "a.jsonl"
