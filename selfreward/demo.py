@@ -301,6 +301,7 @@ def run_task(spec: dict[str, Any]) -> dict[str, Any]:
         console.rule(f"seed {seed}, {run}: policy M1' = CSR iteration 1, reference = base")
     else:
         console.rule(f"seed {seed}, {run}: {method}, {iterations} iteration(s)")
+    (work / run).mkdir(parents=True, exist_ok=True)
     # Each run has a service of its own (its pairs, adapters and caches), so its numbers never
     # depend on the runs beside it or before it; decode_batching=isolated (README "Continuous
     # batching") keeps them bit-for-bit reproducible whatever the requests' timing.
@@ -513,8 +514,18 @@ def demo_command(
         work = Path("runs/demo-quick")
     if full and work == Path("runs/demo"):
         work = Path("runs/demo-full")
-    report = run_demo(DemoConfig.make(quick, _seeds(seeds) if seeds else [seed], work, world,
-                                      preset, full, disfluency), lanes)  # fmt: skip
+    from selfreward_vlm.lanes import LaneFailed
+
+    config = DemoConfig.make(quick, _seeds(seeds) if seeds else [seed], work, world, preset, full,
+                             disfluency)  # fmt: skip
+    try:
+        report = run_demo(config, lanes)
+    except LaneFailed as exc:  # its output, traceback included, went by with its name in front
+        console.print(f"[red]demo stopped[/red]: {exc}; rerun to resume")
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        console.print("[yellow]demo interrupted[/yellow]: every lane stopped; rerun to resume")
+        raise typer.Exit(130) from None
     if quick and report["direction_problems"]:
         raise typer.Exit(1)
 
