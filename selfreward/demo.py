@@ -2,7 +2,10 @@
 
 Per seed (`--seeds 0,1,2`; each seed its own world):
 1. build (or load from cache) the world: images, a tiny CLIP, a tiny VLM that hallucinates;
-2. start the scoring service on loopback with both models (the same paths as hub models);
+2. each run (and the base model's evaluation) is a task in a process of its own, with a
+   scoring service of its own on loopback (both models, the same paths as hub models); up to
+   `--lanes N` tasks (default 2) run at once, a task after those it waits for (the SBSPO rows
+   wait for CSR); a lane's output lines start with its task's name;
 3. CSR with the preset's settings (`--preset paper | official | tuned`, default tuned):
    `iterate` for T iterations on the prompt images (pairs → DPO → adapter upload);
 4. ablation rows, one iteration each: λ = 0, 0.5, 0.9, 1 (CSR Table 2), the official code's
@@ -20,7 +23,12 @@ Per seed (`--seeds 0,1,2`; each seed its own world):
 Reproducibility: every process runs one torch thread (`OMP_NUM_THREADS=1`, `--torch-threads
 1`) with deterministic algorithms and fixed seeds, and on x86-64 the float kernels are pinned to
 AVX2 (`PINNED_KERNELS`), so a seed gives the same numbers on a rerun and on another x86-64
-machine with the same torch; report.json records these settings under "numerics".
+machine with the same torch; report.json records these settings under "numerics". A run's
+numbers do not depend on the lanes: each run talks to a fresh service of its own, whatever ran
+before it or runs beside it, and its results are put together in the serial order.
+
+Resumable: rerun to continue; `iterate` skips the stages done (each run's service keeps its
+pairs and adapters in `WORK/RUN/service`), and every model is evaluated again.
 """
 
 from __future__ import annotations
@@ -35,6 +43,8 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+
+from selfreward_vlm.lanes import Task
 
 console = Console(width=None if sys.stdout.isatty() else 140)
 
@@ -79,7 +89,7 @@ class DemoConfig:
         cls, quick: bool, seeds: list[int], work: Path, world: str | None = None,
         preset: str = "tuned", full: bool = False, disfluency: float | None = None,
     ) -> DemoConfig:  # fmt: skip
-        from selfreward_vlm.client.methods.presets import PRESETS, method_options, train_options
+        from selfreward_vlm.core.presets import PRESETS, method_options, train_options
 
         # 1-iteration ablation rows on half the prompt images: 6 rows × 400 prompts would
         # double the demo's time; λ = 0.9 then gets its own row on the same 200
@@ -194,7 +204,7 @@ Run = tuple[str, Path, int, dict[str, Any], dict[str, Any]]
 def _runs(config: DemoConfig, prompts: Path, ablation: Path) -> dict[str, Run]:
     """run name -> (method, prompts file, iterations, method options, training options) for
     every CSR row (SBSPO rows start from CSR iteration 1: `run_seed` runs them after)."""
-    from selfreward_vlm.client.methods.presets import PRESETS, method_options, train_options
+    from selfreward_vlm.core.presets import PRESETS, method_options, train_options
 
     main = PRESETS[config.preset].csr_method
     train = config.train
@@ -229,65 +239,133 @@ def _label(run: str, t: int) -> str:
     return run
 
 
-def run_seed(config: DemoConfig, seed: int) -> dict[str, Any]:
-    """Every run of one seed on its own world; returns {seed, world, eval, lengths, runs}."""
-    from selfreward_vlm.client.methods.lengths import length_stats
-    from selfreward_vlm.client.methods.presets import method_options
-    from selfreward_vlm.core.schemas import PreferencePair
-    from selfreward_vlm.localserver import local_service
-    from selfreward_vlm.trainer.iterate import iterate
+def _seed_work(config: DemoConfig, seed: int) -> Path:
+    return config.work.resolve() / f"seed{seed}" if len(config.seeds) > 1 else config.work.resolve()
 
-    work = config.work.resolve() / f"seed{seed}" if len(config.seeds) > 1 else config.work.resolve()
+
+def _task_name(config: DemoConfig, seed: int, name: str) -> str:
+    return f"seed{seed}/{name}" if len(config.seeds) > 1 else name
+
+
+def seed_tasks(config: DemoConfig, seed: int) -> tuple[Path, list[Task]]:
+    """Build (or load) seed's world and its prompt files; its world and the lane tasks, in the
+    serial order: the base model's evaluation, every CSR run, the SBSPO rows (they wait for
+    `csr`, whose iteration 1 is their starting policy)."""
+    from selfreward_vlm.core.presets import method_options
+
+    work = _seed_work(config, seed)
     work.mkdir(parents=True, exist_ok=True)
     world = _world(config, seed, work)
     prompts = _limit_prompts(world / "prompts.jsonl", work / "prompts.jsonl", config.prompts)
     ablation = _limit_prompts(world / "prompts.jsonl", work / "prompts-ablation.jsonl",
                               config.ablation_prompts)  # fmt: skip
-    evaluate = Evaluator(world, config.eval_images)
-    console.rule(f"seed {seed}: evaluation of the base model")
-    evaluate("base (SFT)", None)
-    out: dict[str, Any] = {"seed": seed, "world": str(world), "runs": {}, "lengths": {}}
-    train = dict(config.train)  # the trainer's own seed: seeds vary the world
+    common = {"seed": seed, "world": str(world), "work": str(work),
+              "eval_images": config.eval_images}  # fmt: skip
+    tasks = [Task(_task_name(config, seed, "base"), (), {**common, "kind": "base"})]
+    for run, (method, prompt_file, iterations, options, run_train) in _runs(
+        config, prompts, ablation
+    ).items():
+        spec = {**common, "kind": "run", "run": run, "method": method, "prompts": str(prompt_file),
+                "iterations": iterations, "options": options, "train": run_train,
+                "init_adapter": None}  # fmt: skip
+        tasks.append(Task(_task_name(config, seed, run), (), spec))
+    csr1 = work / "csr" / "iter1" / "train" / "adapter"
+    for run in (r for r in SBSPO_ROWS if r in config.rows):
+        options = {**method_options(config.preset, "sbspo"), **SBSPO_ROWS[run]}
+        spec = {**common, "kind": "run", "run": run, "method": "sbspo", "prompts": str(ablation),
+                "iterations": 1, "options": options, "train": dict(config.train),
+                "init_adapter": str(csr1)}  # fmt: skip
+        tasks.append(Task(_task_name(config, seed, run), (_task_name(config, seed, "csr"),), spec))
+    return world, tasks
 
-    def pairs_of(folder: Path) -> list[PreferencePair]:
+
+def run_task(spec: dict[str, Any]) -> dict[str, Any]:
+    """One lane's task, in its own process: the base model's evaluation, or one run (`iterate`
+    against a scoring service of its own, then the evaluation of each iteration's adapter).
+    Returns {eval: {label: row}, lengths: {label: stats}, runs: {run: iteration records}}."""
+    from selfreward_vlm.client.methods.lengths import length_stats
+    from selfreward_vlm.core.schemas import PreferencePair
+    from selfreward_vlm.localserver import local_service
+    from selfreward_vlm.trainer.iterate import iterate
+
+    _reproducible()
+    world, work, seed = Path(spec["world"]), Path(spec["work"]), spec["seed"]
+    evaluate = Evaluator(world, spec["eval_images"])
+    if spec["kind"] == "base":
+        console.rule(f"seed {seed}: evaluation of the base model")
+        evaluate("base (SFT)", None)
+        return {"eval": evaluate.results, "lengths": {}, "runs": {}}
+    run, method, iterations = spec["run"], spec["method"], spec["iterations"]
+    init = spec["init_adapter"]
+    if init:
+        console.rule(f"seed {seed}, {run}: policy M1' = CSR iteration 1, reference = base")
+    else:
+        console.rule(f"seed {seed}, {run}: {method}, {iterations} iteration(s)")
+    (work / run).mkdir(parents=True, exist_ok=True)
+    # Each run has a service of its own (its pairs, adapters and caches), so its numbers never
+    # depend on the runs beside it or before it; decode_batching=isolated (README "Continuous
+    # batching") keeps them bit-for-bit reproducible whatever the requests' timing.
+    with local_service(world / "vlm", world / "clip", work / run / "service", "--torch-threads",
+                       "1", "--set", "decode_batching=isolated",
+                       log_file=work / run / "service.log") as url:  # fmt: skip
+        records = iterate(url, method, spec["prompts"], world / "images", iterations, work / run,
+                          model=str(world / "vlm"), train_overrides=dict(spec["train"]),
+                          method_options=spec["options"], run=run,
+                          init_adapter=init)  # fmt: skip
+    lengths = {}
+    for t in range(1, iterations + 1):
+        folder = work / run / f"iter{t}"
+        evaluate(_label(run, t), folder / "train" / "adapter")
         lines = (folder / "pairs.jsonl").read_text().splitlines()
-        return [PreferencePair.model_validate_json(x) for x in lines if x.strip()]
+        pairs = [PreferencePair.model_validate_json(x) for x in lines if x.strip()]
+        lengths[_label(run, t)] = length_stats(pairs)
+    return {
+        "eval": evaluate.results,
+        "lengths": lengths,
+        "runs": {run: [asdict(r) for r in records]},
+    }
 
-    # Each generation's numbers must not depend on what else the service decodes at the
-    # moment: decode_batching=isolated (README "Continuous batching") keeps the fingerprint
-    # bit-for-bit reproducible whatever the requests' timing.
-    with local_service(world / "vlm", world / "clip", work / "service", "--torch-threads", "1",
-                       "--set", "decode_batching=isolated",
-                       log_file=work / "service.log") as url:  # fmt: skip
-        for run, (method, prompt_file, iterations, options, run_train) in _runs(
-            config, prompts, ablation
-        ).items():
-            console.rule(f"seed {seed}, {run}: {method}, {iterations} iteration(s)")
-            records = iterate(url, method, prompt_file, world / "images", iterations, work / run,
-                              model=str(world / "vlm"), train_overrides=dict(run_train),
-                              method_options=options, run=run)  # fmt: skip
-            out["runs"][run] = [asdict(r) for r in records]
-            for t in range(1, iterations + 1):
-                folder = work / run / f"iter{t}"
-                evaluate(_label(run, t), folder / "train" / "adapter")
-                out["lengths"][_label(run, t)] = length_stats(pairs_of(folder))
-        for run in (r for r in SBSPO_ROWS if r in config.rows):
-            console.rule(f"seed {seed}, {run}: policy M1' = CSR iteration 1, reference = base")
-            csr1 = work / "csr" / "iter1" / "train" / "adapter"
-            options = {**method_options(config.preset, "sbspo"), **SBSPO_ROWS[run]}
-            records = iterate(url, "sbspo", ablation, world / "images", 1, work / run,
-                              model=str(world / "vlm"), train_overrides=train,
-                              method_options=options, run=run, init_adapter=csr1)  # fmt: skip
-            out["runs"][run] = [asdict(r) for r in records]
-            evaluate(run, work / run / "iter1" / "train" / "adapter")
-            out["lengths"][run] = length_stats(pairs_of(work / run / "iter1"))
+
+def seed_result(
+    config: DemoConfig, seed: int, world: Path, results: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
+    """{seed, world, runs, lengths, eval} from the tasks' results (by task name), in the serial
+    order whatever order the lanes finished them in."""
+    out: dict[str, Any] = {"seed": seed, "world": str(world), "runs": {}, "lengths": {}}
+    rows: dict[str, Any] = {}
+    prefix = _task_name(config, seed, "")
+    for name, result in results.items():
+        if name.startswith(prefix):
+            out["runs"].update(result["runs"])
+            out["lengths"].update(result["lengths"])
+            rows.update(result["eval"])
     for row in config.rows:  # rows that are CSR iteration 1 itself
         label = f"csr λ={ROW_LAMBDA[row]:g}" if row in ROW_LAMBDA else None
-        if label and label not in evaluate.results:
-            evaluate.results[label] = {**evaluate.results["csr iter1"], "same_as": "csr iter1"}
+        if label and label not in rows:
+            rows[label] = {**rows["csr iter1"], "same_as": "csr iter1"}
             out["lengths"][label] = out["lengths"]["csr iter1"]
-    out["eval"] = dict(sorted(evaluate.results.items(), key=lambda kv: _row_rank(kv[0])))
+    out["eval"] = dict(sorted(rows.items(), key=lambda kv: _row_rank(kv[0])))
     return out
+
+
+def run_seeds(config: DemoConfig, lanes: int) -> list[dict[str, Any]]:
+    """Every seed's tasks in `lanes` parallel lanes (each task a process of its own; a task
+    starts when the ones it waits for are done); the per-seed results."""
+    from selfreward_vlm.lanes import ProcessLanes, schedule
+
+    worlds, tasks = {}, []
+    for seed in config.seeds:
+        worlds[seed], seed_list = seed_tasks(config, seed)
+        tasks += seed_list
+    work = {t.name: Path(t.spec["work"]) for t in tasks}
+
+    def say(line: str) -> None:
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+    runner = ProcessLanes(f"{__name__}:run_task", lambda t: work[t.name] / "lanes", say)
+    console.rule(f"{len(tasks)} tasks in {lanes} lane(s): " + ", ".join(t.name for t in tasks))
+    results = schedule(tasks, lanes, runner.run, on_stop=runner.stop)
+    return [seed_result(config, seed, worlds[seed], results) for seed in config.seeds]
 
 
 def _row_rank(label: str) -> tuple[int, float]:
@@ -314,9 +392,9 @@ def check_direction(rows: dict[str, Any]) -> list[str]:
     return problems
 
 
-def run_demo(config: DemoConfig) -> dict[str, Any]:
+def run_demo(config: DemoConfig, lanes: int = 2) -> dict[str, Any]:
     """Run the demo for every seed; returns (and writes) the report."""
-    from selfreward_vlm.client.methods.presets import PRESETS
+    from selfreward_vlm.core.presets import PRESETS
     from selfreward_vlm.demo_report import (
         LENGTH_KEYS,
         METRICS,
@@ -330,7 +408,7 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
     started = time.perf_counter()
     work = config.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
-    per_seed = [run_seed(config, seed) for seed in config.seeds]
+    per_seed = run_seeds(config, lanes)
     preset = PRESETS[config.preset]
     report: dict[str, Any] = {
         "config": json.loads(json.dumps(asdict(config), default=str)),
@@ -416,9 +494,17 @@ def demo_command(
         str | None,
         typer.Option(help="use this built world instead of building one ({seed}: per seed)"),
     ] = None,
+    lanes: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="runs at once, each in a process with its own service and one torch thread "
+            "(1: one after another); the numbers are the same whatever the lanes",
+        ),
+    ] = 2,
 ) -> None:
     """Run the end-to-end demo on the miniature world (resumable: rerun to continue)."""
-    from selfreward_vlm.client.methods.presets import PRESET_NAMES
+    from selfreward_vlm.core.presets import PRESET_NAMES
 
     if preset not in PRESET_NAMES:
         raise typer.BadParameter(f"choose from {list(PRESET_NAMES)}", param_hint="--preset")
@@ -428,8 +514,18 @@ def demo_command(
         work = Path("runs/demo-quick")
     if full and work == Path("runs/demo"):
         work = Path("runs/demo-full")
-    report = run_demo(DemoConfig.make(quick, _seeds(seeds) if seeds else [seed], work, world,
-                                      preset, full, disfluency))  # fmt: skip
+    from selfreward_vlm.lanes import LaneFailed
+
+    config = DemoConfig.make(quick, _seeds(seeds) if seeds else [seed], work, world, preset, full,
+                             disfluency)  # fmt: skip
+    try:
+        report = run_demo(config, lanes)
+    except LaneFailed as exc:  # its output, traceback included, went by with its name in front
+        console.print(f"[red]demo stopped[/red]: {exc}; rerun to resume")
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        console.print("[yellow]demo interrupted[/yellow]: every lane stopped; rerun to resume")
+        raise typer.Exit(130) from None
     if quick and report["direction_problems"]:
         raise typer.Exit(1)
 
