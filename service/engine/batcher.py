@@ -437,10 +437,7 @@ class Batcher:
         """Advance every live generation one token; answer the finished ones at once."""
         live = []
         for work, gen in self._live:
-            if work.abandoned:
-                self._note_drop("cancelled")
-                self._finish(work, None, _Abandoned("the request was abandoned"))
-            elif not self._late(work, "the deadline passed during generation"):
+            if not self._dropped(work, "the deadline passed during generation"):
                 live.append((work, gen))
         if not live:
             self._live = []

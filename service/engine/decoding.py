@@ -243,11 +243,6 @@ class Generation:
         """Whether part of its prompt is still to be forwarded (`prefill`)."""
         return self._prefill is not None and self._prefill.state is None
 
-    @property
-    def prefill_remaining(self) -> int:
-        """Prompt tokens still to forward."""
-        return self._prefill.remaining if self._prefill is not None else 0
-
     def prefill(self, limit: int | None) -> int:
         """Forward the next chunk of the prompt (at most `limit` tokens of text; an image
         prompt's own forward goes whole); once it is all in, the search starts. Returns the
@@ -441,8 +436,7 @@ def sample(
             cand.ids.append(tok)
             cand.logprobs.append(float(logp[row, tok]))
             if item.top_k:
-                values, index = logp[row].topk(min(item.top_k, logp.shape[-1]))
-                cand.top.append(list(zip(index.tolist(), values.tolist(), strict=True)))
+                cand.top.append(top_alternatives(logp[row : row + 1], item.top_k)[0])
             reason = _stop_reason(engine, item, stops, tok, cand.ids)
             if reason:
                 out[cand.index] = cand.done(reason)
@@ -459,6 +453,14 @@ def sample(
         out[cand.index] = cand.done("length")
     result = [out[i] for i in range(n)]
     return result * item.n if greedy else result
+
+
+def top_alternatives(logp: torch.Tensor, k: int) -> list[list[tuple[int, float]]]:
+    """Per row of (R, V) log-probs, the k best (token id, log-prob), best first."""
+    values, index = logp.topk(min(k, logp.shape[-1]), dim=-1)
+    return [
+        list(zip(i, v, strict=True)) for i, v in zip(index.tolist(), values.tolist(), strict=True)
+    ]
 
 
 @dataclass

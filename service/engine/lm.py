@@ -381,11 +381,6 @@ class Prefill:
                 self.state = hit
             self.kv, self.length, self.rope_delta = hit.kv, hit.length, hit.rope_delta
 
-    @property
-    def remaining(self) -> int:
-        """Tokens still to forward."""
-        return len(self.ids) - self.length if self.state is None else 0
-
     def run(self, limit: int | None = None) -> int:
         """Forward the next piece (all that is left when `limit` is None); returns its tokens."""
         engine, ids, start = self.engine, self.ids, self.length

@@ -13,7 +13,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from selfreward_vlm.core.schemas import Usage
-from selfreward_vlm.service.engine.decoding import Generated, GenerateItem, first_tokens
+from selfreward_vlm.service.engine.decoding import (
+    Generated,
+    GenerateItem,
+    first_tokens,
+    top_alternatives,
+)
 from selfreward_vlm.service.engine.families.generic import GenericFamily
 
 if TYPE_CHECKING:
@@ -52,12 +57,6 @@ def score_text(engine: LanguageEngine, item: TextScoreItem) -> TextScores:
         logp = GenericFamily(engine.hf).full_logprobs(ids, item.inputs, len(ids))  # (T, V)
         item.usage.tokens_forwarded += len(ids)
         picked = logp[:-1].gather(-1, torch.tensor(ids[1:], device=logp.device)[:, None])
-        top: list[list[tuple[int, float]]] = [[] for _ in ids[1:]]
-        if item.top_k:
-            values, index = logp[:-1].topk(min(item.top_k, logp.shape[-1]), dim=-1)
-            top = [
-                list(zip(i, v, strict=True))
-                for i, v in zip(index.tolist(), values.tolist(), strict=True)
-            ]
+        top = top_alternatives(logp[:-1], item.top_k) if item.top_k else [[] for _ in ids[1:]]
         choices = first_tokens(engine, item.first, logp[-1:]) if item.first else []
     return TextScores(picked[:, 0].tolist(), top, choices)

@@ -41,7 +41,7 @@ from selfreward_vlm.service.serving.chat_text import template_parts
 from selfreward_vlm.service.serving.common import Served, resolve_image
 from selfreward_vlm.service.serving.generate import generate_raw
 from selfreward_vlm.service.serving.models import adapter_of
-from selfreward_vlm.service.serving.text import TokenScore, encode
+from selfreward_vlm.service.serving.text import Continuation, TokenScore, continuation, encode
 from selfreward_vlm.service.state import AppState
 
 DEFAULT_MAX_TOKENS = 256
@@ -55,13 +55,6 @@ class Conversation:
     prompt: str
     image: ImageRef | None
     image_field: str = "image"
-
-
-@dataclass
-class _Answer:
-    tokens: list[TokenScore]
-    text: str
-    finish_reason: str
 
 
 @dataclass
@@ -99,14 +92,7 @@ async def chat(state: AppState, req: ChatCompletionRequest) -> Served[ChatResult
     rendered = engine.render_prompt(conv.prompt, image is not None)
     add = engine.special_tokens(rendered).get("add_special_tokens", True)
     prompt = await anyio.to_thread.run_sync(encode, engine, rendered, None, image, add)
-    answers = []
-    for g in served.body:
-        tops = g.top or [[] for _ in g.token_ids]
-        tokens = [
-            TokenScore(t, lp, top)
-            for t, lp, top in zip(g.token_ids, g.token_logprobs, tops, strict=True)
-        ]
-        answers.append(_answer(engine, g, tokens, stops))
+    answers = [_answer(engine, g, stops) for g in served.body]
     completion = sum(len(a.tokens) for a in answers)
     body = ChatCompletionResponse(
         model=req.model,
@@ -148,17 +134,18 @@ def _validate(state: AppState, req: ChatCompletionRequest) -> int:
     return asked
 
 
-def _answer(engine: Any, g: Generated, tokens: list[TokenScore], stops: list[str]) -> _Answer:
-    """The answer's text, cut before the first stop sequence (OpenAI returns none of it)."""
-    text = engine.decode(g.token_ids)
-    cut = [text.index(s) for s in stops if s in text]
-    if cut:
-        text = text[: min(cut)]
-        keep = 0  # the tokens that the cut text still shows in full or in part
-        while keep < len(tokens) and len(engine.decode(g.token_ids[:keep])) < len(text):
+def _answer(engine: Any, g: Generated, stops: list[str]) -> Continuation:
+    """The answer cut before the first stop sequence (`serving.text.continuation`), and only
+    the tokens that the cut text still shows in full or in part (OpenAI returns none of it)."""
+    answer = continuation(engine, g, stops)
+    if len(answer.text) < len(engine.decode(g.token_ids)):
+        keep = 0
+        while keep < len(answer.tokens) and len(engine.decode(g.token_ids[:keep])) < len(
+            answer.text
+        ):
             keep += 1
-        return _Answer(tokens[:keep], text, "stop")
-    return _Answer(tokens, text, "length" if g.stop_reason == "length" else "stop")
+        answer.tokens = answer.tokens[:keep]
+    return answer
 
 
 def _logprobs(engine: Any, tokens: list[TokenScore]) -> ChoiceLogprobs:

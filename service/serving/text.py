@@ -147,7 +147,7 @@ async def run(
         generated, work = await batcher.submit(gen)
         works.append(work)
         usages.append(gen.usage)
-    choices = [_continuation(engine, g, decoding.stop) for g in generated]
+    choices = [continuation(engine, g, decoding.stop) for g in generated]
     return TextResult(scored, choices, works, record(state, total_usage(*usages)))
 
 
@@ -188,7 +188,7 @@ def _prompt_scores(ids: list[int], scores: TextScores) -> list[TokenScore]:
     return [TokenScore(ids[0], None), *(TokenScore(t, lp, top) for t, lp, top in rest)]
 
 
-def _continuation(engine: Any, g: Generated, stops: Sequence[str]) -> Continuation:
+def continuation(engine: Any, g: Generated, stops: Sequence[str]) -> Continuation:
     """A candidate as a completion choice: its text cut before the first stop string (OpenAI
     returns none of it); EOS and stop strings finish with 'stop'."""
     tops = g.top or [[] for _ in g.token_ids]
