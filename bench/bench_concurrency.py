@@ -115,6 +115,9 @@ async def run(models: Any, settings: ServiceSettings, work: list[GenerateItem],
         "p50_s": statistics.median(latencies),
         "p99_s": sorted(latencies)[max(0, round(0.99 * len(latencies)) - 1)],
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        # the worker's busy time: prefills (admission) and decode steps
+        "prefill_s": batcher.seconds["prefill"],
+        "decode_s": batcher.seconds["decode"],
         "candidates": [[c.token_ids for c in r] for r in results],
     }
 
@@ -139,6 +142,10 @@ def bench_row(name: str, tmp: Path, args: argparse.Namespace) -> list[dict[str, 
         )
         row = {"row": name, "concurrency": c, "serial": serial, "scheduled": together,
                "speedup": together["searches_per_s"] / serial["searches_per_s"],
+               # what batching gives the decode steps alone, and the most it could give the
+               # whole run were decoding free (prefills cost the same alone or together)
+               "decode_speedup": serial["decode_s"] / max(together["decode_s"], 1e-9),
+               "bound": serial["seconds"] / max(serial["prefill_s"], 1e-9),
                "identical_searches": f"{same}/{c}"}  # fmt: skip
         rows.append(row)
         print(f"{name:15s} C={c:2d}  serial {serial['searches_per_s']:6.2f} searches/s "
@@ -148,6 +155,8 @@ def bench_row(name: str, tmp: Path, args: argparse.Namespace) -> list[dict[str, 
               f"({together['tokens_per_s']:7.1f} tok/s, {together['mean_rows_per_step']:4.1f} "
               f"rows/step, p50 {together['p50_s']:.2f} s, p99 {together['p99_s']:.2f} s)  "
               f"x{row['speedup']:.2f}  identical {row['identical_searches']}  "
+              f"prefill {serial['prefill_s']:.1f} s of {serial['seconds']:.1f} s serial "
+              f"(bound x{row['bound']:.2f}), decode steps x{row['decode_speedup']:.2f}  "
               f"peak RSS {together['peak_rss_mib']:.0f} MiB", flush=True)  # fmt: skip
     return rows
 

@@ -7,16 +7,24 @@ on loopback, one request after another, and read the service's own timing header
 parses the same body into the same pydantic model and answers the same response shape without
 a model: its `x-total-time-ms` is what HTTP + FastAPI + pydantic cost by themselves.
 
-Prints, per client count: median queue time, median (total - inference), the bare endpoint's
-median total, and their ratio; the goal is queue < 0.2 ms and (total - inference) <= 1.5x bare.
+Prints, per client count: median queue time, median (total - inference), the same without the
+queue time (at 4 clients the queue is the wait for the model's previous batch, not the path's
+own cost), the bare endpoint's median total, and their ratios; the goal is queue < 0.2 ms and
+(total - inference) <= 1.5x bare. The service and the bare endpoint run side by side and are
+measured in alternating blocks (`--rounds`), so the box's drift weighs on both alike.
+
+`--stages` runs the service in this process with a timestamp at each stage a request passes
+(middlewares, body read, dependencies, the hand-offs to the model worker and back, the
+response) and prints the median time between consecutive stages.
 
 `--profile` runs the service in this process under cProfile instead (the event loop's thread:
 HTTP parsing, middleware, validation, the serving layer, serialization; not the model worker's
 thread, whose time is the inference) while one client process sends the requests, and prints
 where the loop's time per request goes, grouped by the package that spends it.
 
-    .venv/bin/python bench/bench_request_overhead.py [--requests 300] [--clients 1,4]
+    .venv/bin/python bench/bench_request_overhead.py [--requests 600] [--rounds 6] [--clients 1,4]
     .venv/bin/python bench/bench_request_overhead.py --profile [--requests 1000]
+    .venv/bin/python bench/bench_request_overhead.py --stages [--requests 300]
 """
 
 from __future__ import annotations
@@ -62,7 +70,8 @@ def logprobs(req: LogprobsRequest) -> LogprobsResponse:
 """
 
 
-async def measure(url: str, clients: int, requests: int) -> dict[str, float]:
+async def collect(url: str, clients: int, requests: int) -> list[httpx.Headers]:
+    """The response headers of `requests` requests from `clients` concurrent clients."""
     headers: list[httpx.Headers] = []
     async with httpx.AsyncClient(base_url=url, timeout=60) as http:
         for _ in range(20):  # warm-up: connections, caches
@@ -75,16 +84,34 @@ async def measure(url: str, clients: int, requests: int) -> dict[str, float]:
                 headers.append(response.headers)
 
         await asyncio.gather(*(client() for _ in range(clients)))
+    return headers
 
-    def median(name: str) -> float:
-        return statistics.median(float(h.get(name, "0")) for h in headers)
 
-    total = median("x-total-time-ms")
-    around = statistics.median(
-        float(h["x-total-time-ms"]) - float(h.get("x-inference-time-ms", "0")) for h in headers
-    )
-    return {"queue_ms": median("x-queue-time-ms"), "infer_ms": median("x-inference-time-ms"),
-            "total_ms": total, "around_ms": around}  # fmt: skip
+def summarize(headers: list[httpx.Headers]) -> dict[str, float]:
+    """Medians: queue, inference, total, total - inference ("around") and total - inference -
+    queue ("own": the path's own cost, without the wait for the model's previous batch)."""
+
+    def ms(h: httpx.Headers, name: str) -> float:
+        return float(h.get(name, "0"))
+
+    def median(f: Any) -> float:
+        return statistics.median(f(h) for h in headers)
+
+    return {
+        "queue_ms": median(lambda h: ms(h, "x-queue-time-ms")),
+        "infer_ms": median(lambda h: ms(h, "x-inference-time-ms")),
+        "total_ms": median(lambda h: ms(h, "x-total-time-ms")),
+        "around_ms": median(lambda h: ms(h, "x-total-time-ms") - ms(h, "x-inference-time-ms")),
+        "own_ms": median(
+            lambda h: (
+                ms(h, "x-total-time-ms") - ms(h, "x-inference-time-ms") - ms(h, "x-queue-time-ms")
+            )
+        ),
+    }
+
+
+async def measure(url: str, clients: int, requests: int) -> dict[str, float]:
+    return summarize(await collect(url, clients, requests))
 
 
 def bare_service(tmp: Path) -> Any:
@@ -149,11 +176,10 @@ print(json.dumps(asyncio.run(measure(url, 1, {requests}))))
 """
 
 
-def profile(model: Path, data: Path, requests: int) -> None:
-    """The service in this process under cProfile, one client process; prints the breakdown."""
-    import cProfile
+def serve_in_process(model: Path, data: Path, requests: int, on_start: Any) -> dict[str, Any]:
+    """The service on this process's event loop while one client process sends `requests`
+    requests; `on_start()` runs once the model is loaded. Returns the client's medians."""
     import json
-    import pstats
     import subprocess
     import threading
 
@@ -163,17 +189,15 @@ def profile(model: Path, data: Path, requests: int) -> None:
     from selfreward_vlm.service.cli import uvicorn_options
     from selfreward_vlm.service.settings import ServiceSettings
 
-    prof = cProfile.Profile()
-
-    class ProfiledServer(uvicorn.Server):
+    class Server(uvicorn.Server):
         async def startup(self, sockets: Any = None) -> None:
-            await super().startup(sockets=sockets)  # the model loads here: not profiled
-            prof.enable()  # the event loop's thread, from now on
+            await super().startup(sockets=sockets)  # the model loads here: not measured
+            on_start()
 
     port = free_port()
     settings = ServiceSettings(model=str(model), data_dir=data, torch_threads=1, port=port,
                                host="127.0.0.1")  # fmt: skip
-    server = ProfiledServer(
+    server = Server(
         uvicorn.Config(build_app(settings), **uvicorn_options(settings), log_level="warning")
     )
     code = CLIENT.format(bench=str(Path(__file__).parent), url=f"http://127.0.0.1:{port}",
@@ -188,6 +212,16 @@ def profile(model: Path, data: Path, requests: int) -> None:
 
     threading.Thread(target=watch, daemon=True).start()
     server.run()
+    return result
+
+
+def profile(model: Path, data: Path, requests: int) -> None:
+    """The service in this process under cProfile, one client process; prints the breakdown."""
+    import cProfile
+    import pstats
+
+    prof = cProfile.Profile()
+    result = serve_in_process(model, data, requests, prof.enable)  # the loop's thread
     prof.disable()
     stats = pstats.Stats(prof)
     per_group: dict[str, float] = {}
@@ -212,31 +246,173 @@ def profile(model: Path, data: Path, requests: int) -> None:
         stats.sort_stats("tottime").print_stats(int(os.environ["PROFILE_TOP"]))
 
 
+# `--stages`: a timestamp where a /v1/logprobs request passes each point (patched in around
+# the service's own functions; the patches only record perf_counter values). The names are of
+# the intervals between two consecutive points.
+STAGES = [
+    "middlewares: timing, drain",
+    "middlewares: deadline, auth",
+    "body limit middleware, Starlette/FastAPI up to the route's body read",
+    "the receive wrappers",
+    "waiting for the body from the client",
+    "the body assembled",
+    "content type, JSON parse",
+    "dependencies and body validation",
+    "route to the serving layer",
+    "serving layer up to the batcher",
+    "submit: work item, queue put",
+    "the worker wakes",
+    "the worker takes the work",
+    "inference",
+    "the answer back on the event loop",
+    "serving layer: the response (token strings, models)",
+    "response validation, encoding, timing headers",
+]
+
+
+def stages(model: Path, data: Path, requests: int) -> None:
+    """Median time between consecutive stages of one client's requests (see STAGES)."""
+    import queue
+
+    import fastapi.routing
+    import starlette.requests
+
+    from selfreward_vlm.service.deadlines import DeadlineMiddleware
+    from selfreward_vlm.service.engine import batcher as batcher_mod
+    from selfreward_vlm.service.http.auth import BodyLimitMiddleware
+    from selfreward_vlm.service.http.metrics import RequestTimingMiddleware
+    from selfreward_vlm.service.routes import scoring as scoring_route
+
+    events: list[tuple[int, float]] = []
+    on = {"recording": False}
+
+    def mark(stage: int) -> None:
+        if on["recording"]:
+            events.append((stage, time.perf_counter()))
+
+    def around_call(cls: Any, before: int, receive_marks: bool = False) -> None:
+        call = cls.__call__
+
+        async def wrapped(self: Any, scope: Any, receive: Any, send: Any) -> None:
+            if scope["type"] != "http":
+                return await call(self, scope, receive, send)
+            mark(before)
+            inner_receive, inner_send = receive, send
+            if receive_marks:
+
+                async def inner_receive() -> Any:
+                    mark(4)
+                    message = await receive()
+                    mark(5)
+                    return message
+
+                async def inner_send(message: Any) -> None:
+                    if message["type"] == "http.response.start":
+                        mark(17)
+                    await send(message)
+
+            await call(self, scope, inner_receive, inner_send)
+
+        cls.__call__ = wrapped
+
+    def stamp(owner: Any, name: str, before: int, after: int, when: Any = None) -> None:
+        """Stamp `before` and `after` around `owner.name` (a coroutine function, or not)."""
+        inner = getattr(owner, name)
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            on_call = when is None or when(kwargs)
+            if on_call:
+                mark(before)
+            out = inner(*args, **kwargs)
+            if not asyncio.iscoroutine(out):
+                mark(after)
+                return out
+
+            async def finish() -> Any:
+                value = await out
+                if on_call:
+                    mark(after)
+                return value
+
+            return finish()
+
+        setattr(owner, name, timed)
+
+    around_call(RequestTimingMiddleware, 0, receive_marks=True)
+    around_call(DeadlineMiddleware, 1)  # (drain runs between timing and deadline)
+    around_call(BodyLimitMiddleware, 2)
+    stamp(starlette.requests.Request, "body", 3, 6)
+    route = scoring_route.logprobs
+    stamp(fastapi.routing, "solve_dependencies", 7, 8,
+          when=lambda kw: getattr(kw.get("dependant"), "call", None) is route)  # fmt: skip
+    stamp(scoring_route.scoring, "logprobs", 9, 16)
+    stamp(batcher_mod.Batcher, "submit", 10, 15)
+    stamp(batcher_mod.Batcher, "_run_batch", 13, 14)
+
+    class TimedQueue(queue.Queue):  # type: ignore[type-arg]
+        def put_nowait(self, item: Any) -> None:
+            super().put_nowait(item)
+            mark(11)
+
+        def get(self, *args: Any, **kwargs: Any) -> Any:
+            out = super().get(*args, **kwargs)
+            mark(12)
+            return out
+
+    batcher_mod.queue.Queue = TimedQueue  # type: ignore[misc]
+    result = serve_in_process(model, data, requests, lambda: on.update(recording=True))
+    per: list[dict[int, float]] = []
+    for stage, t in events:
+        if stage == 0:
+            per.append({})
+        if per and stage not in per[-1]:
+            per[-1][stage] = t
+    full = [r for r in per[20:] if len(r) == len(STAGES) + 1]  # past the warm-up
+    print(f"service: total {result['total_ms']:.2f} ms, inference {result['infer_ms']:.2f} ms "
+          f"(medians of {len(full)} requests, 1 client, stamps at each stage)")  # fmt: skip
+    for k, name in enumerate(STAGES, start=1):
+        ms = statistics.median((r[k] - r[k - 1]) * 1000 for r in full)
+        print(f"  {ms:7.3f} ms  {name}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--requests", type=int, default=300)
+    ap.add_argument("--requests", type=int, default=600)
+    ap.add_argument("--rounds", type=int, default=6, help="alternating blocks per client count")
     ap.add_argument("--clients", default="1,4", type=lambda s: [int(x) for x in s.split(",")])
     ap.add_argument("--profile", action="store_true", help="the breakdown, under cProfile")
+    ap.add_argument("--stages", action="store_true", help="the time between a request's stages")
     args = ap.parse_args()
-    if args.profile:
+    if args.profile or args.stages:
         with tempfile.TemporaryDirectory() as tmp_dir:
             tmp = Path(tmp_dir)
-            profile(build_tiny_causal_lm(tmp / "lm"), tmp / "data", args.requests)
+            run = profile if args.profile else stages
+            run(build_tiny_causal_lm(tmp / "lm"), tmp / "data", args.requests)
         return
     with tempfile.TemporaryDirectory() as tmp_dir:
         tmp = Path(tmp_dir)
         model = build_tiny_causal_lm(tmp / "lm")
-        with local_service(model, None, tmp / "data", "--torch-threads", "1",
-                           "--log-level", "warning") as url:  # fmt: skip
-            service = {c: asyncio.run(measure(url, c, args.requests)) for c in args.clients}
-        with bare_service(tmp) as url:
-            bare = {c: asyncio.run(measure(url, c, args.requests)) for c in args.clients}
+        options = ("--torch-threads", "1", "--log-level", "warning")
+        with (
+            local_service(model, None, tmp / "data", *options) as url,
+            bare_service(tmp) as bare_url,
+        ):
+            # Alternate blocks of the two, so that the box's drift (other jobs, CPU clock)
+            # weighs on both alike.
+            got: dict[tuple[str, int], list[httpx.Headers]] = {}
+            for _ in range(args.rounds):
+                for c in args.clients:
+                    for name, target in (("service", url), ("bare", bare_url)):
+                        block = asyncio.run(collect(target, c, args.requests // args.rounds))
+                        got.setdefault((name, c), []).extend(block)
     for c in args.clients:
-        s, b = service[c], bare[c]
+        s, b = summarize(got["service", c]), summarize(got["bare", c])
         print(
             f"{c} client(s): queue {s['queue_ms']:.2f} ms, inference {s['infer_ms']:.2f} ms, "
-            f"total {s['total_ms']:.2f} ms, total - inference {s['around_ms']:.2f} ms; "
-            f"bare endpoint {b['total_ms']:.2f} ms; ratio {s['around_ms'] / b['total_ms']:.2f}"
+            f"total {s['total_ms']:.2f} ms, total - inference {s['around_ms']:.2f} ms "
+            f"(- queue: {s['own_ms']:.2f} ms); bare endpoint {b['total_ms']:.2f} ms; "
+            f"ratio {s['around_ms'] / b['total_ms']:.2f} (without the queue "
+            f"{s['own_ms'] / b['total_ms']:.2f})"
         )
 
 

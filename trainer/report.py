@@ -3,6 +3,7 @@ lengths, DPO loss/margin/accuracy, time), as a dataclass, JSON and a rich table.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,9 @@ class IterationRecord:
 
 
 def _mean(values: list[float]) -> float | None:
-    return sum(values) / len(values) if values else None
+    """The mean, with the sum correctly rounded (`math.fsum`): the same in any order, so the
+    means do not depend on the order concurrent searches wrote their pairs in."""
+    return math.fsum(values) / len(values) if values else None
 
 
 def _mean_r_i(score: Any) -> float | None:

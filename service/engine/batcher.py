@@ -135,6 +135,8 @@ class Batcher:
         self.batch_sizes: list[int] = []  # recent scoring batch sizes, for /metrics and tests
         self.step_rows: list[int] = []  # recent decode steps' row counts
         self.dropped = {"deadline": 0, "cancelled": 0}  # work dropped unrun or mid-generation
+        # the worker's busy seconds by phase (the benchmark's split of where the time goes)
+        self.seconds = {"scoring": 0.0, "prefill": 0.0, "decode": 0.0}
 
     async def start(self) -> None:
         # The worker runs Python between torch ops while holding the GIL; at CPython's default
@@ -199,11 +201,19 @@ class Batcher:
             except _Stop:
                 return
             try:
+                t0 = time.perf_counter()
                 if batch:
                     self._run_batch(batch)
+                t1 = time.perf_counter()
                 self._admit()
+                t2 = time.perf_counter()
                 if self._live:
                     self._step()
+                t3 = time.perf_counter()
+                seconds = self.seconds
+                seconds["scoring"] += t1 - t0
+                seconds["prefill"] += t2 - t1
+                seconds["decode"] += t3 - t2
             except Exception as exc:  # a bug outside the per-item guards: without this the
                 # thread died and every later request waited out its deadline while /ready said 200
                 log.error("a scheduler iteration failed; its requests get the error", exc_info=exc)
@@ -293,14 +303,16 @@ class Batcher:
         # (setting it afterwards is how /v1/reward once reported 0.00 ms of inference).
         for work in batch:
             work.infer_s = infer_s
+        # Bookkeeping before the answers: after them, this thread would hold the GIL through it
+        # while the event loop waits to send the first answer.
+        self.batch_sizes = [*self.batch_sizes[-999:], len(batch)]
+        if self.metrics is not None:
+            self.metrics.observe_batch(len(batch), batch[0].queue_s, infer_s)
         for work, result, exc in outcomes:
             if exc is None:
                 work.future.set_result(result)
             else:
                 self._fail(work, exc)
-        self.batch_sizes = [*self.batch_sizes[-999:], len(batch)]
-        if self.metrics is not None:
-            self.metrics.observe_batch(len(batch), batch[0].queue_s, infer_s)
 
     def _run_scores(self, works: list[Work]) -> list[tuple[Work, Any, BaseException | None]]:
         """One forward for all scoring work of an adapter; on failure, isolate the bad item.

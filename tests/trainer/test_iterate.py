@@ -122,3 +122,30 @@ def test_iteration_levers_schedule_lr_and_sft_weight() -> None:
     third = _iteration_overrides(levers, 3)
     assert third == {"lr": 5e-5, "loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, 4.0]}
     assert _iteration_overrides({"lr": 1e-3}, 2) == {"lr": 1e-3}
+
+
+def test_pair_stats_do_not_depend_on_the_order_pairs_were_written() -> None:
+    """Concurrent searches write pairs in the order they finish; the iteration table's means
+    must be the same in any order (a plain running sum was not, in the last digits)."""
+    import random
+
+    from selfreward_vlm.core.schemas import PreferencePair, ResponseScore, SentenceScore
+    from selfreward_vlm.trainer.report import pair_stats
+
+    def pair(k: int, reward: float) -> PreferencePair:
+        score = ResponseScore(reward=reward, sentences=[SentenceScore(text="x", r_i=reward / 3)])
+        low = ResponseScore(reward=-reward, sentences=[])
+        return PreferencePair(id=f"p{k}", prompt_id=f"q{k}", prompt="p", chosen="a b",
+                              rejected="c", method="csr", chosen_score=score,
+                              rejected_score=low)  # fmt: skip
+
+    rewards = [0.1, 0.2, 0.3, 1e16, 1.0, -1e16, 7.7, 1 / 3, 2 / 3]
+    pairs = [pair(k, r) for k, r in enumerate(rewards)]
+    assert sum(rewards) != sum(reversed(rewards))  # the plain sum depends on the order
+    expected = pair_stats(pairs)
+    for seed in range(5):
+        shuffled = pairs[:]
+        random.Random(seed).shuffle(shuffled)
+        assert pair_stats(shuffled) == expected
+    # and it is the exact mean: the 1e16 terms cancel, the small ones are kept
+    assert expected["mean_chosen_reward"] == pytest.approx((0.1 + 0.2 + 0.3 + 1.0 + 7.7 + 1) / 9)
