@@ -214,6 +214,8 @@ class Batcher:
                 seconds["scoring"] += t1 - t0
                 seconds["prefill"] += t2 - t1
                 seconds["decode"] += t3 - t2
+                if self.metrics is not None:
+                    self.metrics.observe_worker(t1 - t0, t2 - t1, t3 - t2)
             except Exception as exc:  # a bug outside the per-item guards: without this the
                 # thread died and every later request waited out its deadline while /ready said 200
                 log.error("a scheduler iteration failed; its requests get the error", exc_info=exc)

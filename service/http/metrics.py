@@ -97,6 +97,12 @@ class Metrics:
             buckets=_TIME_BUCKETS,
             registry=r,
         )
+        self.worker_seconds = Counter(
+            "selfreward_worker_busy_seconds",
+            "Time the model worker spent on scoring batches, prefills and decode steps",
+            ["phase"],
+            registry=r,
+        )
         self.tokens_scored = Counter(
             "selfreward_tokens_scored", "Tokens whose log-prob a response reported", registry=r
         )
@@ -140,6 +146,13 @@ class Metrics:
         self.batch_size.observe(size)
         self.queue_duration.observe(max(queue_s, 0.0))
         self.inference_duration.observe(max(infer_s, 0.0))
+
+    def observe_worker(self, scoring_s: float, prefill_s: float, decode_s: float) -> None:
+        """One scheduler iteration's busy time, by phase."""
+        for phase, seconds in (("scoring", scoring_s), ("prefill", prefill_s),
+                               ("decode", decode_s)):  # fmt: skip
+            if seconds > 0:
+                self.worker_seconds.labels(phase=phase).inc(seconds)
 
     def observe_step(self, generations: int, rows: int, seconds: float, live_rows: int) -> None:
         """Record one decode step: how many generations and rows it advanced, its time, and

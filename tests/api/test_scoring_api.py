@@ -201,3 +201,23 @@ def test_bad_scoring_input_is_a_clear_4xx(api: TestClient, path, body, status, f
     # ...and the service still scores correctly afterwards.
     ok = api.post("/v1/logprobs", json={"prompt": PROMPT, "continuations": ["There is"]})
     assert ok.status_code == 200
+
+
+def test_metrics_split_the_workers_time_by_phase(api: TestClient) -> None:
+    """`selfreward_worker_busy_seconds_total{phase}`: where the model worker's time went."""
+
+    def busy() -> dict[str, float]:
+        out = {}
+        for line in api.get("/metrics").text.splitlines():
+            if line.startswith("selfreward_worker_busy_seconds_total{"):
+                phase = line.split('phase="')[1].split('"')[0]
+                out[phase] = float(line.rsplit(" ", 1)[1])
+        return out
+
+    before = busy()
+    assert api.post("/v1/logprobs", json={"prompt": PROMPT, "continuations": ["a"]}).is_success
+    body = {"prompt": PROMPT, "n": 2, "max_new_tokens": 3, "strategy": "sample", "seed": 1}
+    assert api.post("/v1/generate", json=body).is_success
+    after = busy()
+    for phase in ("scoring", "prefill", "decode"):
+        assert after[phase] > before.get(phase, 0.0), phase
