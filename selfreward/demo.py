@@ -2,10 +2,11 @@
 
 Per seed (`--seeds 0,1,2`; each seed its own world):
 1. build (or load from cache) the world: images, a tiny CLIP, a tiny VLM that hallucinates;
-2. each run (and the base model's evaluation) is a task in a process of its own, with a
-   scoring service of its own on loopback (both models, the same paths as hub models); up to
-   `--lanes N` tasks (default 2) run at once, a task after those it waits for (the SBSPO rows
-   wait for CSR); a lane's output lines start with its task's name;
+2. each run (and the world's build, and the base model's evaluation) is a task in a process of
+   its own, with a scoring service of its own on loopback (both models, the same paths as hub
+   models); up to `--lanes N` tasks (default 2) run at once, a task after those it waits for
+   (a seed's tasks wait for its world, so one seed's world builds while another seed's runs
+   go on; the SBSPO rows wait for CSR); a lane's output lines start with its task's name;
 3. CSR with the preset's settings (`--preset paper | official | tuned`, default tuned):
    `iterate` for T iterations on the prompt images (pairs → DPO → adapter upload);
 4. ablation rows, one iteration each: λ = 0, 0.5, 0.9, 1 (CSR Table 2), the official code's
@@ -186,16 +187,27 @@ def _reproducible() -> dict[str, str]:
     return {**settings, "kernels": capability, "torch": torch.__version__}
 
 
-def _world(config: DemoConfig, seed: int, work: Path) -> Path:
-    from selfreward_vlm.world.build import build_world
-
+def _world_dir(config: DemoConfig, seed: int, work: Path) -> tuple[Path, bool]:
+    """Seed's world folder, and whether the demo builds it (False: `--world`, built already)."""
     if config.world is not None:
-        return Path(config.world.replace("{seed}", str(seed))).resolve()
+        return Path(config.world.replace("{seed}", str(seed))).resolve(), False
     name = f"world-seed{seed}{'-quick' if config.quick else ''}"
     if config.disfluency:
         name += f"-disfluent{config.disfluency:g}"
-    return build_world(work / name, seed=seed, quick=config.quick,
-                       disfluency=config.disfluency).root  # fmt: skip
+    return work / name, True
+
+
+def prepare_world(spec: dict[str, Any]) -> None:
+    """Build seed's world (stages built already are skipped) unless it was given, and write
+    the run's prompt files from it."""
+    world, work = Path(spec["world"]), Path(spec["work"])
+    if spec["build"]:
+        from selfreward_vlm.world.build import build_world
+
+        build_world(world, seed=spec["seed"], quick=spec["quick"], disfluency=spec["disfluency"])
+    _limit_prompts(world / "prompts.jsonl", work / "prompts.jsonl", spec["prompts_limit"])
+    _limit_prompts(world / "prompts.jsonl", work / "prompts-ablation.jsonl",
+                   spec["ablation_limit"])  # fmt: skip
 
 
 Run = tuple[str, Path, int, dict[str, Any], dict[str, Any]]
@@ -248,40 +260,50 @@ def _task_name(config: DemoConfig, seed: int, name: str) -> str:
 
 
 def seed_tasks(config: DemoConfig, seed: int) -> tuple[Path, list[Task]]:
-    """Build (or load) seed's world and its prompt files; its world and the lane tasks, in the
-    serial order: the base model's evaluation, every CSR run, the SBSPO rows (they wait for
-    `csr`, whose iteration 1 is their starting policy)."""
+    """Seed's world and its lane tasks, in the serial order: the world's build (a task too, so
+    that one seed's world builds while another seed's runs go on; not when `--world` gives
+    it), the base model's evaluation, every CSR run, the SBSPO rows (they wait for `csr`, whose
+    iteration 1 is their starting policy)."""
     from selfreward_vlm.core.presets import method_options
 
     work = _seed_work(config, seed)
     work.mkdir(parents=True, exist_ok=True)
-    world = _world(config, seed, work)
-    prompts = _limit_prompts(world / "prompts.jsonl", work / "prompts.jsonl", config.prompts)
-    ablation = _limit_prompts(world / "prompts.jsonl", work / "prompts-ablation.jsonl",
-                              config.ablation_prompts)  # fmt: skip
+    world, build = _world_dir(config, seed, work)
     common = {"seed": seed, "world": str(world), "work": str(work),
               "eval_images": config.eval_images}  # fmt: skip
-    tasks = [Task(_task_name(config, seed, "base"), (), {**common, "kind": "base"})]
+    prepare = {**common, "kind": "world", "build": build, "quick": config.quick,
+               "disfluency": config.disfluency, "prompts_limit": config.prompts,
+               "ablation_limit": config.ablation_prompts}  # fmt: skip
+    tasks: list[Task] = []
+    if build:
+        tasks.append(Task(_task_name(config, seed, "world"), (), prepare))
+    else:
+        prepare_world(prepare)
+    ready = tuple(t.name for t in tasks)  # what every other task of the seed waits for
+    prompts, ablation = work / "prompts.jsonl", work / "prompts-ablation.jsonl"
+    tasks.append(Task(_task_name(config, seed, "base"), ready, {**common, "kind": "base"}))
     for run, (method, prompt_file, iterations, options, run_train) in _runs(
         config, prompts, ablation
     ).items():
         spec = {**common, "kind": "run", "run": run, "method": method, "prompts": str(prompt_file),
                 "iterations": iterations, "options": options, "train": run_train,
                 "init_adapter": None}  # fmt: skip
-        tasks.append(Task(_task_name(config, seed, run), (), spec))
+        tasks.append(Task(_task_name(config, seed, run), ready, spec))
     csr1 = work / "csr" / "iter1" / "train" / "adapter"
     for run in (r for r in SBSPO_ROWS if r in config.rows):
         options = {**method_options(config.preset, "sbspo"), **SBSPO_ROWS[run]}
         spec = {**common, "kind": "run", "run": run, "method": "sbspo", "prompts": str(ablation),
                 "iterations": 1, "options": options, "train": dict(config.train),
                 "init_adapter": str(csr1)}  # fmt: skip
-        tasks.append(Task(_task_name(config, seed, run), (_task_name(config, seed, "csr"),), spec))
+        after = (*ready, _task_name(config, seed, "csr"))
+        tasks.append(Task(_task_name(config, seed, run), after, spec))
     return world, tasks
 
 
 def run_task(spec: dict[str, Any]) -> dict[str, Any]:
-    """One lane's task, in its own process: the base model's evaluation, or one run (`iterate`
-    against a scoring service of its own, then the evaluation of each iteration's adapter).
+    """One lane's task, in its own process: seed's world, the base model's evaluation, or one
+    run (`iterate` against a scoring service of its own, then the evaluation of each
+    iteration's adapter).
     Returns {eval: {label: row}, lengths: {label: stats}, runs: {run: iteration records}}."""
     from selfreward_vlm.client.methods.lengths import length_stats
     from selfreward_vlm.core.schemas import PreferencePair
@@ -290,6 +312,10 @@ def run_task(spec: dict[str, Any]) -> dict[str, Any]:
 
     _reproducible()
     world, work, seed = Path(spec["world"]), Path(spec["work"]), spec["seed"]
+    if spec["kind"] == "world":
+        console.rule(f"seed {seed}: the world")
+        prepare_world(spec)
+        return {"eval": {}, "lengths": {}, "runs": {}}
     evaluate = Evaluator(world, spec["eval_images"])
     if spec["kind"] == "base":
         console.rule(f"seed {seed}: evaluation of the base model")

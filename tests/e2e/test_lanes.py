@@ -271,3 +271,42 @@ def test_several_seeds_share_the_lanes(tmp_path: Path) -> None:
     assert dict((t.name, t.after) for t in tasks)["seed1/sbspo"] == ("seed1/csr",)
     assert tasks[-1].spec["work"].endswith("seed1")
     check_tasks(tasks)
+
+
+def test_a_seeds_world_is_a_lane_task_its_other_tasks_wait_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without `--world` each seed's world is built by a task of its own: with two lanes seed 1's
+    world builds while seed 0's runs go on (before, every world was built first, one core)."""
+    import selfreward_vlm.demo as demo
+    import selfreward_vlm.world.build as build
+    from selfreward_vlm.demo import DemoConfig, run_task, seed_tasks
+
+    monkeypatch.setattr(demo, "_reproducible", dict)  # it pins this process's torch threads
+
+    built: list[tuple[Path, int, bool, float]] = []
+
+    def fake_build(root: Path, seed: int, quick: bool, disfluency: float) -> None:
+        built.append((Path(root), seed, quick, disfluency))
+        root.mkdir(parents=True)
+        (root / "prompts.jsonl").write_text("".join(f'{{"id": "p{i}"}}\n' for i in range(9)))
+
+    monkeypatch.setattr(build, "build_world", fake_build)
+    config = DemoConfig.make(True, [0, 1], tmp_path / "work", full=False)
+    tasks = [t for seed in (0, 1) for t in seed_tasks(config, seed)[1]]
+    check_tasks(tasks)
+    assert not built  # nothing is built while the tasks are listed
+    after = {t.name: t.after for t in tasks}
+    assert after["seed0/world"] == () and after["seed1/world"] == ()
+    assert after["seed1/base"] == ("seed1/world",)
+    assert after["seed1/sbspo"] == ("seed1/world", "seed1/csr")
+    assert all(t.name.endswith("/world") or t.after[0].endswith("/world") for t in tasks)
+    # the two worlds start first, side by side
+    assert [t.name for t in start_order(tasks, 2)][:2] == ["seed0/world", "seed1/world"]
+    # the world task builds the world and writes the run's prompt files from it
+    world = next(t for t in tasks if t.name == "seed1/world")
+    assert run_task(world.spec) == {"eval": {}, "lengths": {}, "runs": {}}
+    root = Path(world.spec["world"])
+    assert built == [(root, 1, True, 0.0)] and root.name == "world-seed1-quick"
+    work = Path(world.spec["work"])
+    assert len((work / "prompts.jsonl").read_text().splitlines()) == 9  # quick: 300, all 9 here
