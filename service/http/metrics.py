@@ -103,6 +103,8 @@ class Metrics:
             ["phase"],
             registry=r,
         )
+        # the children looked up once: the worker adds to them every iteration
+        self._busy = [self.worker_seconds.labels(phase=p) for p in ("scoring", "prefill", "decode")]
         self.tokens_scored = Counter(
             "selfreward_tokens_scored", "Tokens whose log-prob a response reported", registry=r
         )
@@ -149,10 +151,9 @@ class Metrics:
 
     def observe_worker(self, scoring_s: float, prefill_s: float, decode_s: float) -> None:
         """One scheduler iteration's busy time, by phase."""
-        for phase, seconds in (("scoring", scoring_s), ("prefill", prefill_s),
-                               ("decode", decode_s)):  # fmt: skip
+        for child, seconds in zip(self._busy, (scoring_s, prefill_s, decode_s), strict=True):
             if seconds > 0:
-                self.worker_seconds.labels(phase=phase).inc(seconds)
+                child.inc(seconds)
 
     def observe_step(self, generations: int, rows: int, seconds: float, live_rows: int) -> None:
         """Record one decode step: how many generations and rows it advanced, its time, and
