@@ -260,8 +260,7 @@ STAGES = [
     "dependencies and body validation",
     "route to the serving layer",
     "serving layer up to the batcher",
-    "submit: work item, queue put",
-    "the worker wakes",
+    "submit and the worker's wake-up (work item, queue put, thread and GIL hand-off)",
     "the worker takes the work",
     "inference",
     "the answer back on the event loop",
@@ -272,7 +271,6 @@ STAGES = [
 
 def stages(model: Path, data: Path, requests: int) -> None:
     """Median time between consecutive stages of one client's requests (see STAGES)."""
-    import queue
 
     import fastapi.routing
     import starlette.requests
@@ -308,15 +306,16 @@ def stages(model: Path, data: Path, requests: int) -> None:
 
                 async def inner_send(message: Any) -> None:
                     if message["type"] == "http.response.start":
-                        mark(17)
+                        mark(16)
                     await send(message)
 
             await call(self, scope, inner_receive, inner_send)
 
         cls.__call__ = wrapped
 
-    def stamp(owner: Any, name: str, before: int, after: int, when: Any = None) -> None:
-        """Stamp `before` and `after` around `owner.name` (a coroutine function, or not)."""
+    def stamp(owner: Any, name: str, before: int, after: int | None, when: Any = None) -> None:
+        """Stamp `before` and `after` (if any) around `owner.name` (a coroutine function, or
+        not)."""
         inner = getattr(owner, name)
 
         def timed(*args: Any, **kwargs: Any) -> Any:
@@ -325,12 +324,13 @@ def stages(model: Path, data: Path, requests: int) -> None:
                 mark(before)
             out = inner(*args, **kwargs)
             if not asyncio.iscoroutine(out):
-                mark(after)
+                if after is not None:
+                    mark(after)
                 return out
 
             async def finish() -> Any:
                 value = await out
-                if on_call:
+                if on_call and after is not None:
                     mark(after)
                 return value
 
@@ -345,21 +345,11 @@ def stages(model: Path, data: Path, requests: int) -> None:
     route = scoring_route.logprobs
     stamp(fastapi.routing, "solve_dependencies", 7, 8,
           when=lambda kw: getattr(kw.get("dependant"), "call", None) is route)  # fmt: skip
-    stamp(scoring_route.scoring, "logprobs", 9, 16)
-    stamp(batcher_mod.Batcher, "submit", 10, 15)
-    stamp(batcher_mod.Batcher, "_run_batch", 13, 14)
+    stamp(scoring_route.scoring, "logprobs", 9, 15)
+    stamp(batcher_mod.Batcher, "submit", 10, 14)
+    stamp(batcher_mod.Batcher, "_claim", 11, None)  # the worker has the work from the queue
+    stamp(batcher_mod.Batcher, "_run_batch", 12, 13)
 
-    class TimedQueue(queue.Queue):  # type: ignore[type-arg]
-        def put_nowait(self, item: Any) -> None:
-            super().put_nowait(item)
-            mark(11)
-
-        def get(self, *args: Any, **kwargs: Any) -> Any:
-            out = super().get(*args, **kwargs)
-            mark(12)
-            return out
-
-    batcher_mod.queue.Queue = TimedQueue  # type: ignore[misc]
     result = serve_in_process(model, data, requests, lambda: on.update(recording=True))
     per: list[dict[int, float]] = []
     for stage, t in events:
