@@ -366,3 +366,33 @@ def test_demo_calibration_checks_table_2_ordering() -> None:
     rows["csr λ=1"]["malformed_rate"] = [0.05, None]  # one seed: no sd, no verdict
     assert calibration(rows)["lambda0.9_below_lambda1_on_malformed"] is None
     assert list(cal["rows"]) == ["csr λ=0", "csr λ=0.9", "csr λ=1"]
+
+
+def test_demo_report_tables_in_markdown(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`python -m selfreward_vlm.demo_report REPORT.json` prints the README's tables."""
+    import json
+
+    from selfreward_vlm.demo_report import aggregate, calibration, main
+
+    seeds = [
+        {"base (SFT)": {"chair_s": 0.48, "chair_i": 0.23, "recall": 0.9, "mean_length": 12.2,
+                        "malformed_rate": 0.0, "repeat_rate": 0.08},
+         "csr λ=0": {"chair_s": 0.47, "malformed_rate": 0.02},
+         "csr λ=0.9": {"chair_s": 0.33 + s / 100, "malformed_rate": 0.01},
+         "csr λ=1": {"chair_s": 0.32, "malformed_rate": 0.05 + s / 100}}
+        for s in range(3)
+    ]  # fmt: skip
+    rows = aggregate(seeds, ("chair_s", "chair_i", "recall", "mean_length", "malformed_rate",
+                             "repeat_rate"))  # fmt: skip
+    report = {"rows": rows, "calibration": calibration(rows), "seeds": [0, 1, 2],
+              "preset": "tuned", "fingerprint": "abc"}  # fmt: skip
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    main([str(tmp_path / "report.json")])
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "| model | CHAIR_S | CHAIR_I | recall | words | malformed | repeats |"
+    base = "| base (SFT) | 0.480 ± 0.000 | 0.230 ± 0.000 | 0.900 ± 0.000 | 12.2 ± 0.0 | "
+    assert out[2] == base + "0.000 ± 0.000 | 0.080 ± 0.000 |"
+    assert "| csr λ=0.9 | 0.340 ± 0.010 | - | - | - | 0.010 ± 0.000 | - |" in out
+    assert "| csr λ=1 | 0.320 ± 0.000 | 0.060 ± 0.010 |" in out  # the calibration table
+    assert out[-3].endswith("on malformed yes; λ = 0.9 below λ = 0 on CHAIR_S yes")
+    assert out[-1] == "seeds [0, 1, 2], preset tuned, fingerprint `abc`"
