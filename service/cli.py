@@ -201,6 +201,12 @@ def serve_command(
     drain = getattr(getattr(app, "state", None), "drain", None)
     if drain is not None:  # it shrinks their accept queue before they close (service.http.drain)
         drain.listeners = lambda: [s for srv in server.servers for s in srv.sockets]
+
+        def stop_listening() -> None:
+            for srv in server.servers:
+                srv.close()
+
+        drain.stop_listening = stop_listening
     server.run()
 
 

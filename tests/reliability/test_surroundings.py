@@ -383,3 +383,29 @@ def test_slow_clients_are_cut_in_seconds(tiny_models: dict[str, Path], tmp_path:
         "slow_clients", header_cut_s=round(header_s, 2), body_cut_s=round(body_s, 2),
         others_served_s=round(others_s, 3), over_limit_status=503,
     )  # fmt: skip
+
+
+def test_accept_queue_reads_a_listeners_waiting_connections() -> None:
+    """The drain closes a listener the moment its accept queue is empty: the count it reads."""
+    from selfreward_vlm.service.http.drain import accept_queue
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        if accept_queue(listener) is None:
+            pytest.skip("this platform does not report a listener's accept queue")
+        assert accept_queue(listener) == 0
+        clients = [socket.create_connection(listener.getsockname()) for _ in range(3)]
+        try:
+            deadline = time.monotonic() + 5
+            while accept_queue(listener) != 3 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert accept_queue(listener) == 3
+            accepted, _ = listener.accept()
+            accepted.close()
+            assert accept_queue(listener) == 2
+        finally:
+            for c in clients:
+                c.close()
+    with socket.socket() as unbound:
+        assert accept_queue(unbound) is None  # not a listener
