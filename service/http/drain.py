@@ -52,6 +52,7 @@ from selfreward_vlm.service.http.auth import route_path
 logger = logging.getLogger(__name__)
 _ALWAYS_OPEN = frozenset({"/health", "/metrics"})
 QUEUE_FLUSH_S = 0.3  # after listen(0): time to accept what the kernel had queued
+_TCP_LISTEN = 10  # tcpi_state of a listening socket (`accept_queue`)
 
 
 class ShuttingDownError(NotReadyError):
@@ -185,9 +186,6 @@ def accept_queue(sock: Any) -> int | None:
     if len(info) < 28 or info[0] != _TCP_LISTEN:
         return None
     return int(struct.unpack_from("I", info, 24)[0])
-
-
-_TCP_LISTEN = 10  # tcpi_state of a listening socket
 
 
 class DrainMiddleware:

@@ -138,7 +138,7 @@ def _answer(engine: Any, g: Generated, stops: list[str]) -> Continuation:
     """The answer cut before the first stop sequence (`serving.text.continuation`), and only
     the tokens that the cut text still shows in full or in part (OpenAI returns none of it)."""
     answer = continuation(engine, g, stops)
-    if len(answer.text) < len(engine.decode(g.token_ids)):
+    if stops and len(answer.text) < len(engine.decode(g.token_ids)):  # no stops: nothing cut
         keep = 0
         while keep < len(answer.tokens) and len(engine.decode(g.token_ids[:keep])) < len(
             answer.text
