@@ -16,8 +16,9 @@ Per seed (`--seeds 0,1,2`; each seed its own world):
    and the `official` presets for T iterations each, beside the chosen preset's, and SBSPO's
    Table 2 selections (sum only, average only, the eq. 5 union);
 5. evaluate the base model and every adapter on the evaluation images with greedy decoding
-   (CHAIR_S, CHAIR_I, recall, length, malformed and repeat rates): only this step reads
-   ground truth;
+   (CHAIR_S, CHAIR_I, recall, length, malformed and repeat rates), and with `--eval-samples N`
+   (`--full`: 4) on N seeded samples per image too (malformed rate, CHAIR_S): only this step
+   reads ground truth;
 6. mean ± sd over seeds per row, the tables (metrics; chosen vs rejected lengths per run),
    report.json (every setting of the preset included) and a plot with error bars.
 
@@ -62,6 +63,8 @@ SBSPO_ROWS: dict[str, dict[str, Any]] = {
     "sbspo-eq5": {"selection": "union", "overlap": "keep"},
 }
 FULL_LANE_DISFLUENCY = 0.15
+# `--full`: sampled captions per evaluation image, for the malformed rate greedy decoding hides
+FULL_EVAL_SAMPLES = 4
 # run names become adapter names on the service, which may not contain "."
 ROW_LAMBDA = {"lambda0": 0.0, "lambda0p5": 0.5, "lambda0p9": 0.9, "lambda1": 1.0}
 
@@ -84,11 +87,13 @@ class DemoConfig:
     train: dict[str, Any] = field(default_factory=dict)  # the preset's training options
     full: bool = False  # the second lane: LANE_ROWS too, on disfluent worlds
     disfluency: float = 0.0  # share of disfluent SFT sentences in the worlds built
+    eval_samples: int = 0  # sampled captions per evaluation image (0: greedy ones only)
 
     @classmethod
     def make(
         cls, quick: bool, seeds: list[int], work: Path, world: str | None = None,
         preset: str = "tuned", full: bool = False, disfluency: float | None = None,
+        eval_samples: int | None = None,
     ) -> DemoConfig:  # fmt: skip
         from selfreward_vlm.core.presets import PRESETS, method_options, train_options
 
@@ -106,10 +111,12 @@ class DemoConfig:
             sizes = {**sizes, "rows": rows}
         if disfluency is None:
             disfluency = FULL_LANE_DISFLUENCY if full else 0.0
+        if eval_samples is None:
+            eval_samples = FULL_EVAL_SAMPLES if full else 0
         return cls(quick=quick, seeds=seeds, work=work, world=world, preset=preset,
                    method=method_options(preset, PRESETS[preset].csr_method),
                    train=train_options(preset), full=full, disfluency=disfluency,
-                   **sizes)  # fmt: skip
+                   eval_samples=eval_samples, **sizes)  # fmt: skip
 
 
 def _limit_prompts(src: Path, dst: Path, n: int | None) -> Path:
@@ -121,30 +128,38 @@ def _limit_prompts(src: Path, dst: Path, n: int | None) -> Path:
 
 class Evaluator:
     """Greedy captions of the evaluation images and their CHAIR metrics (the only reader of
-    ground truth)."""
+    ground truth); with `samples` > 0, also that many seeded samples per image, whose
+    malformed rate and CHAIR_S go in the row as `sampled_malformed_rate` and `sampled_chair_s`
+    (greedy decoding hides a disfluency the model produces in a minority of its samples)."""
 
-    def __init__(self, world: Path, limit: int | None):
+    def __init__(self, world: Path, limit: int | None, samples: int = 0):
         from selfreward_vlm.world.evaluate import eval_set
 
         self.names, self.truths = eval_set(world, limit)
-        self.world = world
+        self.world, self.samples = world, samples
         self.results: dict[str, dict[str, Any]] = {}
 
     def __call__(self, label: str, adapter_dir: Path | None) -> dict[str, Any]:
         from selfreward_vlm.world.chair import chair
-        from selfreward_vlm.world.evaluate import greedy_captions
+        from selfreward_vlm.world.evaluate import Sampling, caption_images, load_vlm, open_images
 
         started = time.perf_counter()
-        captions = greedy_captions(self.world / "vlm", self.world / "images", self.names,
-                                   adapter_dir=adapter_dir)  # fmt: skip
+        model, processor = load_vlm(self.world / "vlm", adapter_dir)
+        images = open_images(self.world / "images", self.names)
+        captions = caption_images(model, processor, images)
         metrics = chair(captions, self.truths)
-        row = {
-            **metrics.as_dict(),
-            "example": captions[0],
-            "seconds": time.perf_counter() - started,
-        }
+        row: dict[str, Any] = {**metrics.as_dict(), "example": captions[0]}
+        summary = metrics.summary()
+        if self.samples:  # every model sees the same random stream (seed 0)
+            sampled = caption_images(model, processor, images, sample=Sampling(self.samples))
+            s = chair(sampled, [t for t in self.truths for _ in range(self.samples)])
+            row |= {"sampled_malformed_rate": s.malformed_rate, "sampled_chair_s": s.chair_s,
+                    "sampled_example": sampled[0]}  # fmt: skip
+            summary += (f"  sampled ×{self.samples}: malformed {s.malformed_rate:.3f}  "
+                        f"CHAIR_S {s.chair_s:.3f}")  # fmt: skip
+        row["seconds"] = time.perf_counter() - started
         self.results[label] = row
-        console.print(f"[bold]{label:>22}[/]  {metrics.summary()}")
+        console.print(f"[bold]{label:>22}[/]  {summary}")
         return row
 
 
@@ -270,7 +285,7 @@ def seed_tasks(config: DemoConfig, seed: int) -> tuple[Path, list[Task]]:
     work.mkdir(parents=True, exist_ok=True)
     world, build = _world_dir(config, seed, work)
     common = {"seed": seed, "world": str(world), "work": str(work),
-              "eval_images": config.eval_images}  # fmt: skip
+              "eval_images": config.eval_images, "eval_samples": config.eval_samples}  # fmt: skip
     prepare = {**common, "kind": "world", "build": build, "quick": config.quick,
                "disfluency": config.disfluency, "prompts_limit": config.prompts,
                "ablation_limit": config.ablation_prompts}  # fmt: skip
@@ -316,7 +331,7 @@ def run_task(spec: dict[str, Any]) -> dict[str, Any]:
         console.rule(f"seed {seed}: the world")
         prepare_world(spec)
         return {"eval": {}, "lengths": {}, "runs": {}}
-    evaluate = Evaluator(world, spec["eval_images"])
+    evaluate = Evaluator(world, spec["eval_images"], spec.get("eval_samples", 0))
     if spec["kind"] == "base":
         console.rule(f"seed {seed}: evaluation of the base model")
         evaluate("base (SFT)", None)
@@ -424,6 +439,7 @@ def run_demo(config: DemoConfig, lanes: int = 2) -> dict[str, Any]:
     from selfreward_vlm.demo_report import (
         LENGTH_KEYS,
         METRICS,
+        SAMPLED_METRICS,
         aggregate,
         calibration,
         plot,
@@ -442,7 +458,7 @@ def run_demo(config: DemoConfig, lanes: int = 2) -> dict[str, Any]:
         "preset_settings": json.loads(json.dumps(asdict(preset), default=str)),
         "seeds": config.seeds,
         "numerics": numerics,
-        "rows": aggregate([s["eval"] for s in per_seed], METRICS),
+        "rows": aggregate([s["eval"] for s in per_seed], (*METRICS, *SAMPLED_METRICS)),
         "lengths": aggregate([s["lengths"] for s in per_seed], LENGTH_KEYS),
         "per_seed": per_seed,
     }
@@ -513,6 +529,14 @@ def demo_command(
             f"(default 0; --full: {FULL_LANE_DISFLUENCY})"
         ),
     ] = None,
+    eval_samples: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            help="sampled captions per evaluation image, for the malformed rate and CHAIR_S "
+            f"of samples beside the greedy ones (default 0; --full: {FULL_EVAL_SAMPLES})",
+        ),
+    ] = None,
     work: Annotated[Path, typer.Option(help="work dir (world cache, runs, report)")] = Path(
         "runs/demo"
     ),
@@ -543,7 +567,7 @@ def demo_command(
     from selfreward_vlm.lanes import LaneFailed
 
     config = DemoConfig.make(quick, _seeds(seeds) if seeds else [seed], work, world, preset, full,
-                             disfluency)  # fmt: skip
+                             disfluency, eval_samples)  # fmt: skip
     try:
         report = run_demo(config, lanes)
     except LaneFailed as exc:  # its output, traceback included, went by with its name in front

@@ -17,6 +17,9 @@ from rich.console import Console
 from rich.table import Table
 
 METRICS = ("chair_s", "chair_i", "recall", "mean_length", "malformed_rate", "repeat_rate")
+# with `--eval-samples N` (`--full`), the same images' N sampled captions each: the malformed
+# rate greedy decoding hides (it takes each sentence's majority form), and their CHAIR_S
+SAMPLED_METRICS = ("sampled_malformed_rate", "sampled_chair_s")
 LENGTH_KEYS = ("chosen_words", "rejected_words", "chosen_longer", "chosen_shorter",
                "chosen_cut_off", "rejected_cut_off")  # fmt: skip
 
@@ -56,19 +59,32 @@ def _beats(rows: dict[str, Any], better: str, worse: str, key: str) -> bool | No
 
 
 def calibration(rows: dict[str, Any]) -> dict[str, Any]:
-    """What calibration buys: the λ rows' CHAIR_S and malformed rate, and CSR Table 2's
-    ordering as two checks (None when a row or the sd is missing): λ = 0.9 below λ = 1 (CLIP
-    alone) on malformed, and below λ = 0 (language score alone) on CHAIR_S, each by more than
-    one sd."""
-    table = {label: {k: rows[label].get(k) for k in ("chair_s", "malformed_rate")}
+    """What calibration buys: the λ rows' CHAIR_S and malformed rates (greedy; sampled when
+    the run measured them), and CSR Table 2's ordering as checks (None when a row or the sd is
+    missing): λ = 0.9 below λ = 1 (CLIP alone) on malformed, and below λ = 0 (language score
+    alone) on CHAIR_S, each by more than one sd."""
+    keys = ("chair_s", "malformed_rate", "sampled_malformed_rate")
+    table = {label: {k: rows[label].get(k) for k in keys}
              for label in LAMBDA_ROWS if label in rows}  # fmt: skip
     return {
         "rows": table,
         "lambda0.9_below_lambda1_on_malformed": _beats(
             rows, "csr λ=0.9", "csr λ=1", "malformed_rate"
         ),
+        "lambda0.9_below_lambda1_on_sampled_malformed": _beats(
+            rows, "csr λ=0.9", "csr λ=1", "sampled_malformed_rate"
+        ),
         "lambda0.9_below_lambda0_on_chair_s": _beats(rows, "csr λ=0.9", "csr λ=0", "chair_s"),
     }
+
+
+CHECKS = ("lambda0.9_below_lambda1_on_malformed", "lambda0.9_below_lambda1_on_sampled_malformed",
+          "lambda0.9_below_lambda0_on_chair_s")  # fmt: skip
+
+
+def _sampled(rows: dict[str, Any]) -> bool:
+    """Whether the rows carry the sampled captions' metrics (`--eval-samples`)."""
+    return any(row.get("sampled_malformed_rate") is not None for row in rows.values())
 
 
 def fmt(cell: list[float | None] | None, digits: int = 3) -> str:
@@ -79,16 +95,38 @@ def fmt(cell: list[float | None] | None, digits: int = 3) -> str:
     return f"{mean:.{digits}f}" if sd is None else f"{mean:.{digits}f} ± {sd:.{digits}f}"
 
 
+def _columns(rows: dict[str, Any]) -> list[tuple[str, str, int]]:
+    """The metrics table's columns: (heading, metric, digits); the sampled captions' two when
+    the rows have them."""
+    cols = [("CHAIR_S", "chair_s", 3), ("CHAIR_I", "chair_i", 3), ("recall", "recall", 3),
+            ("words", "mean_length", 1), ("malformed", "malformed_rate", 3),
+            ("repeats", "repeat_rate", 3)]  # fmt: skip
+    if _sampled(rows):
+        cols += [("malformed (sampled)", "sampled_malformed_rate", 3),
+                 ("CHAIR_S (sampled)", "sampled_chair_s", 3)]  # fmt: skip
+    return cols
+
+
+def _calibration_columns(rows: dict[str, Any]) -> list[tuple[str, str]]:
+    cols = [("CHAIR_S", "chair_s"), ("malformed", "malformed_rate")]
+    if _sampled(rows):
+        cols.append(("malformed (sampled)", "sampled_malformed_rate"))
+    return cols
+
+
+VERDICT = {True: "yes", False: "no", None: "not measurable (a row or the sd missing)"}
+
+
 def print_tables(report: dict[str, Any], console: Console) -> None:
     """The metrics table (mean ± sd over seeds), the lengths table, one caption per model."""
     table = Table(title=f"Greedy decoding on the evaluation images, seeds {report['seeds']} "
                   "(lower CHAIR is better)")  # fmt: skip
-    cols = ("model", "CHAIR_S", "CHAIR_I", "recall", "words", "malformed", "repeats")
-    for col in cols:
-        table.add_column(col, justify="left" if col == "model" else "right")
+    columns = _columns(report["rows"])
+    table.add_column("model", justify="left")
+    for heading, _, _ in columns:
+        table.add_column(heading, justify="right")
     for label, row in report["rows"].items():
-        digits = [3, 3, 3, 1, 3, 3]
-        table.add_row(label, *(fmt(row.get(k), d) for k, d in zip(METRICS, digits, strict=True)))
+        table.add_row(label, *(fmt(row.get(key), digits) for _, key, digits in columns))
     console.print(table)
     lengths = Table(title="Chosen vs rejected responses of each run's pairs (words; shares)")
     for col in ("run", "chosen", "rejected", "chosen longer", "chosen shorter",
@@ -102,14 +140,17 @@ def print_tables(report: dict[str, Any], console: Console) -> None:
     cal = report.get("calibration") or {}
     if cal.get("rows"):
         t = Table(title="What calibration buys (CSR Table 2's λ; mean ± sd over seeds)")
-        for col in ("λ row", "CHAIR_S", "malformed"):
-            t.add_column(col, justify="left" if col == "λ row" else "right")
+        cal_columns = _calibration_columns(cal["rows"])
+        t.add_column("λ row", justify="left")
+        for heading, _ in cal_columns:
+            t.add_column(heading, justify="right")
         for label, row in cal["rows"].items():
-            t.add_row(label, fmt(row.get("chair_s")), fmt(row.get("malformed_rate")))
+            t.add_row(label, *(fmt(row.get(key)) for _, key in cal_columns))
         console.print(t)
-        for key in ("lambda0.9_below_lambda1_on_malformed", "lambda0.9_below_lambda0_on_chair_s"):
-            verdict = {True: "yes", False: "no", None: "not measurable (a row or the sd missing)"}
-            console.print(f"  {key.replace('_', ' ')} by more than one sd: {verdict[cal[key]]}")
+        for key in CHECKS:
+            if key in cal:
+                console.print(f"  {key.replace('_', ' ')} by more than one sd: "
+                              f"{VERDICT[cal[key]]}")  # fmt: skip
     first = report["per_seed"][0]
     console.print(f"\nOne caption per model (first evaluation image, seed {first['seed']}):")
     for label, m in first["eval"].items():
@@ -152,22 +193,28 @@ def plot(report: dict[str, Any], path: Path) -> None:
 
 def markdown(report: dict[str, Any]) -> str:
     """The metrics table and the calibration table in Markdown, as the README has them."""
-    lines = ["| model | CHAIR_S | CHAIR_I | recall | words | malformed | repeats |",
-             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    columns = _columns(report["rows"])
+    lines = ["| model | " + " | ".join(h for h, _, _ in columns) + " |",
+             "|---" * (len(columns) + 1) + "|"]  # fmt: skip
     for label, row in report["rows"].items():
-        cells = (fmt(row.get(k), d) for k, d in zip(METRICS, (3, 3, 3, 1, 3, 3), strict=True))
+        cells = (fmt(row.get(key), digits) for _, key, digits in columns)
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     cal = report.get("calibration") or {}
     if cal.get("rows"):
-        lines += ["", "| λ row | CHAIR_S | malformed |", "|---|---|---|"]
+        cal_columns = _calibration_columns(cal["rows"])
+        lines += ["", "| λ row | " + " | ".join(h for h, _ in cal_columns) + " |",
+                  "|---" * (len(cal_columns) + 1) + "|"]  # fmt: skip
         for label, row in cal["rows"].items():
-            lines.append(f"| {label} | {fmt(row.get('chair_s'))} | "
-                         f"{fmt(row.get('malformed_rate'))} |")  # fmt: skip
+            lines.append(f"| {label} | " + " | ".join(fmt(row.get(k)) for _, k in cal_columns)
+                         + " |")  # fmt: skip
         verdict = {True: "yes", False: "no", None: "not measurable"}
-        malformed = verdict[cal["lambda0.9_below_lambda1_on_malformed"]]
-        chair_s = verdict[cal["lambda0.9_below_lambda0_on_chair_s"]]
-        lines += ["", "CSR Table 2's ordering, by more than one sd: λ = 0.9 below λ = 1 on "
-                  f"malformed {malformed}; λ = 0.9 below λ = 0 on CHAIR_S {chair_s}"]  # fmt: skip
+        said = {"lambda0.9_below_lambda1_on_malformed": "λ = 0.9 below λ = 1 on malformed",
+                "lambda0.9_below_lambda1_on_sampled_malformed":
+                    "λ = 0.9 below λ = 1 on malformed (sampled)",
+                "lambda0.9_below_lambda0_on_chair_s": "λ = 0.9 below λ = 0 on CHAIR_S"}  # fmt: skip
+        checks = [f"{said[k]} {verdict[cal[k]]}" for k in CHECKS
+                  if k in cal and (cal[k] is not None or "sampled" not in k)]  # fmt: skip
+        lines += ["", "CSR Table 2's ordering, by more than one sd: " + "; ".join(checks)]
     lines.append("")
     lines.append(f"seeds {report['seeds']}, preset {report['preset']}, "
                  f"fingerprint `{report['fingerprint']}`")  # fmt: skip

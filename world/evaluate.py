@@ -1,4 +1,5 @@
-"""Greedy captions of the world's VLM (optionally with a LoRA adapter) and their CHAIR metrics.
+"""Captions of the world's VLM (optionally with a LoRA adapter) and their CHAIR metrics: greedy
+ones, and seeded samples (`sample`) for the properties greedy decoding hides.
 
 Only this module reads ``eval_truth.json``: evaluation ground truth never reaches rewards,
 search or training.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +50,18 @@ def decode_generated(tokenizer: Any, ids: Sequence[int]) -> str:
     return str(tokenizer.decode(ids, skip_special_tokens=False)).strip()
 
 
+@dataclass(frozen=True)
+class Sampling:
+    """Sampled captions: `n` per image from the model's own distribution (temperature 1, no
+    top-k or top-p cut by default), seeded. Greedy decoding takes each sentence's majority
+    form, so a property the model shows in a minority of its samples (a disfluency at 15 %)
+    never reaches a greedy caption; samples show it at the rate the model produces it."""
+
+    n: int = 4
+    temperature: float = 1.0
+    seed: int = 0
+
+
 @torch.inference_mode()
 def caption_images(
     model: Any,
@@ -57,11 +71,19 @@ def caption_images(
     prompt: str = DEFAULT_PROMPT,
     max_new_tokens: int = 64,
     batch_size: int = 32,
+    sample: Sampling | None = None,
 ) -> list[str]:
-    """Greedy captions of already-loaded images with an already-loaded model."""
+    """Captions of already-loaded images with an already-loaded model: one greedy caption per
+    image, or with `sample`, `sample.n` sampled captions per image (image by image: those of
+    image i at ``[i * n, (i + 1) * n)``), the same on a rerun."""
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
     text = processor.apply_chat_template(messages, add_generation_prompt=True)
     tokenizer = processor.tokenizer
+    options: dict[str, Any] = {"do_sample": False}
+    if sample is not None:
+        torch.manual_seed(sample.seed)  # one stream for the whole set: batch by batch, in order
+        options = {"do_sample": True, "temperature": sample.temperature, "top_k": 0,
+                   "top_p": 1.0, "num_return_sequences": sample.n}  # fmt: skip
     captions: list[str] = []
     for start in range(0, len(images), batch_size):
         batch = list(images[start : start + batch_size])
@@ -70,7 +92,7 @@ def caption_images(
         )
         out = model.generate(
             **inputs,
-            do_sample=False,
+            **options,
             max_new_tokens=max_new_tokens,
             pad_token_id=tokenizer.pad_token_id,
             eos_token_id=tokenizer.eos_token_id,
@@ -91,15 +113,19 @@ def greedy_captions(
 ) -> list[str]:
     """Greedy (batched, CPU) captions of ``images_dir / name`` for each name, in order."""
     model, processor = load_vlm(model_dir, adapter_dir)
-    images = [Image.open(Path(images_dir) / name).convert("RGB") for name in image_names]
     return caption_images(
         model,
         processor,
-        images,
+        open_images(images_dir, image_names),
         prompt=prompt,
         max_new_tokens=max_new_tokens,
         batch_size=batch_size,
     )
+
+
+def open_images(images_dir: str | Path, image_names: Sequence[str]) -> list[Image.Image]:
+    """``images_dir / name`` for each name, in order, as RGB images."""
+    return [Image.open(Path(images_dir) / name).convert("RGB") for name in image_names]
 
 
 def eval_set(world_dir: str | Path, limit: int | None = None) -> tuple[list[str], list[list[str]]]:

@@ -326,6 +326,7 @@ def test_demo_lanes_and_their_runs(tmp_path: Path) -> None:
     p, a = tmp_path / "p.jsonl", tmp_path / "a.jsonl"
     quick = DemoConfig.make(True, [0], tmp_path)
     assert (quick.rows, quick.disfluency, quick.full) == (QUICK_ROWS, 0.0, False)
+    assert quick.eval_samples == 0  # greedy captions only: the fingerprint keeps its numbers
     runs = _runs(quick, p, a)
     assert list(runs) == ["csr", "csr-lambda0", "csr-lambda1"]
     assert all(r[4] == train_options("tuned") for r in runs.values())
@@ -333,6 +334,8 @@ def test_demo_lanes_and_their_runs(tmp_path: Path) -> None:
 
     full = DemoConfig.make(False, [0, 1, 2], tmp_path, full=True)
     assert full.disfluency == 0.15 and {"sbspo-sum", "sbspo-avg", "sbspo-eq5"} <= set(full.rows)
+    assert full.eval_samples == 4  # the malformed rate greedy decoding hides
+    assert DemoConfig.make(False, [0], tmp_path, full=True, eval_samples=0).eval_samples == 0
     runs = _runs(full, p, a)
     method, _, iterations, options, train = runs["csr-paper"]
     assert (method, iterations, options["preset"], options["language_score"]) == (
@@ -396,3 +399,56 @@ def test_demo_report_tables_in_markdown(tmp_path: Path, capsys: pytest.CaptureFi
     assert "| csr λ=1 | 0.320 ± 0.000 | 0.060 ± 0.010 |" in out  # the calibration table
     assert out[-3].endswith("on malformed yes; λ = 0.9 below λ = 0 on CHAIR_S yes")
     assert out[-1] == "seeds [0, 1, 2], preset tuned, fingerprint `abc`"
+
+
+def test_sampled_captions_seeded_and_grouped_by_image(tiny_models: dict[str, Path]) -> None:
+    """`Sampling(n)` gives n captions per image, image by image, the same for the same seed;
+    near temperature 0 every sample is the model's own greedy caption of its image."""
+    from PIL import Image
+
+    from selfreward_vlm.world.evaluate import Sampling, caption_images, load_vlm
+
+    model, processor = load_vlm(tiny_models["vlm"])
+    images = [Image.new("RGB", (32, 32), colour) for colour in ("red", "blue", "green")]
+    greedy = caption_images(model, processor, images, max_new_tokens=8)
+    cold = caption_images(model, processor, images, max_new_tokens=8,
+                          sample=Sampling(n=2, temperature=1e-4))  # fmt: skip
+    assert cold == [c for c in greedy for _ in range(2)]
+    first, again, other = (caption_images(model, processor, images, max_new_tokens=8,
+                                          sample=Sampling(n=2, seed=seed))
+                           for seed in (3, 3, 4))  # fmt: skip
+    assert len(first) == 6 and first == again and first != other
+
+
+def test_demo_report_with_sampled_metrics(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With `--eval-samples`, the tables get the sampled malformed rate (and CHAIR_S), and the
+    calibration checks λ = 0.9 against λ = 1 on it too."""
+    import json
+
+    from selfreward_vlm.demo_report import METRICS, SAMPLED_METRICS, aggregate, calibration, main
+
+    seeds = [
+        {"csr λ=0": {"chair_s": 0.47, "malformed_rate": 0.0, "sampled_malformed_rate": 0.24},
+         "csr λ=0.9": {"chair_s": 0.30, "malformed_rate": 0.0,
+                       "sampled_malformed_rate": 0.31 + s / 100, "sampled_chair_s": 0.38},
+         "csr λ=1": {"chair_s": 0.29, "malformed_rate": 0.0, "sampled_malformed_rate": 0.31}}
+        for s in range(3)
+    ]  # fmt: skip
+    rows = aggregate(seeds, (*METRICS, *SAMPLED_METRICS))
+    cal = calibration(rows)
+    assert cal["lambda0.9_below_lambda1_on_sampled_malformed"] is False
+    assert cal["rows"]["csr λ=0.9"]["sampled_malformed_rate"] == pytest.approx([0.32, 0.01])
+    report = {"rows": rows, "calibration": cal, "seeds": [0, 1, 2], "preset": "tuned",
+              "fingerprint": "abc"}  # fmt: skip
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    main([str(tmp_path / "report.json")])
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].endswith("| repeats | malformed (sampled) | CHAIR_S (sampled) |")
+    assert out[1] == "|---" * 9 + "|"
+    assert "| csr λ=0.9 | 0.300 ± 0.000 | - | - | - | 0.000 ± 0.000 | - | 0.320 ± 0.010 | " \
+           "0.380 ± 0.000 |" in out  # fmt: skip
+    assert "| λ row | CHAIR_S | malformed | malformed (sampled) |" in out
+    assert out[-3].endswith("λ = 0.9 below λ = 1 on malformed (sampled) no; "
+                            "λ = 0.9 below λ = 0 on CHAIR_S yes")  # fmt: skip
