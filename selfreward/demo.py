@@ -564,8 +564,9 @@ def demo_command(
         work = Path("runs/demo-quick")
     if full and work == Path("runs/demo"):
         work = Path("runs/demo-full")
-    from selfreward_vlm.lanes import LaneFailed
+    from selfreward_vlm.lanes import LaneFailed, interruptible
 
+    interruptible()  # `kill PID` stops the lanes as Ctrl-C does
     config = DemoConfig.make(quick, _seeds(seeds) if seeds else [seed], work, world, preset, full,
                              disfluency, eval_samples)  # fmt: skip
     try:

@@ -235,10 +235,21 @@ def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
+def interruptible() -> None:
+    """SIGINT and SIGTERM raise KeyboardInterrupt in this (main) thread, so that `finally`
+    blocks run: the lanes stop, a lane's local service stops. A process started in the
+    background by a script (`cmd &`) begins with SIGINT ignored, and its children inherit
+    that: the runner's SIGINT would do nothing, and a stop would wait out the grace period and
+    SIGKILL, leaving the lane's service behind."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, _interrupt)
+
+
 def _child(argv: list[str]) -> int:
     target, spec_file, result_file = argv
     module, function = target.split(":")
-    signal.signal(signal.SIGTERM, _interrupt)
+    interruptible()
     _watch_parent()
     spec = json.loads(Path(spec_file).read_text())
     result = getattr(importlib.import_module(module), function)(spec)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import threading
 import time
@@ -204,6 +205,40 @@ def test_stopping_the_lanes_leaves_no_process_behind(
     assert not _alive(child) and not _alive(grandchild)
     with pytest.raises(LaneFailed, match="stopping"):
         runner.run(Task("later", (), {}))
+
+
+def test_a_lane_stops_on_sigint_even_when_started_with_sigint_ignored(
+    lanes: tuple[ProcessLanes, list[str]], tmp_path: Path
+) -> None:
+    """A demo started in the background by a script ignores SIGINT, and so would its lanes:
+    they still unwind on the runner's SIGINT (exit 130), not wait for the SIGKILL."""
+    runner, _ = lanes
+    runner.target, runner.grace_s = "fake_lane_tasks:hang", 20.0
+    pids = tmp_path / "pids"
+    errors: list[BaseException] = []
+    thread = threading.Thread(
+        target=lambda: _record(errors, runner.run, Task("csr", (), {"pids": str(pids)}))
+    )
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # the child inherits SIG_IGN
+    try:
+        thread.start()
+        deadline = time.monotonic() + 60
+        while not (pids.exists() and pids.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    started = time.monotonic()
+    runner.stop()
+    thread.join(30)
+    assert isinstance(errors[0], LaneFailed) and "exited with 130" in str(errors[0])
+    assert time.monotonic() - started < 15  # unwound, not killed after the grace period
+
+
+def _record(errors: list[BaseException], fn: Any, *args: Any) -> None:
+    try:
+        fn(*args)
+    except BaseException as exc:
+        errors.append(exc)
 
 
 def _fake_world(tmp_path: Path, name: str = "world") -> Path:
