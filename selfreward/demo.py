@@ -324,6 +324,7 @@ def run_task(spec: dict[str, Any]) -> dict[str, Any]:
     from selfreward_vlm.core.schemas import PreferencePair
     from selfreward_vlm.localserver import local_service
     from selfreward_vlm.trainer.iterate import iterate
+    from selfreward_vlm.world.chair import malformed_shares
 
     _reproducible()
     world, work, seed = Path(spec["world"]), Path(spec["work"]), spec["seed"]
@@ -359,7 +360,7 @@ def run_task(spec: dict[str, Any]) -> dict[str, Any]:
         evaluate(_label(run, t), folder / "train" / "adapter")
         lines = (folder / "pairs.jsonl").read_text().splitlines()
         pairs = [PreferencePair.model_validate_json(x) for x in lines if x.strip()]
-        lengths[_label(run, t)] = length_stats(pairs)
+        lengths[_label(run, t)] = {**length_stats(pairs), **malformed_shares(pairs)}
     return {
         "eval": evaluate.results,
         "lengths": lengths,

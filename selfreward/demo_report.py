@@ -21,7 +21,8 @@ METRICS = ("chair_s", "chair_i", "recall", "mean_length", "malformed_rate", "rep
 # rate greedy decoding hides (it takes each sentence's majority form), and their CHAIR_S
 SAMPLED_METRICS = ("sampled_malformed_rate", "sampled_chair_s")
 LENGTH_KEYS = ("chosen_words", "rejected_words", "chosen_longer", "chosen_shorter",
-               "chosen_cut_off", "rejected_cut_off")  # fmt: skip
+               "chosen_cut_off", "rejected_cut_off", "chosen_malformed",
+               "rejected_malformed")  # fmt: skip
 
 
 def mean_sd(values: Sequence[float]) -> tuple[float, float | None]:
@@ -130,10 +131,11 @@ def print_tables(report: dict[str, Any], console: Console) -> None:
     console.print(table)
     lengths = Table(title="Chosen vs rejected responses of each run's pairs (words; shares)")
     for col in ("run", "chosen", "rejected", "chosen longer", "chosen shorter",
-                "chosen cut off", "rejected cut off"):  # fmt: skip
+                "chosen cut off", "rejected cut off", "chosen malformed",
+                "rejected malformed"):  # fmt: skip
         lengths.add_column(col, justify="left" if col == "run" else "right")
     for run, row in report["lengths"].items():
-        digits = [1, 1, 2, 2, 2, 2]
+        digits = [1, 1, 2, 2, 2, 2, 2, 2]
         lengths.add_row(run, *(fmt(row.get(k), d) for k, d in zip(LENGTH_KEYS, digits,
                                                                    strict=True)))  # fmt: skip
     console.print(lengths)

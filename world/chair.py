@@ -20,6 +20,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from selfreward_vlm.core import chair as metric
 from selfreward_vlm.world.spec import (
@@ -102,6 +103,18 @@ def is_malformed(caption: str) -> bool:
     if not sentences or _SPECIAL_RE.search(caption):
         return True
     return any(_SENTENCE_RE.fullmatch(s) is None for s in sentences)
+
+
+def malformed_shares(pairs: Iterable[Any]) -> dict[str, float | None]:
+    """The shares of a run's chosen and of its rejected responses that are malformed (pairs:
+    anything with `.chosen` and `.rejected` texts): what the reward taught the model about
+    form, beside what it taught it about objects."""
+    marks = [(is_malformed(p.chosen), is_malformed(p.rejected)) for p in pairs]
+    n = len(marks)
+    return {
+        "chosen_malformed": sum(c for c, _ in marks) / n if n else None,
+        "rejected_malformed": sum(r for _, r in marks) / n if n else None,
+    }
 
 
 def _as_objects(truth: Iterable[ObjectLike]) -> frozenset[WorldObject]:

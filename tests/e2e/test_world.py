@@ -452,3 +452,20 @@ def test_demo_report_with_sampled_metrics(
     assert "| λ row | CHAIR_S | malformed | malformed (sampled) |" in out
     assert out[-3].endswith("λ = 0.9 below λ = 1 on malformed (sampled) no; "
                             "λ = 0.9 below λ = 0 on CHAIR_S yes")  # fmt: skip
+
+
+def test_malformed_shares_of_a_runs_pairs() -> None:
+    """The lengths table's `chosen_malformed` / `rejected_malformed`: the shares of chosen and
+    of rejected responses the evaluator counts as malformed."""
+    from types import SimpleNamespace
+
+    from selfreward_vlm.world.chair import malformed_shares
+
+    texts = [("There is a red circle.", "There a is red circle."),
+             ("There is a a red circle.", "There is a a red circle."),
+             ("There is a blue square.", "")]  # fmt: skip
+    pairs = [SimpleNamespace(chosen=c, rejected=r) for c, r in texts]
+    shares = malformed_shares(pairs)
+    assert shares["chosen_malformed"] == pytest.approx(1 / 3)
+    assert shares["rejected_malformed"] == 1.0  # an empty response is malformed too
+    assert malformed_shares([]) == {"chosen_malformed": None, "rejected_malformed": None}
