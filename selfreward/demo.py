@@ -150,7 +150,7 @@ class Evaluator:
         metrics = chair(captions, self.truths)
         row: dict[str, Any] = {**metrics.as_dict(), "example": captions[0]}
         summary = metrics.summary()
-        if self.samples:  # every model sees the same random stream (seed 0)
+        if self.samples:  # seed 0 for every model (see `Sampling`)
             sampled = caption_images(model, processor, images, sample=Sampling(self.samples))
             s = chair(sampled, [t for t in self.truths for _ in range(self.samples)])
             row |= {"sampled_malformed_rate": s.malformed_rate, "sampled_chair_s": s.chair_s,
@@ -567,11 +567,11 @@ def demo_command(
         work = Path("runs/demo-full")
     from selfreward_vlm.lanes import LaneFailed, interruptible
 
-    interruptible()  # `kill PID` stops the lanes as Ctrl-C does
     config = DemoConfig.make(quick, _seeds(seeds) if seeds else [seed], work, world, preset, full,
                              disfluency, eval_samples)  # fmt: skip
     try:
-        report = run_demo(config, lanes)
+        with interruptible():  # `kill PID` stops the lanes as Ctrl-C does
+            report = run_demo(config, lanes)
     except LaneFailed as exc:  # its output, traceback included, went by with its name in front
         console.print(f"[red]demo stopped[/red]: {exc}; rerun to resume")
         raise typer.Exit(1) from None

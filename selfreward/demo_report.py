@@ -83,6 +83,12 @@ CHECKS = ("lambda0.9_below_lambda1_on_malformed", "lambda0.9_below_lambda1_on_sa
           "lambda0.9_below_lambda0_on_chair_s")  # fmt: skip
 
 
+def _shown_checks(cal: dict[str, Any]) -> list[str]:
+    """The calibration checks a report shows: the sampled one only where samples were taken."""
+    sampled = _sampled(cal.get("rows") or {})
+    return [k for k in CHECKS if k in cal and (sampled or "sampled" not in k)]
+
+
 def _sampled(rows: dict[str, Any]) -> bool:
     """Whether the rows carry the sampled captions' metrics (`--eval-samples`)."""
     return any(row.get("sampled_malformed_rate") is not None for row in rows.values())
@@ -120,9 +126,11 @@ VERDICT = {True: "yes", False: "no", None: "not measurable (a row or the sd miss
 
 def print_tables(report: dict[str, Any], console: Console) -> None:
     """The metrics table (mean ± sd over seeds), the lengths table, one caption per model."""
-    table = Table(title=f"Greedy decoding on the evaluation images, seeds {report['seeds']} "
-                  "(lower CHAIR is better)")  # fmt: skip
     columns = _columns(report["rows"])
+    how = "Greedy decoding" + (" (and samples: the sampled columns)" if _sampled(report["rows"])
+                               else "")  # fmt: skip
+    table = Table(title=f"{how} on the evaluation images, seeds {report['seeds']} "
+                  "(lower CHAIR is better)")  # fmt: skip
     table.add_column("model", justify="left")
     for heading, _, _ in columns:
         table.add_column(heading, justify="right")
@@ -149,10 +157,8 @@ def print_tables(report: dict[str, Any], console: Console) -> None:
         for label, row in cal["rows"].items():
             t.add_row(label, *(fmt(row.get(key)) for _, key in cal_columns))
         console.print(t)
-        for key in CHECKS:
-            if key in cal:
-                console.print(f"  {key.replace('_', ' ')} by more than one sd: "
-                              f"{VERDICT[cal[key]]}")  # fmt: skip
+        for key in _shown_checks(cal):
+            console.print(f"  {key.replace('_', ' ')} by more than one sd: {VERDICT[cal[key]]}")
     first = report["per_seed"][0]
     console.print(f"\nOne caption per model (first evaluation image, seed {first['seed']}):")
     for label, m in first["eval"].items():
@@ -214,8 +220,7 @@ def markdown(report: dict[str, Any]) -> str:
                 "lambda0.9_below_lambda1_on_sampled_malformed":
                     "λ = 0.9 below λ = 1 on malformed (sampled)",
                 "lambda0.9_below_lambda0_on_chair_s": "λ = 0.9 below λ = 0 on CHAIR_S"}  # fmt: skip
-        checks = [f"{said[k]} {verdict[cal[k]]}" for k in CHECKS
-                  if k in cal and (cal[k] is not None or "sampled" not in k)]  # fmt: skip
+        checks = [f"{said[k]} {verdict[cal[k]]}" for k in _shown_checks(cal)]
         lines += ["", "CSR Table 2's ordering, by more than one sd: " + "; ".join(checks)]
     lines.append("")
     lines.append(f"seeds {report['seeds']}, preset {report['preset']}, "

@@ -23,7 +23,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -235,24 +235,33 @@ def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-def interruptible() -> None:
-    """SIGINT and SIGTERM raise KeyboardInterrupt in this (main) thread, so that `finally`
-    blocks run: the lanes stop, a lane's local service stops. A process started in the
-    background by a script (`cmd &`) begins with SIGINT ignored, and its children inherit
-    that: the runner's SIGINT would do nothing, and a stop would wait out the grace period and
-    SIGKILL, leaving the lane's service behind."""
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        signal.signal(signal.SIGTERM, _interrupt)
+@contextlib.contextmanager
+def interruptible() -> Iterator[None]:
+    """Within it, SIGINT and SIGTERM raise KeyboardInterrupt in this (main) thread, so that
+    `finally` blocks run: the lanes stop, a lane's local service stops; the handlers before it
+    come back after. A process started in the background by a script (`cmd &`) begins with
+    SIGINT ignored, and its children inherit that: the runner's SIGINT would do nothing, and a
+    stop would wait out the grace period and SIGKILL, leaving the lane's service behind."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        yield
+    finally:
+        for sig, handler in zip((signal.SIGINT, signal.SIGTERM), before, strict=True):
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)  # None: set in C
 
 
 def _child(argv: list[str]) -> int:
     target, spec_file, result_file = argv
     module, function = target.split(":")
-    interruptible()
-    _watch_parent()
-    spec = json.loads(Path(spec_file).read_text())
-    result = getattr(importlib.import_module(module), function)(spec)
+    with interruptible():
+        _watch_parent()
+        spec = json.loads(Path(spec_file).read_text())
+        result = getattr(importlib.import_module(module), function)(spec)
     tmp = Path(result_file + ".tmp")
     tmp.write_text(json.dumps(result, default=str))
     os.replace(tmp, result_file)

@@ -54,8 +54,13 @@ def decode_generated(tokenizer: Any, ids: Sequence[int]) -> str:
 class Sampling:
     """Sampled captions: `n` per image from the model's own distribution (temperature 1, no
     top-k or top-p cut by default), seeded. Greedy decoding takes each sentence's majority
-    form, so a property the model shows in a minority of its samples (a disfluency at 15 %)
-    never reaches a greedy caption; samples show it at the rate the model produces it."""
+    form, so a property the model gives a minority of its sentences (a disfluency in 15 % of
+    them) never reaches a greedy caption; samples show it at the rate the model produces it.
+
+    The seed starts one random stream for the whole set, batch after batch: a rerun gives the
+    same samples, and two models draw the same numbers for the first batch; later batches'
+    draws depend on how many steps the earlier ones took, so they are not paired across
+    models."""
 
     n: int = 4
     temperature: float = 1.0
@@ -81,7 +86,7 @@ def caption_images(
     tokenizer = processor.tokenizer
     options: dict[str, Any] = {"do_sample": False}
     if sample is not None:
-        torch.manual_seed(sample.seed)  # one stream for the whole set: batch by batch, in order
+        torch.manual_seed(sample.seed)  # one stream for the whole set, batch after batch
         options = {"do_sample": True, "temperature": sample.temperature, "top_k": 0,
                    "top_p": 1.0, "num_return_sequences": sample.n}  # fmt: skip
     captions: list[str] = []
