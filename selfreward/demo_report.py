@@ -23,6 +23,7 @@ SAMPLED_METRICS = ("sampled_malformed_rate", "sampled_chair_s")
 LENGTH_KEYS = ("chosen_words", "rejected_words", "chosen_longer", "chosen_shorter",
                "chosen_cut_off", "rejected_cut_off", "chosen_malformed",
                "rejected_malformed")  # fmt: skip
+LENGTH_DIGITS = (1, 1, 2, 2, 2, 2, 2, 2)
 
 
 def mean_sd(values: Sequence[float]) -> tuple[float, float | None]:
@@ -143,8 +144,7 @@ def print_tables(report: dict[str, Any], console: Console) -> None:
                 "rejected malformed"):  # fmt: skip
         lengths.add_column(col, justify="left" if col == "run" else "right")
     for run, row in report["lengths"].items():
-        digits = [1, 1, 2, 2, 2, 2, 2, 2]
-        lengths.add_row(run, *(fmt(row.get(k), d) for k, d in zip(LENGTH_KEYS, digits,
+        lengths.add_row(run, *(fmt(row.get(k), d) for k, d in zip(LENGTH_KEYS, LENGTH_DIGITS,
                                                                    strict=True)))  # fmt: skip
     console.print(lengths)
     cal = report.get("calibration") or {}
@@ -200,13 +200,30 @@ def plot(report: dict[str, Any], path: Path) -> None:
 
 
 def markdown(report: dict[str, Any]) -> str:
-    """The metrics table and the calibration table in Markdown, as the README has them."""
+    """The metrics table, the pairs' table (lengths and form) and the calibration table in
+    Markdown, as the README has them."""
     columns = _columns(report["rows"])
     lines = ["| model | " + " | ".join(h for h, _, _ in columns) + " |",
              "|---" * (len(columns) + 1) + "|"]  # fmt: skip
     for label, row in report["rows"].items():
         cells = (fmt(row.get(key), digits) for _, key, digits in columns)
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    if report.get("lengths"):
+        headings = (
+            "run",
+            "chosen",
+            "rejected",
+            "chosen longer",
+            "chosen shorter",
+            "chosen cut off",
+            "rejected cut off",
+            "chosen malformed",
+            "rejected malformed",
+        )
+        lines += ["", "| " + " | ".join(headings) + " |", "|---" * len(headings) + "|"]
+        for run, row in report["lengths"].items():
+            cells = (fmt(row.get(k), d) for k, d in zip(LENGTH_KEYS, LENGTH_DIGITS, strict=True))
+            lines.append(f"| {run} | " + " | ".join(cells) + " |")  # fmt: skip
     cal = report.get("calibration") or {}
     if cal.get("rows"):
         cal_columns = _calibration_columns(cal["rows"])

@@ -427,7 +427,14 @@ def test_demo_report_with_sampled_metrics(
     calibration checks λ = 0.9 against λ = 1 on it too."""
     import json
 
-    from selfreward_vlm.demo_report import METRICS, SAMPLED_METRICS, aggregate, calibration, main
+    from selfreward_vlm.demo_report import (
+        LENGTH_KEYS,
+        METRICS,
+        SAMPLED_METRICS,
+        aggregate,
+        calibration,
+        main,
+    )
 
     seeds = [
         {"csr λ=0": {"chair_s": 0.47, "malformed_rate": 0.0, "sampled_malformed_rate": 0.24},
@@ -440,8 +447,10 @@ def test_demo_report_with_sampled_metrics(
     cal = calibration(rows)
     assert cal["lambda0.9_below_lambda1_on_sampled_malformed"] is False
     assert cal["rows"]["csr λ=0.9"]["sampled_malformed_rate"] == pytest.approx([0.32, 0.01])
+    lengths = {"csr λ=0.9": {"chosen_words": 9.1, "chosen_malformed": 0.6,
+                             "rejected_malformed": 0.98}}  # fmt: skip
     report = {"rows": rows, "calibration": cal, "seeds": [0, 1, 2], "preset": "tuned",
-              "fingerprint": "abc"}  # fmt: skip
+              "fingerprint": "abc", "lengths": aggregate([lengths], LENGTH_KEYS)}  # fmt: skip
     (tmp_path / "report.json").write_text(json.dumps(report))
     main([str(tmp_path / "report.json")])
     out = capsys.readouterr().out.splitlines()
@@ -450,6 +459,7 @@ def test_demo_report_with_sampled_metrics(
     assert "| csr λ=0.9 | 0.300 ± 0.000 | - | - | - | 0.000 ± 0.000 | - | 0.320 ± 0.010 | " \
            "0.380 ± 0.000 |" in out  # fmt: skip
     assert "| λ row | CHAIR_S | malformed | malformed (sampled) |" in out
+    assert "| csr λ=0.9 | 9.1 | - | - | - | - | - | 0.60 | 0.98 |" in out  # the pairs' table
     assert out[-3].endswith("λ = 0.9 below λ = 1 on malformed (sampled) no; "
                             "λ = 0.9 below λ = 0 on CHAIR_S yes")  # fmt: skip
 
