@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -26,6 +27,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # each is much faster than competing thread pools (see ServiceSettings.torch_threads).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 ROOT = Path(__file__).resolve().parent.parent
+# Tests send SIGINT to the CLIs they start (Ctrl-C, then resume). A test run started in the
+# background by a script (`make test &`) begins with SIGINT ignored, and an ignored signal
+# stays ignored across fork and exec: the CLIs would not see it. A handled one is reset to
+# the default on exec, so the children start as from a terminal.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")
