@@ -192,7 +192,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
         errs = [rows[k][key][1] or 0.0 for k in labels]
         ax2.bar(pos, means, width, yerr=errs, capsize=3, label=name)
     ax2.set_xticks(range(len(labels)), labels, rotation=35, ha="right", fontsize=8)
-    ax2.set_title("every row: iterations and ablations (1 iteration each)")
+    ax2.set_title("every row (the λ, csr-official and SBSPO rows: 1 iteration each)")
     ax2.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
