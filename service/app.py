@@ -18,10 +18,9 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import anyio
-from fastapi import FastAPI, Request, Security
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from fastapi.security import HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Scope
 
@@ -70,9 +69,7 @@ def build_app(
         lifespan=_make_lifespan(settings, models, batcher_factory, metrics, drain),
     )
     app.state.drain = drain  # `selfreward serve` hands it the listening sockets
-    # Documents the optional bearer token on /v1/*; the middleware enforces it.
-    bearer = Security(HTTPBearer(auto_error=False, description="SELFREWARD_API_KEY, if set"))
-    include_routers(app, v1_dependencies=[bearer])
+    include_routers(app)
     _add_exception_handlers(app)
 
     def body_limit(scope: Scope) -> int:

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
+from fastapi.routing import APIRoute
 
 _ERROR_REF = {"$ref": "#/components/schemas/ErrorResponse"}
 
 
-def include_routers(app: FastAPI, v1_dependencies: Sequence[Any] = ()) -> None:
-    """Mount every router. `v1_dependencies` are added to the `/v1/*` routers (the bearer
-    security scheme, so OpenAPI documents it)."""
+# The optional bearer token, as OpenAPI documents it. `service.http.auth`'s middleware enforces
+# it before any route runs; a `Security(HTTPBearer())` dependency would document it the same way
+# but parse the header again on every request, for nothing.
+BEARER_SCHEME = {"HTTPBearer": {"type": "http", "scheme": "bearer",
+                                "description": "SELFREWARD_API_KEY, if set"}}  # fmt: skip
+
+
+def include_routers(app: FastAPI) -> None:
+    """Mount every router; OpenAPI documents the bearer token on the routers behind it."""
     from selfreward_vlm.service.routes import (
         adapters,
         datasets,
@@ -25,18 +31,27 @@ def include_routers(app: FastAPI, v1_dependencies: Sequence[Any] = ()) -> None:
 
     app.include_router(health.router)
     for module in (images, datasets, adapters, scoring, generate, retention):
-        app.include_router(module.router, dependencies=list(v1_dependencies))
+        _include_behind_token(app, module.router)
     # Foreign protocols (thin translators onto the handlers above), behind the same token.
     from selfreward_vlm.service.routes import openai_compat, openrlhf
 
     for module in (openrlhf, openai_compat):
-        app.include_router(module.router, dependencies=list(v1_dependencies))
+        _include_behind_token(app, module.router)
     # The pair viewer: its page is open (it holds no data), its data calls are /v1 (token).
     from selfreward_vlm.service import ui
 
-    app.include_router(ui.api_router, dependencies=list(v1_dependencies))
+    _include_behind_token(app, ui.api_router)
     app.include_router(ui.page_router)
     _document_error_shape(app)
+
+
+def _include_behind_token(app: FastAPI, router: APIRouter) -> None:
+    """Mount `router`; each of its operations documents the bearer token (`security`)."""
+    security: dict[str, Any] = {"security": [{name: [] for name in BEARER_SCHEME}]}
+    for route in router.routes:  # FastAPI copies them, `openapi_extra` included, when mounted
+        if isinstance(route, APIRoute):
+            route.openapi_extra = {**(route.openapi_extra or {}), **security}
+    app.include_router(router)
 
 
 def _document_error_shape(app: FastAPI) -> None:
@@ -49,6 +64,7 @@ def _document_error_shape(app: FastAPI) -> None:
         if app.openapi_schema is not None:
             return app.openapi_schema
         schema = build()
+        schema.setdefault("components", {})["securitySchemes"] = BEARER_SCHEME
         error = {"content": {"application/json": {"schema": _ERROR_REF}}}
         for operations in schema.get("paths", {}).values():
             for op in operations.values():
