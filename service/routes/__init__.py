@@ -19,27 +19,29 @@ BEARER_SCHEME = {"HTTPBearer": {"type": "http", "scheme": "bearer",
 
 def include_routers(app: FastAPI) -> None:
     """Mount every router; OpenAPI documents the bearer token on the routers behind it."""
+    from selfreward_vlm.service import ui
     from selfreward_vlm.service.routes import (
         adapters,
         datasets,
         generate,
         health,
         images,
+        openai_compat,
+        openrlhf,
         retention,
         scoring,
     )
 
-    app.include_router(health.router)
-    for module in (images, datasets, adapters, scoring, generate, retention):
+    # A request is matched against the routes in this order (FastAPI tries every route before
+    # the one that matches: about 2.5 us each), so the hot paths come first: scoring and
+    # generation, then the foreign protocols (thin translators onto the same serving layer).
+    # No two routes here can match the same path, so the order changes nothing else.
+    for module in (scoring, generate, openai_compat, openrlhf):
         _include_behind_token(app, module.router)
-    # Foreign protocols (thin translators onto the handlers above), behind the same token.
-    from selfreward_vlm.service.routes import openai_compat, openrlhf
-
-    for module in (openrlhf, openai_compat):
+    app.include_router(health.router)
+    for module in (images, datasets, adapters, retention):
         _include_behind_token(app, module.router)
     # The pair viewer: its page is open (it holds no data), its data calls are /v1 (token).
-    from selfreward_vlm.service import ui
-
     _include_behind_token(app, ui.api_router)
     app.include_router(ui.page_router)
     _document_error_shape(app)
