@@ -16,14 +16,24 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-METRICS = ("chair_s", "chair_i", "recall", "mean_length", "malformed_rate", "repeat_rate")
+# The tables' columns, (heading, key, digits): the metrics of each model's evaluation row, and
+# the lengths and form of each run's pairs. The console and the Markdown print them alike.
+METRIC_COLUMNS = (("CHAIR_S", "chair_s", 3), ("CHAIR_I", "chair_i", 3), ("recall", "recall", 3),
+                  ("words", "mean_length", 1), ("malformed", "malformed_rate", 3),
+                  ("repeats", "repeat_rate", 3))  # fmt: skip
 # with `--eval-samples N` (`--full`), the same images' N sampled captions each: the malformed
 # rate greedy decoding hides (it takes each sentence's majority form), and their CHAIR_S
-SAMPLED_METRICS = ("sampled_malformed_rate", "sampled_chair_s")
-LENGTH_KEYS = ("chosen_words", "rejected_words", "chosen_longer", "chosen_shorter",
-               "chosen_cut_off", "rejected_cut_off", "chosen_malformed",
-               "rejected_malformed")  # fmt: skip
-LENGTH_DIGITS = (1, 1, 2, 2, 2, 2, 2, 2)
+SAMPLED_COLUMNS = (("malformed (sampled)", "sampled_malformed_rate", 3),
+                   ("CHAIR_S (sampled)", "sampled_chair_s", 3))  # fmt: skip
+LENGTH_COLUMNS = (("chosen", "chosen_words", 1), ("rejected", "rejected_words", 1),
+                  ("chosen longer", "chosen_longer", 2), ("chosen shorter", "chosen_shorter", 2),
+                  ("chosen cut off", "chosen_cut_off", 2),
+                  ("rejected cut off", "rejected_cut_off", 2),
+                  ("chosen malformed", "chosen_malformed", 2),
+                  ("rejected malformed", "rejected_malformed", 2))  # fmt: skip
+METRICS = tuple(key for _, key, _ in METRIC_COLUMNS)
+SAMPLED_METRICS = tuple(key for _, key, _ in SAMPLED_COLUMNS)
+LENGTH_KEYS = tuple(key for _, key, _ in LENGTH_COLUMNS)
 
 
 def mean_sd(values: Sequence[float]) -> tuple[float, float | None]:
@@ -106,13 +116,7 @@ def fmt(cell: list[float | None] | None, digits: int = 3) -> str:
 def _columns(rows: dict[str, Any]) -> list[tuple[str, str, int]]:
     """The metrics table's columns: (heading, metric, digits); the sampled captions' two when
     the rows have them."""
-    cols = [("CHAIR_S", "chair_s", 3), ("CHAIR_I", "chair_i", 3), ("recall", "recall", 3),
-            ("words", "mean_length", 1), ("malformed", "malformed_rate", 3),
-            ("repeats", "repeat_rate", 3)]  # fmt: skip
-    if _sampled(rows):
-        cols += [("malformed (sampled)", "sampled_malformed_rate", 3),
-                 ("CHAIR_S (sampled)", "sampled_chair_s", 3)]  # fmt: skip
-    return cols
+    return [*METRIC_COLUMNS, *(SAMPLED_COLUMNS if _sampled(rows) else ())]
 
 
 def _calibration_columns(rows: dict[str, Any]) -> list[tuple[str, str]]:
@@ -139,13 +143,11 @@ def print_tables(report: dict[str, Any], console: Console) -> None:
         table.add_row(label, *(fmt(row.get(key), digits) for _, key, digits in columns))
     console.print(table)
     lengths = Table(title="Chosen vs rejected responses of each run's pairs (words; shares)")
-    for col in ("run", "chosen", "rejected", "chosen longer", "chosen shorter",
-                "chosen cut off", "rejected cut off", "chosen malformed",
-                "rejected malformed"):  # fmt: skip
-        lengths.add_column(col, justify="left" if col == "run" else "right")
+    lengths.add_column("run", justify="left")
+    for heading, _, _ in LENGTH_COLUMNS:
+        lengths.add_column(heading, justify="right")
     for run, row in report["lengths"].items():
-        lengths.add_row(run, *(fmt(row.get(k), d) for k, d in zip(LENGTH_KEYS, LENGTH_DIGITS,
-                                                                   strict=True)))  # fmt: skip
+        lengths.add_row(run, *(fmt(row.get(key), digits) for _, key, digits in LENGTH_COLUMNS))
     console.print(lengths)
     cal = report.get("calibration") or {}
     if cal.get("rows"):
@@ -209,21 +211,11 @@ def markdown(report: dict[str, Any]) -> str:
         cells = (fmt(row.get(key), digits) for _, key, digits in columns)
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     if report.get("lengths"):
-        headings = (
-            "run",
-            "chosen",
-            "rejected",
-            "chosen longer",
-            "chosen shorter",
-            "chosen cut off",
-            "rejected cut off",
-            "chosen malformed",
-            "rejected malformed",
-        )
-        lines += ["", "| " + " | ".join(headings) + " |", "|---" * len(headings) + "|"]
+        lines += ["", "| run | " + " | ".join(h for h, _, _ in LENGTH_COLUMNS) + " |",
+                  "|---" * (len(LENGTH_COLUMNS) + 1) + "|"]  # fmt: skip
         for run, row in report["lengths"].items():
-            cells = (fmt(row.get(k), d) for k, d in zip(LENGTH_KEYS, LENGTH_DIGITS, strict=True))
-            lines.append(f"| {run} | " + " | ".join(cells) + " |")  # fmt: skip
+            cells = (fmt(row.get(key), digits) for _, key, digits in LENGTH_COLUMNS)
+            lines.append(f"| {run} | " + " | ".join(cells) + " |")
     cal = report.get("calibration") or {}
     if cal.get("rows"):
         cal_columns = _calibration_columns(cal["rows"])
