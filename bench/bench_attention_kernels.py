@@ -10,18 +10,29 @@ over the same tensors (what the memory gives a kernel that streams), on one torc
 the same GEMMs when their operands are already in the cache. It also times the engine's own
 `_attend_shared` over one step's worth of searches and layers.
 
+`--ops` counts instead the PyTorch operator calls of one real decode step on the
+`llava-1.5-100m` row (`bench_concurrency.py`'s model and searches) with 1, 8 and 16 searches
+live, and how many of them the per-search attention and KV-buffer writes make: on a GPU, where
+eager PyTorch spends a few µs of CPU on every call, these counts bound what batching can gain.
+
     .venv/bin/python bench/bench_attention_kernels.py [--prefix 620] [--searches 8]
+    .venv/bin/python bench/bench_attention_kernels.py --ops [--searches 1,8,16]
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
+from torch.profiler import ProfilerActivity, profile, record_function
 
+from selfreward_vlm.service.engine import batcher, ragged
 from selfreward_vlm.service.engine.ragged import _attend_shared
 
 HEADS, HEAD_DIM, LAYERS, ROWS, SUFFIX = 12, 64, 16, 5, 12  # llava-1.5-100m's decoder, 5 beams
@@ -37,13 +48,69 @@ def best_of(f: Callable[[], Any], repeats: int = 3) -> float:
     return best
 
 
+def count_ops(searches: list[int]) -> None:
+    """Operator calls of the 10th decode step of `n` searches started together, for each n."""
+    import bench_concurrency as bc  # this folder's; `python bench/...` puts it on the path
+    from transformers import AttentionInterface
+
+    from selfreward_vlm.service.engine.loader import load_models
+    from selfreward_vlm.service.settings import ServiceSettings
+
+    def tagged(f: Callable[..., Any]) -> Callable[..., Any]:
+        def run(*args: Any, **kwargs: Any) -> Any:
+            with record_function("per-search"):
+                return f(*args, **kwargs)
+
+        return run
+
+    AttentionInterface.register(ragged.RAGGED_ATTENTION, tagged(ragged.ragged_attention))
+    ragged.RaggedLayer.update = tagged(ragged.RaggedLayer.update)  # type: ignore[method-assign]
+    step, counted = batcher.decode_step, []
+
+    def counting_step(engine: Any, gens: Any) -> Any:
+        if len(counted) != 9:
+            counted.append(None)
+            return step(engine, gens)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            out = step(engine, gens)
+        events = [e for e in prof.events() if e.name.startswith("aten::")]
+
+        def per_search(e: Any) -> bool:
+            while (e := e.cpu_parent) is not None:
+                if e.name == "per-search":
+                    return True
+            return False
+
+        inside = sum(per_search(e) for e in events)
+        rows = sum(g.live_rows for g in gens)
+        print(f"  {len(gens):2d} searches ({rows:3d} rows): {len(events):6,d} operator calls, "
+              f"{inside:6,d} in the per-search attention and KV writes")  # fmt: skip
+        counted.append(None)
+        return out
+
+    batcher.decode_step = counting_step
+    path, image = bc.build_row("llava-1.5-100m", Path(tempfile.mkdtemp()))
+    print("one decode step on llava-1.5-100m (16 layers), by searches live:")
+    for n in searches:
+        settings = ServiceSettings(model=str(path), device="cpu", torch_threads=1,
+                                   max_live_rows=5 * n)  # fmt: skip
+        models = load_models(settings)
+        counted.clear()
+        asyncio.run(bc.run(models, settings, bc.items(n, image, 24), n > 1, 1))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--prefix", type=int, default=620, help="prefix tokens (image + prompt)")
-    ap.add_argument("--searches", type=int, default=8, help="searches in the step")
+    ap.add_argument("--searches", help="searches in the step (default 8; --ops: 1,8,16)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--ops", action="store_true", help="count operator calls per decode step")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.ops:
+        count_ops([int(n) for n in (args.searches or "1,8,16").split(",")])
+        return
+    args.searches = int(args.searches or 8)
     torch.manual_seed(0)
     n = args.searches * LAYERS  # one step: every search's prefix in every layer
     keys = [torch.randn(HEADS, args.prefix, HEAD_DIM) for _ in range(n)]

@@ -125,27 +125,30 @@ def _attend_shared(
     """Attention over a prefix shared by all rows plus each row's own suffix, with one softmax
     over both: the prefix keys/values are read once for all rows (a GEMM), not once per row.
 
-    q: (R, Hq, 1, D); pk, pv: (1, Hkv, P, D); sk, sv: (R, Hkv, S, D) -> (R, Hq, 1, D)."""
+    q: (R, Hq, 1, D); pk, pv: (1, Hkv, P, D); sk, sv: (R, Hkv, S, D) -> (R, Hq, 1, D).
+
+    Written with 3-D `bmm`s and in-place scaling rather than `@` on 4-D tensors: the same
+    kernels and numbers to the bit, a third fewer operator calls (this runs once per search and
+    layer in every decode step, so its calls add up: README, "Measured: many searches at once")."""
     rows, hq, _, d = q.shape
-    hkv = pk.shape[1]
-    rep = hq // hkv
+    hkv, n_pre, n_suf = pk.shape[1], pk.shape[-2], sk.shape[-2]
+    rep = hq // hkv  # head h reads kv head h // rep
     scale = scaling if scaling is not None else d**-0.5
-    qg = q.reshape(rows, hkv, rep, d)  # head h reads kv head h // rep
     # prefix: (Hkv, R*rep, D) @ (Hkv, D, P) -> (Hkv, R*rep, P)
-    qp = qg.permute(1, 0, 2, 3).reshape(hkv, rows * rep, d)
-    s_pre = (qp @ pk[0].transpose(-1, -2)) * scale
-    # suffix: (R, Hkv, rep, D) @ (R, Hkv, D, S) -> (R, Hkv, rep, S) -> (Hkv, R*rep, S)
-    s_suf = (qg @ sk.transpose(-1, -2)) * scale
-    s_suf = s_suf.permute(1, 0, 2, 3).reshape(hkv, rows * rep, -1)
+    qp = q.reshape(rows, hkv, rep, d).transpose(0, 1).reshape(hkv, rows * rep, d)
+    s_pre = torch.bmm(qp, pk[0].transpose(1, 2)).mul_(scale)
+    # suffix: (R*Hkv, rep, D) @ (R*Hkv, D, S) -> (R*Hkv, rep, S) -> (Hkv, R*rep, S)
+    sk_, sv_ = sk.flatten(0, 1), sv.flatten(0, 1)
+    s_suf = torch.bmm(q.reshape(rows * hkv, rep, d), sk_.transpose(1, 2)).mul_(scale)
+    s_suf = s_suf.view(rows, hkv, rep, n_suf).transpose(0, 1).reshape(hkv, rows * rep, n_suf)
     scores = torch.cat([s_pre, s_suf], dim=-1).float()
     if softcap is not None:
         scores = torch.tanh(scores / softcap) * softcap
     weights = torch.softmax(scores, dim=-1).to(q.dtype)
-    n_pre = pk.shape[-2]
-    out = weights[..., :n_pre] @ pv[0]  # (Hkv, R*rep, D)
-    w_suf = weights[..., n_pre:].reshape(hkv, rows, rep, -1).permute(1, 0, 2, 3)
-    out_suf = w_suf @ sv  # (R, Hkv, rep, D)
-    out = out.reshape(hkv, rows, rep, d).permute(1, 0, 2, 3) + out_suf
+    out = torch.bmm(weights[..., :n_pre], pv[0])  # (Hkv, R*rep, D)
+    w_suf = weights[..., n_pre:].reshape(hkv, rows, rep, n_suf).transpose(0, 1)
+    out_suf = torch.bmm(w_suf.reshape(rows * hkv, rep, n_suf), sv_)  # (R*Hkv, rep, D)
+    out = out.view(hkv, rows, rep, d).transpose(0, 1) + out_suf.view(rows, hkv, rep, d)
     return out.reshape(rows, hq, 1, d)
 
 
