@@ -65,11 +65,12 @@ def count_ops(searches: list[int]) -> None:
 
     AttentionInterface.register(ragged.RAGGED_ATTENTION, tagged(ragged.ragged_attention))
     ragged.RaggedLayer.update = tagged(ragged.RaggedLayer.update)  # type: ignore[method-assign]
-    step, counted = batcher.decode_step, []
+    step, seen = batcher.decode_step, 0
 
     def counting_step(engine: Any, gens: Any) -> Any:
-        if len(counted) != 9:
-            counted.append(None)
+        nonlocal seen
+        seen += 1
+        if seen != 10:
             return step(engine, gens)
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             out = step(engine, gens)
@@ -85,17 +86,17 @@ def count_ops(searches: list[int]) -> None:
         rows = sum(g.live_rows for g in gens)
         print(f"  {len(gens):2d} searches ({rows:3d} rows): {len(events):6,d} operator calls, "
               f"{inside:6,d} in the per-search attention and KV writes")  # fmt: skip
-        counted.append(None)
         return out
 
     batcher.decode_step = counting_step
     path, image = bc.build_row("llava-1.5-100m", Path(tempfile.mkdtemp()))
+    settings = ServiceSettings(model=str(path), device="cpu", torch_threads=1,
+                               max_live_rows=5 * max(searches))  # fmt: skip
+    models = load_models(settings)
     print("one decode step on llava-1.5-100m (16 layers), by searches live:")
     for n in searches:
-        settings = ServiceSettings(model=str(path), device="cpu", torch_threads=1,
-                                   max_live_rows=5 * n)  # fmt: skip
-        models = load_models(settings)
-        counted.clear()
+        models.engine.prefix_cache.clear()
+        seen = 0
         asyncio.run(bc.run(models, settings, bc.items(n, image, 24), n > 1, 1))
 
 

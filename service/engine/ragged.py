@@ -138,8 +138,7 @@ def _attend_shared(
     qp = q.reshape(rows, hkv, rep, d).transpose(0, 1).reshape(hkv, rows * rep, d)
     s_pre = torch.bmm(qp, pk[0].transpose(1, 2)).mul_(scale)
     # suffix: (R*Hkv, rep, D) @ (R*Hkv, D, S) -> (R*Hkv, rep, S) -> (Hkv, R*rep, S)
-    sk_, sv_ = sk.flatten(0, 1), sv.flatten(0, 1)
-    s_suf = torch.bmm(q.reshape(rows * hkv, rep, d), sk_.transpose(1, 2)).mul_(scale)
+    s_suf = torch.bmm(q.reshape(rows * hkv, rep, d), sk.flatten(0, 1).transpose(1, 2)).mul_(scale)
     s_suf = s_suf.view(rows, hkv, rep, n_suf).transpose(0, 1).reshape(hkv, rows * rep, n_suf)
     scores = torch.cat([s_pre, s_suf], dim=-1).float()
     if softcap is not None:
@@ -147,7 +146,7 @@ def _attend_shared(
     weights = torch.softmax(scores, dim=-1).to(q.dtype)
     out = torch.bmm(weights[..., :n_pre], pv[0])  # (Hkv, R*rep, D)
     w_suf = weights[..., n_pre:].reshape(hkv, rows, rep, n_suf).transpose(0, 1)
-    out_suf = torch.bmm(w_suf.reshape(rows * hkv, rep, n_suf), sv_)  # (R*Hkv, rep, D)
+    out_suf = torch.bmm(w_suf.reshape(rows * hkv, rep, n_suf), sv.flatten(0, 1))  # (R*Hkv, rep, D)
     out = out.view(hkv, rows, rep, d).transpose(0, 1) + out_suf.view(rows, hkv, rep, d)
     return out.reshape(rows, hq, 1, d)
 
